@@ -1,0 +1,145 @@
+"""A :class:`~protoshim.Driver` on :mod:`selectors`, with fd-based streams."""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from ..._fdio import FdDriver
+from ..._loop import EventLoop
+
+__all__ = ["SelectorsDriver", "new_event_loop"]
+
+Callback = Callable[[], None]
+
+
+class _Timer:
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class SelectorsDriver(FdDriver):
+    """Run callbacks, timers and fd watchers on a :class:`selectors.DefaultSelector`."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._soon: collections.deque[Callback] = collections.deque()
+        self._threadsafe: collections.deque[Callback] = collections.deque()
+        self._timers: list[tuple[float, int, _Timer]] = []
+        self._seq = itertools.count()
+        self._stopping = False
+        self._readers: dict[int, Callback] = {}
+        self._writers: dict[int, Callback] = {}
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_lock = threading.Lock()
+        self.add_reader(self._wake_r.fileno(), self._woken)
+
+    def run(self) -> None:
+        self._stopping = False
+        while not self._stopping:
+            timeout: float | None = None
+            if self._soon or self._threadsafe:
+                timeout = 0
+            elif self._timers:
+                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            for key, mask in self._selector.select(timeout):
+                if mask & selectors.EVENT_READ and key.fd in self._readers:
+                    self._readers[key.fd]()
+                if mask & selectors.EVENT_WRITE and key.fd in self._writers:
+                    self._writers[key.fd]()
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:
+                timer = heapq.heappop(self._timers)[2]
+                if not timer.cancelled:
+                    timer.callback()
+            for queue in (self._threadsafe, self._soon):
+                for _ in range(len(queue)):
+                    queue.popleft()()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def call_soon(self, callback: Callback) -> None:
+        self._soon.append(callback)
+
+    def call_later(self, delay: float, callback: Callback) -> _Timer:
+        timer = _Timer(callback)
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), timer))
+        return timer
+
+    def wakeup_threadsafe(self, callback: Callback) -> None:
+        self._threadsafe.append(callback)
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # the pipe is full, so a wakeup is already pending
+
+    def _woken(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _update(self, fd: int) -> None:
+        mask = (selectors.EVENT_READ if fd in self._readers else 0) | (
+            selectors.EVENT_WRITE if fd in self._writers else 0
+        )
+        try:
+            self._selector.get_key(fd)
+        except KeyError:
+            if mask:
+                self._selector.register(fd, mask)
+            return
+        if mask:
+            self._selector.modify(fd, mask)
+        else:
+            self._selector.unregister(fd)
+
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        self._readers[fd] = callback
+        self._update(fd)
+
+    def remove_reader(self, fd: int) -> bool:
+        if self._readers.pop(fd, None) is None:
+            return False
+        self._update(fd)
+        return True
+
+    def add_writer(self, fd: int, callback: Callback) -> None:
+        self._writers[fd] = callback
+        self._update(fd)
+
+    def remove_writer(self, fd: int) -> bool:
+        if self._writers.pop(fd, None) is None:
+            return False
+        self._update(fd)
+        return True
+
+    def close(self) -> None:
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self._readers.clear()
+        self._writers.clear()
+        self._timers.clear()
+        self._soon.clear()
+
+
+def new_event_loop() -> EventLoop:
+    """Create an event loop on a new :class:`SelectorsDriver`."""
+    return EventLoop(SelectorsDriver())

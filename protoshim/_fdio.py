@@ -1,0 +1,284 @@
+"""Streams, datagrams and listeners built on descriptor watchers alone.
+
+An adapter whose framework can watch a file descriptor, and nothing more
+(or whose own stream machinery is slower or less faithful), inherits these
+through :class:`FdDriver`: it then implements only the loop primitives of
+:class:`~protoshim._primitives.Driver`.  These classes are also the plainest
+reading of the primitive contract.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import socket
+from typing import Any
+
+from ._primitives import Address, Cancellable, DatagramSink, Driver, OnStream, StreamSink
+
+__all__ = ["FdDatagram", "FdDriver", "FdListener", "FdStream"]
+
+logger = logging.getLogger("protoshim")
+
+READ_SIZE = 256 * 1024
+#: Seconds to stop accepting after running out of descriptors, as asyncio does.
+ACCEPT_RETRY_DELAY = 1.0
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class FdStream:
+    """Move a stream socket's bytes with non-blocking calls and fd watchers."""
+
+    def __init__(self, driver: Driver, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._driver = driver
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._sink: StreamSink | None = None
+        self._reading = False
+        self._buffer = bytearray()
+
+    def __repr__(self) -> str:
+        return f"<FdStream fd={self._fd}>"
+
+    def attach(self, sink: StreamSink) -> None:
+        self._sink = sink
+
+    def start_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self._driver.add_reader(self._fd, self._read_ready)
+
+    def stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._driver.remove_reader(self._fd)
+
+    def _read_ready(self) -> None:
+        assert self._sink is not None
+        try:
+            data = self._sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.stop_reading()
+            self._sink._on_error(exc)
+            return
+        if data:
+            self._sink._on_data(data)
+        else:
+            self.stop_reading()
+            self._sink._on_eof()
+
+    def write(self, data: bytes) -> None:
+        if not self._buffer:
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # Reported from the writer callback, where the send fails again.
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._driver.add_writer(self._fd, self._write_ready)
+        self._buffer += data
+
+    def _write_ready(self) -> None:
+        assert self._sink is not None
+        try:
+            sent = self._sock.send(self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._driver.remove_writer(self._fd)
+            self._buffer.clear()
+            self._sink._on_error(exc)
+            return
+        del self._buffer[:sent]
+        if not self._buffer:
+            self._driver.remove_writer(self._fd)
+        self._sink._on_written()
+
+    def queued(self) -> int:
+        return len(self._buffer)
+
+    def shutdown_write(self) -> None:
+        self._sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.stop_reading()
+        if self._buffer:
+            self._buffer.clear()
+        self._driver.remove_writer(self._fd)
+        self._sock.close()
+
+    def abort(self) -> None:
+        self.close()
+
+    def socket(self) -> socket.socket:
+        return self._sock
+
+
+class FdDatagram:
+    """Move a datagram socket's packets with non-blocking calls and fd watchers."""
+
+    def __init__(self, driver: Driver, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._driver = driver
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._sink: DatagramSink | None = None
+        self._reading = False
+        self._queue: collections.deque[tuple[bytes, Address | None]] = collections.deque()
+        self._queued = 0
+
+    def attach(self, sink: DatagramSink) -> None:
+        self._sink = sink
+
+    def start_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self._driver.add_reader(self._fd, self._read_ready)
+
+    def stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._driver.remove_reader(self._fd)
+
+    def _read_ready(self) -> None:
+        assert self._sink is not None
+        try:
+            data, addr = self._sock.recvfrom(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._sink._on_error_received(exc)
+            return
+        self._sink._on_datagram(data, addr)
+
+    def _send(self, data: bytes, addr: Address | None) -> None:
+        if addr is None:
+            self._sock.send(data)
+        else:
+            self._sock.sendto(data, addr)
+
+    def sendto(self, data: bytes, addr: Address | None) -> None:
+        assert self._sink is not None
+        if not self._queue:
+            try:
+                self._send(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._driver.add_writer(self._fd, self._write_ready)
+            except OSError as exc:
+                # Datagram errors are not fatal; asyncio reports them at once.
+                self._sink._on_error_received(exc)
+                return
+        self._queue.append((data, addr))
+        self._queued += len(data)
+
+    def _write_ready(self) -> None:
+        assert self._sink is not None
+        while self._queue:
+            data, addr = self._queue[0]
+            try:
+                self._send(data, addr)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._sink._on_error_received(exc)
+            self._queue.popleft()
+            self._queued -= len(data)
+        if not self._queue:
+            self._driver.remove_writer(self._fd)
+        self._sink._on_written()
+
+    def queued(self) -> int:
+        return self._queued
+
+    def close(self) -> None:
+        self.stop_reading()
+        self._queue.clear()
+        self._queued = 0
+        self._driver.remove_writer(self._fd)
+        self._sock.close()
+
+    def abort(self) -> None:
+        self.close()
+
+    def socket(self) -> socket.socket:
+        return self._sock
+
+
+class FdListener:
+    """Accept connections with non-blocking ``accept`` and an fd watcher."""
+
+    def __init__(
+        self, driver: Driver, sock: socket.socket, backlog: int, on_stream: OnStream
+    ) -> None:
+        self._driver = driver
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._backlog = backlog
+        self._on_stream = on_stream
+        self._retry: Cancellable | None = None
+        self._closed = False
+        driver.add_reader(self._fd, self._accept_ready)
+
+    def _accept_ready(self) -> None:
+        # Accept a bounded batch, so one busy listener cannot starve the loop.
+        for _ in range(self._backlog):
+            try:
+                conn, _addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                # Out of descriptors: the pending connection stays readable,
+                # so without a pause the loop would spin at full CPU.
+                logger.error(
+                    "accept on %r failed (%s); retrying in %.1f s",
+                    self._sock.getsockname(),
+                    exc.strerror,
+                    ACCEPT_RETRY_DELAY,
+                )
+                self._driver.remove_reader(self._fd)
+                self._retry = self._driver.call_later(ACCEPT_RETRY_DELAY, self._resume)
+                return
+            conn.setblocking(False)
+            self._on_stream(self._driver.open_stream(conn))
+
+    def _resume(self) -> None:
+        self._retry = None
+        if not self._closed:
+            self._driver.add_reader(self._fd, self._accept_ready)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+        else:
+            self._driver.remove_reader(self._fd)
+
+
+class FdDriver:
+    """Provide streams, datagrams and listeners from a driver's fd watchers.
+
+    Mix in before a class that implements the loop primitives of
+    :class:`~protoshim._primitives.Driver`.
+    """
+
+    def open_stream(self: Any, sock: socket.socket) -> FdStream:
+        return FdStream(self, sock)
+
+    def listen(self: Any, sock: socket.socket, backlog: int, on_stream: OnStream) -> FdListener:
+        return FdListener(self, sock, backlog, on_stream)
+
+    def open_datagram(self: Any, sock: socket.socket) -> FdDatagram:
+        return FdDatagram(self, sock)

@@ -1,0 +1,693 @@
+"""The asyncio event loop that every framework adapter shares.
+
+:class:`EventLoop` is a real :class:`asyncio.AbstractEventLoop`: it keeps
+asyncio's own ready queue and timer heap, so callback order is exactly
+asyncio's, and hands the waiting to a framework :class:`Driver`:
+
+* one pending framework callback (``Driver.call_soon``) drains the ready
+  queue, one batch per framework iteration, so I/O is polled in between;
+* one framework timer (``Driver.call_later``) is armed for the earliest
+  deadline of the heap;
+* ``call_soon_threadsafe`` and signals wake the framework through
+  ``Driver.wakeup_threadsafe``.
+
+Sockets are created, bound and connected here, with asyncio's own code, and
+handed to the driver, so every option of ``create_server`` and
+``create_connection`` behaves identically on every framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import heapq
+import os
+import signal
+import socket
+import stat
+import threading
+from asyncio import base_events, events, sslproto
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._datagram import DatagramTransport
+from ._primitives import Cancellable, Driver, Stream
+from ._stream import StreamTransport
+
+__all__ = ["EventLoop"]
+
+T = TypeVar("T")
+
+# As in asyncio: rebuild the heap once cancelled timers are half of it.
+_MIN_SCHEDULED_TO_COMPACT = 100
+
+
+def _fileno(fileobj: Any) -> int:
+    fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+    if not isinstance(fd, int) or fd < 0:
+        raise ValueError(f"Invalid file object: {fileobj!r}")
+    return fd
+
+
+class EventLoop(base_events.BaseEventLoop):
+    """Run asyncio on a framework through the primitives of a :class:`Driver`."""
+
+    def __init__(self, driver: Driver) -> None:
+        super().__init__()
+        self._driver = driver
+        self._tick_pending = False
+        self._timer: Cancellable | None = None
+        self._timer_when: float | None = None
+        self._exit_exc: BaseException | None = None
+        self._readers: dict[int, events.Handle] = {}
+        self._writers: dict[int, events.Handle] = {}
+        self._listeners: dict[socket.socket, Any] = {}
+        self._signal_handlers: dict[int, events.Handle] = {}
+        self._signal_socks: tuple[socket.socket, socket.socket] | None = None
+
+    @property
+    def driver(self) -> Driver:
+        """The framework driver this loop runs on."""
+        return self._driver
+
+    # -- running ------------------------------------------------------------
+
+    def _run_once(self) -> None:
+        # BaseEventLoop.run_forever calls this until stop(); one call runs the
+        # framework's own loop until a tick sees the stop request.
+        self._request_tick()
+        self._driver.run()
+        exc, self._exit_exc = self._exit_exc, None
+        if exc is not None:
+            raise exc
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._request_tick()
+
+    def _exit_with(self, exc: BaseException) -> None:
+        """Stop the framework and re-raise ``exc`` from ``run_forever``.
+
+        Frameworks swallow exceptions raised in their callbacks, so
+        KeyboardInterrupt and SystemExit are carried out this way.
+        """
+        if self._exit_exc is None:
+            self._exit_exc = exc
+        self._driver.stop()
+
+    def _request_tick(self) -> None:
+        if not self._tick_pending and not self._closed:
+            self._tick_pending = True
+            self._driver.call_soon(self._soon_tick)
+
+    def _soon_tick(self) -> None:
+        self._tick_pending = False
+        self._tick()
+
+    def _timer_tick(self) -> None:
+        self._timer = None
+        self._timer_when = None
+        self._tick()
+
+    def _tick(self) -> None:
+        if self._closed:
+            return
+        ready = self._ready
+        scheduled = self._scheduled
+        if (
+            len(scheduled) > _MIN_SCHEDULED_TO_COMPACT
+            and self._timer_cancelled_count * 2 > len(scheduled)
+        ):
+            self._compact_timers()
+        end = self.time() + self._clock_resolution
+        while scheduled:
+            handle = scheduled[0]
+            if handle._cancelled:
+                heapq.heappop(scheduled)
+                handle._scheduled = False
+                self._timer_cancelled_count -= 1
+            elif handle._when <= end:
+                heapq.heappop(scheduled)
+                handle._scheduled = False
+                ready.append(handle)
+            else:
+                break
+        # Only the callbacks ready now: new ones wait for the next iteration,
+        # so I/O gets polled in between, as in asyncio.
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if handle._cancelled:
+                continue
+            try:
+                handle._run()
+            except (SystemExit, KeyboardInterrupt) as exc:
+                self._exit_with(exc)
+                return
+        if self._stopping:
+            self._driver.stop()
+        elif ready:
+            self._request_tick()
+        self._arm_timer()
+
+    def _compact_timers(self) -> None:
+        live = []
+        for handle in self._scheduled:
+            if handle._cancelled:
+                handle._scheduled = False
+            else:
+                live.append(handle)
+        heapq.heapify(live)
+        self._scheduled = live
+        self._timer_cancelled_count = 0
+
+    def _arm_timer(self) -> None:
+        scheduled = self._scheduled
+        while scheduled and scheduled[0]._cancelled:
+            heapq.heappop(scheduled)._scheduled = False
+            self._timer_cancelled_count -= 1
+        if not scheduled:
+            return
+        when = scheduled[0]._when
+        if self._timer_when is not None and self._timer_when <= when:
+            return  # an earlier tick is already armed and will re-arm
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = self._driver.call_later(max(0.0, when - self.time()), self._timer_tick)
+
+    # -- scheduling ---------------------------------------------------------
+
+    def _call_soon(self, callback: Any, args: Any, context: Any) -> events.Handle:
+        handle = events.Handle(callback, args, self, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        self._ready.append(handle)
+        if not self._tick_pending:
+            self._request_tick()
+        return handle
+
+    def call_at(
+        self, when: float, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> events.TimerHandle:
+        handle = super().call_at(when, callback, *args, context=context)
+        if not self._tick_pending:
+            self._arm_timer()
+        return handle
+
+    def call_soon_threadsafe(
+        self, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> events.Handle:
+        self._check_closed()
+        if self._debug:
+            self._check_callback(callback, "call_soon_threadsafe")
+        handle = events.Handle(callback, args, self, context)
+        self._ready.append(handle)  # deque.append is atomic
+        self._driver.wakeup_threadsafe(self._request_tick)
+        return handle
+
+    def _write_to_self(self) -> None:
+        self._driver.wakeup_threadsafe(self._request_tick)
+
+    def _process_events(self, event_list: Any) -> None:  # pragma: no cover - never polled
+        raise AssertionError("the framework polls; BaseEventLoop._run_once is not used")
+
+    # -- closing ------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self._closed:
+            return
+        for sig in list(self._signal_handlers):
+            self.remove_signal_handler(sig)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().close()
+        self._driver.close()
+
+    # -- descriptors --------------------------------------------------------
+
+    def _run_handle(self, handle: events.Handle) -> None:
+        if handle._cancelled:
+            return
+        try:
+            handle._run()
+        except (SystemExit, KeyboardInterrupt) as exc:
+            self._exit_with(exc)
+
+    def _watch(
+        self,
+        table: dict[int, events.Handle],
+        add: Callable[[int, Callable[[], None]], None],
+        fileobj: Any,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+    ) -> events.Handle:
+        self._check_closed()
+        fd = _fileno(fileobj)
+        handle = events.Handle(callback, args, self, None)
+        old = table.pop(fd, None)
+        if old is not None:
+            old.cancel()
+        table[fd] = handle
+        add(fd, functools.partial(self._run_handle, handle))
+        return handle
+
+    def _unwatch(
+        self, table: dict[int, events.Handle], remove: Callable[[int], bool], fileobj: Any
+    ) -> bool:
+        fd = _fileno(fileobj)
+        handle = table.pop(fd, None)
+        if handle is None:
+            return False
+        handle.cancel()
+        if not self._closed:
+            remove(fd)
+        return True
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        self._watch(self._readers, self._driver.add_reader, fd, callback, args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        return self._unwatch(self._readers, self._driver.remove_reader, fd)
+
+    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        self._watch(self._writers, self._driver.add_writer, fd, callback, args)
+
+    def remove_writer(self, fd: Any) -> bool:
+        return self._unwatch(self._writers, self._driver.remove_writer, fd)
+
+    async def _wait_fd(self, sock: socket.socket, *, write: bool) -> None:
+        fut: asyncio.Future[None] = self.create_future()
+        fd = sock.fileno()
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        if write:
+            self.add_writer(fd, ready)
+        else:
+            self.add_reader(fd, ready)
+        try:
+            await fut
+        finally:
+            if write:
+                self.remove_writer(fd)
+            else:
+                self.remove_reader(fd)
+
+    async def _retry(self, sock: socket.socket, op: Callable[[], T], *, write: bool) -> T:
+        if sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        while True:
+            try:
+                return op()
+            except (BlockingIOError, InterruptedError):
+                await self._wait_fd(sock, write=write)
+
+    async def sock_recv(self, sock: socket.socket, nbytes: int) -> bytes:
+        return await self._retry(sock, lambda: sock.recv(nbytes), write=False)
+
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
+        return await self._retry(sock, lambda: sock.recv_into(buf), write=False)
+
+    async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
+        return await self._retry(sock, lambda: sock.recvfrom(bufsize), write=False)
+
+    async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
+        return await self._retry(sock, lambda: sock.sendto(data, address), write=True)
+
+    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            sent = await self._retry(sock, functools.partial(sock.send, view), write=True)
+            view = view[sent:]
+
+    async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
+        conn, address = await self._retry(sock, sock.accept, write=False)
+        conn.setblocking(False)
+        return conn, address
+
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        if sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
+            )
+            address = resolved[0][4]
+        try:
+            sock.connect(address)
+            return
+        except (BlockingIOError, InterruptedError):
+            pass
+        while True:
+            await self._wait_fd(sock, write=True)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err == 0:
+                return
+            if err not in (errno.EINPROGRESS, errno.EINTR):
+                raise OSError(err, f"Connect call failed {address}")
+
+    # -- transports ---------------------------------------------------------
+
+    def _stream_transport(
+        self,
+        stream: Stream,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None,
+        extra: dict[str, Any] | None,
+        server: Any,
+    ) -> StreamTransport:
+        return StreamTransport(self, stream, protocol, waiter, extra, server)
+
+    def _make_socket_transport(
+        self,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> asyncio.Transport:
+        return self._stream_transport(self._driver.open_stream(sock), protocol, waiter, extra, server)
+
+    def _ssl_transport(
+        self,
+        stream: Stream,
+        protocol: asyncio.BaseProtocol,
+        sslcontext: Any,
+        waiter: asyncio.Future[None] | None,
+        *,
+        server_side: bool,
+        server_hostname: str | None,
+        extra: dict[str, Any] | None,
+        server: Any,
+        ssl_handshake_timeout: float | None,
+        ssl_shutdown_timeout: float | None,
+    ) -> asyncio.Transport:
+        # TLS is asyncio's memory-BIO protocol over a conformant stream, so it
+        # is written once for every adapter.
+        ssl_protocol = sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        self._stream_transport(stream, ssl_protocol, None, extra, server)
+        app_transport: asyncio.Transport = ssl_protocol._app_transport
+        return app_transport
+
+    def _make_ssl_transport(
+        self,
+        rawsock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        sslcontext: Any,
+        waiter: asyncio.Future[None] | None = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        call_connection_made: bool = True,
+    ) -> asyncio.Transport:
+        return self._ssl_transport(
+            self._driver.open_stream(rawsock),
+            protocol,
+            sslcontext,
+            waiter,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            extra=extra,
+            server=server,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+
+    def _make_datagram_transport(
+        self,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        address: Any = None,
+        waiter: asyncio.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> asyncio.DatagramTransport:
+        return DatagramTransport(
+            self, self._driver.open_datagram(sock), protocol, address, waiter, extra
+        )
+
+    # -- serving ------------------------------------------------------------
+
+    def _start_serving(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        sock: socket.socket,
+        sslcontext: Any = None,
+        server: Any = None,
+        backlog: int = 100,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> None:
+        def on_stream(stream: Stream) -> None:
+            try:
+                protocol = protocol_factory()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                stream.abort()
+                self.call_exception_handler(
+                    {
+                        "message": "Error on transport creation for incoming connection",
+                        "exception": exc,
+                        "socket": sock,
+                    }
+                )
+                return
+            if sslcontext is None:
+                self._stream_transport(stream, protocol, None, None, server)
+                return
+            waiter = self.create_future()
+            transport = self._ssl_transport(
+                stream,
+                protocol,
+                sslcontext,
+                waiter,
+                server_side=True,
+                server_hostname=None,
+                extra=None,
+                server=server,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+            waiter.add_done_callback(functools.partial(self._handshake_done, transport))
+
+        self._listeners[sock] = self._driver.listen(sock, backlog, on_stream)
+
+    def _handshake_done(self, transport: asyncio.Transport, waiter: asyncio.Future[None]) -> None:
+        if waiter.cancelled() or waiter.exception() is None:
+            return
+        transport.close()
+        if self._debug:
+            self.call_exception_handler(
+                {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": waiter.exception(),
+                }
+            )
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        listener = self._listeners.pop(sock, None)
+        if listener is not None:
+            listener.close()
+
+    # -- Unix sockets -------------------------------------------------------
+
+    async def create_unix_connection(  # type: ignore[override]
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        path: str | os.PathLike[str] | None = None,
+        *,
+        ssl: Any = None,
+        sock: socket.socket | None = None,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        if ssl and server_hostname is None:
+            raise ValueError("you have to pass server_hostname when using ssl")
+        if not ssl and server_hostname is not None:
+            raise ValueError("server_hostname is only meaningful with ssl")
+        if path is not None:
+            if sock is not None:
+                raise ValueError("path and sock can not be specified at the same time")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                await self.sock_connect(sock, os.fspath(path))
+            except BaseException:
+                sock.close()
+                raise
+        elif sock is None:
+            raise ValueError("no path and sock were specified")
+        elif sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+        sock.setblocking(False)
+        result: tuple[asyncio.BaseTransport, asyncio.BaseProtocol]
+        result = await self._create_connection_transport(
+            sock,
+            protocol_factory,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        return result
+
+    async def create_unix_server(  # type: ignore[override]
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        path: str | os.PathLike[str] | None = None,
+        *,
+        sock: socket.socket | None = None,
+        backlog: int = 100,
+        ssl: Any = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        start_serving: bool = True,
+    ) -> asyncio.Server:
+        if isinstance(ssl, bool):
+            raise TypeError("ssl argument must be an SSLContext or None")
+        if path is not None:
+            if sock is not None:
+                raise ValueError("path and sock can not be specified at the same time")
+            name = os.fspath(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if not name.startswith("\0"):
+                # A stale socket file from a dead server would make bind fail.
+                try:
+                    if stat.S_ISSOCK(os.stat(name).st_mode):
+                        os.remove(name)
+                except FileNotFoundError:
+                    pass
+            try:
+                sock.bind(name)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(errno.EADDRINUSE, f"Address {name!r} is already in use") from None
+                raise
+        elif sock is None:
+            raise ValueError("path was not specified, and no sock specified")
+        elif sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+        sock.setblocking(False)
+        server = base_events.Server(
+            self,
+            [sock],
+            protocol_factory,
+            ssl,
+            backlog,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
+        if start_serving:
+            server._start_serving()
+            await asyncio.sleep(0)
+        return server
+
+    # -- signals ------------------------------------------------------------
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("signal handlers can only be added in the main thread")
+        self._wake_on_signals()
+        self._signal_handlers[sig] = events.Handle(callback, args, self, None)
+        try:
+            signal.signal(sig, self._on_signal)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                self._stop_waking_on_signals()
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        self._check_signal(sig)
+        if self._signal_handlers.pop(sig, None) is None:
+            return False
+        default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, default)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+        if not self._signal_handlers:
+            self._stop_waking_on_signals()
+        return True
+
+    def _check_signal(self, sig: int) -> None:
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        handle = self._signal_handlers.get(signum)
+        if handle is not None and not self._closed:
+            self._ready.append(handle)
+            self._driver.wakeup_threadsafe(self._request_tick)
+
+    def _wake_on_signals(self) -> None:
+        # Frameworks that poll in C (libuv, libev) only return to Python, and
+        # so only run Python signal handlers, when a watched fd is readable:
+        # the interpreter's wakeup fd provides that.
+        if self._signal_socks is not None:
+            return
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        try:
+            signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+        except ValueError as exc:
+            rsock.close()
+            wsock.close()
+            raise RuntimeError(str(exc)) from None
+        self._signal_socks = (rsock, wsock)
+        self._driver.add_reader(rsock.fileno(), functools.partial(_drain, rsock))
+
+    def _stop_waking_on_signals(self) -> None:
+        if self._signal_socks is None:
+            return
+        rsock, wsock = self._signal_socks
+        self._signal_socks = None
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:
+            pass
+        self._driver.remove_reader(rsock.fileno())
+        rsock.close()
+        wsock.close()
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass

@@ -1,0 +1,215 @@
+"""The primitive interface: everything an adapter must supply, and nothing more.
+
+Core owns every rule that a protocol can observe (call order, half-close,
+flow control, close versus abort, error reporting).  An adapter maps a small
+set of primitives onto its framework:
+
+* a :class:`Driver` runs the framework's loop, schedules one callback soon,
+  one callback later, wakes up from other threads, and watches descriptors;
+* a :class:`Stream` moves the bytes of one connected stream socket;
+* a :class:`Datagram` moves the packets of one datagram socket;
+* a :class:`Listener` accepts connections on one listening socket.
+
+Sockets are always created, bound and connected by core (so every option of
+``create_server`` and ``create_connection`` behaves the same everywhere) and
+handed to the adapter, which takes ownership of them.
+
+A driver that only implements the descriptor primitives can inherit working
+streams, datagrams and listeners from :class:`protoshim.FdDriver`; adapters
+whose framework has its own stream machinery override ``open_stream``,
+``listen`` and ``open_datagram``.
+
+Events flow back to core through the ``_on_*`` methods of the sinks below.
+An adapter must:
+
+* never call a sink from inside a primitive call (``write``, ``start_reading``,
+  ...) -- only from the framework's own callbacks;
+* stop calling a sink once ``close`` or ``abort`` has been called on it.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+__all__ = [
+    "Cancellable",
+    "DatagramSink",
+    "Datagram",
+    "Driver",
+    "Listener",
+    "Stream",
+    "StreamSink",
+]
+
+Address = Any
+
+
+class Cancellable(Protocol):
+    """A scheduled framework call that can be cancelled."""
+
+    def cancel(self) -> None:
+        """Prevent the call if it has not run yet; ignore a second cancel."""
+
+
+class StreamSink(Protocol):
+    """Receive the events of one :class:`Stream` (implemented by core)."""
+
+    def _on_data(self, data: bytes) -> None:
+        """Deliver bytes read from the peer; only while reading is started."""
+
+    def _on_eof(self) -> None:
+        """Report that the peer shut its write side (a 0-byte read)."""
+
+    def _on_error(self, exc: BaseException) -> None:
+        """Report a fatal I/O error; the stream must then be aborted by core."""
+
+    def _on_written(self) -> None:
+        """Report that :meth:`Stream.queued` went down.
+
+        Must be called at least when the queue becomes empty, and should be
+        called whenever it shrinks, so the low-water mark is honoured.
+        """
+
+
+class Stream(Protocol):
+    """Move the bytes of one connected stream socket."""
+
+    def attach(self, sink: StreamSink) -> None:
+        """Bind the sink; called once by core, before any other primitive."""
+
+    def start_reading(self) -> None:
+        """Start delivering data and EOF to the sink (idempotent)."""
+
+    def stop_reading(self) -> None:
+        """Stop delivering data to the sink and stop reading the socket.
+
+        No data may reach the sink after this returns, and the framework must
+        not keep reading into an unbounded buffer of its own.
+        """
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` (non-empty, immutable) for sending; never block."""
+
+    def queued(self) -> int:
+        """Return the number of bytes accepted by :meth:`write` and not yet sent."""
+
+    def shutdown_write(self) -> None:
+        """Shut the write side; core calls it once, only when ``queued() == 0``."""
+
+    def close(self) -> None:
+        """Release the connection; core calls it once, after flushing."""
+
+    def abort(self) -> None:
+        """Drop any queued bytes and release the connection immediately."""
+
+    def socket(self) -> socket.socket | None:
+        """Return the socket object behind the stream, if there is one."""
+
+
+class DatagramSink(Protocol):
+    """Receive the events of one :class:`Datagram` (implemented by core)."""
+
+    def _on_datagram(self, data: bytes, addr: Address) -> None:
+        """Deliver one received datagram."""
+
+    def _on_error_received(self, exc: OSError) -> None:
+        """Report a non-fatal error, such as ICMP port unreachable."""
+
+    def _on_error(self, exc: BaseException) -> None:
+        """Report a fatal error; the endpoint is then aborted by core."""
+
+    def _on_written(self) -> None:
+        """Report that :meth:`Datagram.queued` went down."""
+
+
+class Datagram(Protocol):
+    """Move the packets of one datagram socket."""
+
+    def attach(self, sink: DatagramSink) -> None:
+        """Bind the sink; called once by core, before any other primitive."""
+
+    def start_reading(self) -> None:
+        """Start delivering datagrams to the sink (idempotent)."""
+
+    def stop_reading(self) -> None:
+        """Stop delivering datagrams to the sink."""
+
+    def sendto(self, data: bytes, addr: Address | None) -> None:
+        """Queue one datagram; ``addr`` is None on a connected socket."""
+
+    def queued(self) -> int:
+        """Return the number of bytes queued and not yet sent."""
+
+    def close(self) -> None:
+        """Release the socket; core calls it once, after flushing."""
+
+    def abort(self) -> None:
+        """Drop any queued datagrams and release the socket."""
+
+    def socket(self) -> socket.socket | None:
+        """Return the socket object behind the endpoint, if there is one."""
+
+
+class Listener(Protocol):
+    """Accept connections on one listening socket."""
+
+    def close(self) -> None:
+        """Stop accepting; the listening socket itself is closed by core."""
+
+
+#: Called by a listener with each accepted connection.
+OnStream = Callable[[Stream], None]
+
+
+class Driver(Protocol):
+    """Run one framework loop on behalf of a :class:`protoshim.EventLoop`."""
+
+    def run(self) -> None:
+        """Run the framework's loop until :meth:`stop` is called."""
+
+    def stop(self) -> None:
+        """Make :meth:`run` return; called from a callback on the loop."""
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the framework's next iteration, after I/O polling.
+
+        Core never has more than one such call outstanding.
+        """
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
+        """Call ``callback`` once, ``delay`` seconds from now, on a framework timer."""
+
+    def wakeup_threadsafe(self, callback: Callable[[], None]) -> None:
+        """From any thread, make the loop thread call ``callback`` soon.
+
+        The callback must run even while :meth:`run` is blocked polling I/O.
+        """
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever ``fd`` is readable, replacing any previous one."""
+
+    def remove_reader(self, fd: int) -> bool:
+        """Stop watching ``fd`` for reading; return whether it was watched."""
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever ``fd`` is writable, replacing any previous one."""
+
+    def remove_writer(self, fd: int) -> bool:
+        """Stop watching ``fd`` for writing; return whether it was watched."""
+
+    def open_stream(self, sock: socket.socket) -> Stream:
+        """Wrap a connected, non-blocking stream socket, taking ownership of it."""
+
+    def listen(self, sock: socket.socket, backlog: int, on_stream: OnStream) -> Listener:
+        """Accept on a bound socket and call ``on_stream`` with each connection.
+
+        The socket stays owned by core, which closes it after the listener.
+        """
+
+    def open_datagram(self, sock: socket.socket) -> Datagram:
+        """Wrap a non-blocking datagram socket, taking ownership of it."""
+
+    def close(self) -> None:
+        """Release the framework's resources; the driver is not used again."""

@@ -1,0 +1,313 @@
+"""The stream transport state machine, written once for every adapter.
+
+A protocol sees exactly this grammar::
+
+    start -> connection_made [-> data_received]* [-> eof_received]? -> connection_lost -> end
+
+and these rules, whatever framework moves the bytes:
+
+* ``connection_made`` comes before any data; reading starts only after it;
+* ``connection_lost`` is called exactly once, even if ``connection_made`` raised;
+* a true return from ``eof_received`` keeps the write side open, anything
+  else closes the transport;
+* ``close()`` flushes, then closes; ``abort()`` drops the buffer; both end in
+  ``connection_lost(None)``;
+* ``write_eof()`` shuts the write side once the buffer has drained, is
+  idempotent, and makes a later ``write()`` raise RuntimeError;
+* writes after close are dropped, with a warning from the fifth on;
+* an exception from a protocol callback reaches the loop's exception handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from asyncio import trsock
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._flow import FlowControl
+from ._primitives import Stream
+
+if TYPE_CHECKING:
+    from ._loop import EventLoop
+
+__all__ = ["StreamTransport"]
+
+logger = logging.getLogger("protoshim")
+
+#: As in asyncio: warn about writes to a lost connection from this many on.
+WARN_AFTER_LOST_WRITES = 5
+
+
+def _set_nodelay(sock: socket.socket | None) -> None:
+    # Without TCP_NODELAY, a small write after a small write waits for the
+    # peer's delayed ACK; asyncio turns it on for every TCP transport.
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    if sock.type != socket.SOCK_STREAM or sock.proto not in (0, socket.IPPROTO_TCP):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+def socket_extra(sock: socket.socket | None) -> dict[str, Any]:
+    """Return the ``socket``, ``sockname`` and ``peername`` extra info of ``sock``."""
+    extra: dict[str, Any] = {}
+    if sock is None:
+        return extra
+    extra["socket"] = trsock.TransportSocket(sock)
+    try:
+        extra["sockname"] = sock.getsockname()
+    except OSError:
+        extra["sockname"] = None
+    if "peername" not in extra:
+        try:
+            extra["peername"] = sock.getpeername()
+        except OSError:
+            extra["peername"] = None
+    return extra
+
+
+class StreamTransport(FlowControl, asyncio.Transport):
+    """Drive one protocol over one adapter :class:`Stream`."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        stream: Stream,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        server: Any = None,
+    ) -> None:
+        FlowControl.__init__(self)
+        sock = stream.socket()
+        _set_nodelay(sock)
+        asyncio.Transport.__init__(self, {**socket_extra(sock), **(extra or {})})
+        self._loop = loop
+        self._stream = stream
+        self._server = server
+        self._closing = False  # close(), abort() or a fatal error happened
+        self._lost_scheduled = False  # connection_lost is on its way
+        self._released = False  # the stream was closed or aborted
+        self._eof = False  # write_eof() was called
+        self._shut = False  # the write side is actually shut
+        self._reading_paused = False
+        self._lost_writes = 0
+        self._protocol: Any = None
+        self._buffered = False
+        self.set_protocol(protocol)
+        if server is not None:
+            server._attach()
+        stream.attach(self)
+        loop.call_soon(self._connection_made)
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(_set_result_unless_cancelled, waiter)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._released else "closing" if self._closing else "open"
+        return f"<{type(self).__name__} {state} stream={self._stream!r}>"
+
+    # -- protocol plumbing --------------------------------------------------
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        protocol: asyncio.BaseProtocol = self._protocol
+        return protocol
+
+    def _connection_made(self) -> None:
+        # Raising here reaches the exception handler through the Handle, and
+        # the connection carries on, as in asyncio: connection_lost still
+        # follows exactly once.
+        self._protocol.connection_made(self)
+
+    def _start_reading(self) -> None:
+        if not self._closing and not self._reading_paused:
+            self._stream.start_reading()
+
+    # -- reading ------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return not self._reading_paused and not self._closing
+
+    def pause_reading(self) -> None:
+        if not self.is_reading():
+            return
+        self._reading_paused = True
+        self._stream.stop_reading()
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._reading_paused:
+            return
+        self._reading_paused = False
+        self._stream.start_reading()
+
+    def _on_data(self, data: bytes) -> None:
+        if self._lost_scheduled:
+            return
+        try:
+            if self._buffered:
+                _feed_buffered(self._protocol, data)
+            else:
+                self._protocol.data_received(data)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            self._loop._exit_with(exc)
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _on_eof(self) -> None:
+        if self._lost_scheduled:
+            return
+        self._stream.stop_reading()
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt) as exc:
+            self._loop._exit_with(exc)
+            return
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._fatal_error(exc, "Fatal error on transport")
+
+    # -- writing ------------------------------------------------------------
+
+    def get_write_buffer_size(self) -> int:
+        return 0 if self._released else self._stream.queued()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        if self._closing:
+            self._lost_writes += 1
+            if self._lost_writes >= WARN_AFTER_LOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            return
+        self._stream.write(data if type(data) is bytes else bytes(data))
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if self._stream.queued() == 0:
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        self._shut = True
+        try:
+            self._stream.shutdown_write()
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal error on shutdown")
+
+    def _on_written(self) -> None:
+        if self._released:
+            return
+        self._maybe_resume_protocol()
+        if self._stream.queued():
+            return
+        if self._closing:
+            self._schedule_connection_lost(None)
+        elif self._eof and not self._shut:
+            self._shutdown_write()
+
+    # -- closing ------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._stream.stop_reading()
+        if self._stream.queued() == 0:
+            self._schedule_connection_lost(None)
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        # Like asyncio: an OSError is the peer's doing, not a bug, so it goes
+        # to connection_lost only; anything else is also reported.
+        if not isinstance(exc, OSError):
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._lost_scheduled:
+            return
+        self._closing = True
+        self._release(abort=True)
+        self._schedule_connection_lost(exc)
+
+    def _schedule_connection_lost(self, exc: BaseException | None) -> None:
+        if self._lost_scheduled:
+            return
+        self._lost_scheduled = True
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._release(abort=False)
+            if self._server is not None:
+                self._server._detach()
+                self._server = None
+
+    def _release(self, *, abort: bool) -> None:
+        if self._released:
+            return
+        self._released = True
+        if abort:
+            self._stream.abort()
+        else:
+            self._stream.close()
+
+
+def _feed_buffered(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        buf = memoryview(protocol.get_buffer(len(view))).cast("B")
+        if not buf:
+            raise RuntimeError("get_buffer() returned an empty buffer")
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        protocol.buffer_updated(n)
+        view = view[n:]
+
+
+def _set_result_unless_cancelled(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.set_result(None)
