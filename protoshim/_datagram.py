@@ -41,6 +41,7 @@ class DatagramTransport(FlowControl, asyncio.DatagramTransport):
         sock = endpoint.socket()
         asyncio.DatagramTransport.__init__(self, {**socket_extra(sock), **(extra or {})})
         self._loop = loop
+        self._core_loop = loop
         self._endpoint = endpoint
         self._protocol: Any = protocol
         self._address = address
@@ -91,7 +92,7 @@ class DatagramTransport(FlowControl, asyncio.DatagramTransport):
         try:
             self._protocol.datagram_received(data, addr)
         except (SystemExit, KeyboardInterrupt) as exc:
-            self._loop._exit_with(exc)
+            self._core_loop._exit_with(exc)
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.datagram_received() call failed.")
 
@@ -101,7 +102,7 @@ class DatagramTransport(FlowControl, asyncio.DatagramTransport):
         try:
             self._protocol.error_received(exc)
         except (SystemExit, KeyboardInterrupt) as exit_exc:
-            self._loop._exit_with(exit_exc)
+            self._core_loop._exit_with(exit_exc)
         except BaseException as cb_exc:
             self._fatal_error(cb_exc, "Fatal error: protocol.error_received() call failed.")
 

@@ -19,6 +19,7 @@ handed to the driver, so every option of ``create_server`` and
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import functools
 import heapq
@@ -29,7 +30,8 @@ import stat
 import threading
 from asyncio import base_events, events, sslproto
 from collections.abc import Callable
-from typing import Any, TypeVar
+from contextvars import Context
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from ._datagram import DatagramTransport
 from ._primitives import Cancellable, Driver, Stream
@@ -38,6 +40,7 @@ from ._stream import StreamTransport
 __all__ = ["EventLoop"]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 # As in asyncio: rebuild the heap once cancelled timers are half of it.
 _MIN_SCHEDULED_TO_COMPACT = 100
@@ -52,6 +55,25 @@ def _fileno(fileobj: Any) -> int:
 
 class EventLoop(base_events.BaseEventLoop):
     """Run asyncio on a framework through the primitives of a :class:`Driver`."""
+
+    if TYPE_CHECKING:
+        # BaseEventLoop's private state, which this class drives; the stubs
+        # leave it out.
+        _ready: collections.deque[events.Handle]
+        _scheduled: list[Any]  # of TimerHandle, whose _when/_scheduled are unstubbed
+        _closed: bool
+        _stopping: bool
+        _debug: bool
+        _clock_resolution: float
+        _timer_cancelled_count: int
+
+        def _check_closed(self) -> None: ...
+        def _check_callback(self, callback: Any, method: str) -> None: ...
+        async def _ensure_resolved(self, address: Any, **kwargs: Any) -> list[Any]: ...
+        async def _create_connection_transport(
+            self, sock: socket.socket, protocol_factory: Any, ssl: Any,
+            server_hostname: str | None, **kwargs: Any,
+        ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]: ...
 
     def __init__(self, driver: Driver) -> None:
         super().__init__()
@@ -136,11 +158,11 @@ class EventLoop(base_events.BaseEventLoop):
         # Only the callbacks ready now: new ones wait for the next iteration,
         # so I/O gets polled in between, as in asyncio.
         for _ in range(len(ready)):
-            handle = ready.popleft()
-            if handle._cancelled:
+            callback = ready.popleft()
+            if callback._cancelled:
                 continue
             try:
-                handle._run()
+                callback._run()
             except (SystemExit, KeyboardInterrupt) as exc:
                 self._exit_with(exc)
                 return
@@ -180,15 +202,20 @@ class EventLoop(base_events.BaseEventLoop):
 
     def _call_soon(self, callback: Any, args: Any, context: Any) -> events.Handle:
         handle = events.Handle(callback, args, self, context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
+        traceback = getattr(handle, "_source_traceback", None)
+        if traceback:
+            del traceback[-1]
         self._ready.append(handle)
         if not self._tick_pending:
             self._request_tick()
         return handle
 
     def call_at(
-        self, when: float, callback: Callable[..., object], *args: Any, context: Any = None
+        self,
+        when: float,
+        callback: Callable[[*Ts], object],
+        *args: *Ts,
+        context: Context | None = None,
     ) -> events.TimerHandle:
         handle = super().call_at(when, callback, *args, context=context)
         if not self._tick_pending:
@@ -196,7 +223,7 @@ class EventLoop(base_events.BaseEventLoop):
         return handle
 
     def call_soon_threadsafe(
-        self, callback: Callable[..., object], *args: Any, context: Any = None
+        self, callback: Callable[[*Ts], object], *args: *Ts, context: Context | None = None
     ) -> events.Handle:
         self._check_closed()
         if self._debug:
@@ -267,13 +294,13 @@ class EventLoop(base_events.BaseEventLoop):
             remove(fd)
         return True
 
-    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+    def add_reader(self, fd: Any, callback: Callable[[*Ts], Any], *args: *Ts) -> None:
         self._watch(self._readers, self._driver.add_reader, fd, callback, args)
 
     def remove_reader(self, fd: Any) -> bool:
         return self._unwatch(self._readers, self._driver.remove_reader, fd)
 
-    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+    def add_writer(self, fd: Any, callback: Callable[[*Ts], Any], *args: *Ts) -> None:
         self._watch(self._writers, self._driver.add_writer, fd, callback, args)
 
     def remove_writer(self, fd: Any) -> bool:
@@ -373,7 +400,8 @@ class EventLoop(base_events.BaseEventLoop):
         extra: dict[str, Any] | None = None,
         server: Any = None,
     ) -> asyncio.Transport:
-        return self._stream_transport(self._driver.open_stream(sock), protocol, waiter, extra, server)
+        stream = self._driver.open_stream(sock)
+        return self._stream_transport(stream, protocol, waiter, extra, server)
 
     def _ssl_transport(
         self,
@@ -395,10 +423,10 @@ class EventLoop(base_events.BaseEventLoop):
             self,
             protocol,
             sslcontext,
-            waiter,
+            waiter,  # type: ignore[arg-type]  # None is accepted: the stub is narrower
             server_side,
             server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         self._stream_transport(stream, ssl_protocol, None, extra, server)
@@ -511,7 +539,7 @@ class EventLoop(base_events.BaseEventLoop):
 
     # -- Unix sockets -------------------------------------------------------
 
-    async def create_unix_connection(  # type: ignore[override]
+    async def create_unix_connection(  # type: ignore[override]  # the stub's generics are narrower
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         path: str | os.PathLike[str] | None = None,
@@ -552,7 +580,7 @@ class EventLoop(base_events.BaseEventLoop):
         )
         return result
 
-    async def create_unix_server(  # type: ignore[override]
+    async def create_unix_server(
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         path: str | os.PathLike[str] | None = None,
@@ -600,13 +628,13 @@ class EventLoop(base_events.BaseEventLoop):
             ssl_shutdown_timeout,
         )
         if start_serving:
-            server._start_serving()
+            server._start_serving()  # type: ignore[attr-defined]
             await asyncio.sleep(0)
         return server
 
     # -- signals ------------------------------------------------------------
 
-    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+    def add_signal_handler(self, sig: int, callback: Callable[[*Ts], object], *args: *Ts) -> None:
         if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)

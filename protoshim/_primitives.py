@@ -35,8 +35,8 @@ from typing import Any, Protocol
 
 __all__ = [
     "Cancellable",
-    "DatagramSink",
     "Datagram",
+    "DatagramSink",
     "Driver",
     "Listener",
     "Stream",

@@ -89,6 +89,7 @@ class StreamTransport(FlowControl, asyncio.Transport):
         _set_nodelay(sock)
         asyncio.Transport.__init__(self, {**socket_extra(sock), **(extra or {})})
         self._loop = loop
+        self._core_loop = loop
         self._stream = stream
         self._server = server
         self._closing = False  # close(), abort() or a fatal error happened
@@ -159,7 +160,7 @@ class StreamTransport(FlowControl, asyncio.Transport):
             else:
                 self._protocol.data_received(data)
         except (SystemExit, KeyboardInterrupt) as exc:
-            self._loop._exit_with(exc)
+            self._core_loop._exit_with(exc)
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
@@ -170,7 +171,7 @@ class StreamTransport(FlowControl, asyncio.Transport):
         try:
             keep_open = self._protocol.eof_received()
         except (SystemExit, KeyboardInterrupt) as exc:
-            self._loop._exit_with(exc)
+            self._core_loop._exit_with(exc)
             return
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
