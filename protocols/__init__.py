@@ -1,0 +1,1 @@
+"""Protocols written once against asyncio's interfaces: echo and HTTP."""

@@ -1,0 +1,48 @@
+"""Echo servers: every byte or datagram goes back to where it came from."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class EchoServer(asyncio.Protocol):
+    """Write back every byte received, and honour the peer's half-close.
+
+    Reading pauses while the transport's write buffer is above its high-water
+    mark, so a peer that sends without reading cannot grow server memory.
+    """
+
+    transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        # Keep the connection open until everything echoed has been flushed.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
+class DatagramEcho(asyncio.DatagramProtocol):
+    """Send every datagram back to its sender."""
+
+    transport: asyncio.DatagramTransport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.transport.sendto(data, addr)

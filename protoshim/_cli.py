@@ -1,0 +1,221 @@
+"""The ``protoshim`` command: serve a protocol factory on any framework.
+
+Every failure a user can cause (a bad ``MODULE:FACTORY``, an unknown
+framework, a port in use) ends in one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._registry import UnknownFramework, frameworks, get_adapter
+
+__all__ = ["main"]
+
+USAGE_ERROR = 2
+#: Seconds that open connections get to flush after Ctrl-C or SIGTERM.
+SHUTDOWN_GRACE = 5.0
+
+
+class CliError(Exception):
+    """A mistake in the command line or the environment, reported in one line."""
+
+
+def load_object(spec: str) -> Any:
+    """Import ``MODULE:NAME`` (NAME may be dotted) and return the object."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CliError(f"expected MODULE:NAME, got {spec!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"cannot import {module_name!r}: {exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+class _Connections:
+    """Track the transports of a server so shutdown can close each one."""
+
+    def __init__(self) -> None:
+        self.open: set[asyncio.BaseTransport] = set()
+        self.idle: asyncio.Event | None = None
+
+    def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], Any]:
+        def tracked() -> asyncio.BaseProtocol:
+            protocol = factory()
+            made, lost = protocol.connection_made, protocol.connection_lost
+
+            def connection_made(transport: asyncio.BaseTransport) -> None:
+                self.open.add(transport)
+                made(transport)
+
+            def connection_lost(exc: Exception | None) -> None:
+                try:
+                    lost(exc)
+                finally:
+                    self.open = {t for t in self.open if not t.is_closing()}
+                    if not self.open and self.idle is not None:
+                        self.idle.set()
+
+            # Instance attributes shadow the class's methods, so the protocol's
+            # own class (Protocol or BufferedProtocol) is left untouched.
+            protocol.connection_made = connection_made  # type: ignore[method-assign]
+            protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+            return protocol
+
+        return tracked
+
+    async def close_all(self, timeout: float) -> None:
+        if not self.open:
+            return
+        self.idle = asyncio.Event()
+        for transport in list(self.open):
+            transport.close()
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout)
+        except TimeoutError:
+            for transport in list(self.open):
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.abort()
+
+
+async def _serve(
+    factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, label: str, framework: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    connections = _Connections()
+    try:
+        server = await loop.create_server(connections.wrap(factory), host, port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    addresses = ", ".join(_format(s.getsockname()) for s in server.sockets)
+    print(
+        f"protoshim: serving {label} on {framework} at {addresses} (Ctrl-C to stop)",
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        print("protoshim: shutting down", flush=True)
+        server.close()
+        await connections.close_all(SHUTDOWN_GRACE)
+        await server.wait_closed()
+
+
+def _format(address: Any) -> str:
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)
+
+
+def _run_server(
+    framework: str, factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, label: str
+) -> None:
+    adapter = get_adapter(framework)
+    with asyncio.Runner(loop_factory=adapter.new_event_loop) as runner:
+        runner.run(_serve(factory, host, port, label, framework))
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    get_adapter(args.framework)  # an unknown name fails before any import
+    if args.wsgi:
+        from .protocols.http import wsgi_protocol_factory
+
+        app = load_object(args.wsgi)
+        factory: Any = wsgi_protocol_factory(app)
+        label = args.wsgi
+    elif args.factory:
+        factory = load_object(args.factory)
+        label = args.factory
+    else:
+        raise CliError("give a MODULE:FACTORY, or --wsgi MODULE:APP")
+    if not callable(factory):
+        raise CliError(f"{label} is not callable")
+    _run_server(args.framework, factory, args.host, args.port, label)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    get_adapter(args.framework)
+    from .examples.echo_test import protocol_factory
+
+    _run_server(
+        args.framework, protocol_factory(args.port), args.host, args.port, "the Echo Test demo"
+    )
+
+
+def _cmd_frameworks(args: argparse.Namespace) -> None:
+    for name, version in frameworks().items():
+        adapter = get_adapter(name)
+        missing = f"  (missing: {', '.join(sorted(adapter.missing))})" if adapter.missing else ""
+        print(f"{name:<10} {version:<10} {adapter.description}{missing}")
+
+
+def _cmd_install_pyuv(args: argparse.Namespace) -> None:
+    from ._pyuv_build import PyuvBuildError, install_pyuv
+
+    try:
+        print(install_pyuv(python=args.python))
+    except PyuvBuildError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="protoshim", description="Run PEP 3156 protocols on any framework."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve a protocol factory or a WSGI app")
+    serve.add_argument("factory", nargs="?", metavar="MODULE:FACTORY")
+    serve.add_argument("--wsgi", metavar="MODULE:APP", help="serve a WSGI application over HTTP")
+    serve.set_defaults(handler=_cmd_serve)
+
+    demo = commands.add_parser("demo", help="serve the Echo Test demo (Flask, WebSocket, assets)")
+    demo.set_defaults(handler=_cmd_demo)
+
+    for sub, default_port in ((serve, 8888), (demo, 8081)):
+        sub.add_argument("--framework", default="asyncio", help="adapter name (default: asyncio)")
+        sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
+        sub.add_argument("--port", type=int, default=default_port, help="TCP port to listen on")
+
+    listing = commands.add_parser("frameworks", help="list the installed adapters")
+    listing.set_defaults(handler=_cmd_frameworks)
+
+    pyuv = commands.add_parser("install-pyuv", help="build and install a pyuv for this Python")
+    pyuv.add_argument("--python", default=sys.executable, help="interpreter to install into")
+    pyuv.set_defaults(handler=_cmd_install_pyuv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (CliError, UnknownFramework) as exc:
+        print(f"protoshim: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
