@@ -32,6 +32,7 @@ __all__ = [
     "tcp_pair",
     "tls_material",
     "wait",
+    "wait_until",
 ]
 
 #: Seconds any single expected event may take before the test fails.
@@ -46,6 +47,16 @@ async def wait(awaitable: Awaitable[T], what: str, timeout: float = WAIT) -> T:
         return await asyncio.wait_for(awaitable, timeout)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+
+async def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
+    """Poll ``condition`` between loop turns until it is true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.005)
 
 
 async def settle(iterations: int = 10, delay: float = 0.01) -> None:

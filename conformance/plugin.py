@@ -31,6 +31,7 @@ import os
 import platform
 import threading
 import time
+import warnings
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,16 +409,40 @@ def fd_guard(adapter: protoshim.Adapter) -> Iterator[None]:
         )
 
 
+class _Quiet(asyncio.Protocol):
+    """Tell when the connection is gone."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.lost: asyncio.Future[None] = loop.create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Resolve ``lost``."""
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
 def _warm_up(adapter: protoshim.Adapter) -> None:
     """Exercise a first loop so one-time framework resources are not counted as leaks."""
 
     async def exercise(loop: asyncio.AbstractEventLoop) -> None:
         await asyncio.sleep(0)
         if adapter.supports("tcp"):
-            server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+            accepted: list[_Quiet] = []
+
+            def factory() -> _Quiet:
+                accepted.append(_Quiet(loop))
+                return accepted[-1]
+
+            server = await loop.create_server(factory, "127.0.0.1", 0)
             port = server.sockets[0].getsockname()[1]
-            transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            transport, client = await loop.create_connection(
+                lambda: _Quiet(loop), "127.0.0.1", port
+            )
             transport.close()
+            await client.lost
+            while not accepted:
+                await asyncio.sleep(0.01)
+            await accepted[0].lost  # the server side closes on the client's EOF
             server.close()
             await server.wait_closed()
             await loop.getaddrinfo("localhost", port)
@@ -426,13 +451,16 @@ def _warm_up(adapter: protoshim.Adapter) -> None:
         await asyncio.sleep(0.01)
 
     loop = adapter.new_event_loop()
-    try:
-        # The suite reports any failure here itself, test by test.
-        with contextlib.suppress(Exception):
-            loop.run_until_complete(asyncio.wait_for(exercise(loop), _TEARDOWN_TIMEOUT))
-    finally:
-        _close_loop(loop)
-    gc.collect()
+    # Best effort: the tests themselves report anything that goes wrong here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(asyncio.wait_for(exercise(loop), 5.0))
+        finally:
+            with contextlib.suppress(Exception):
+                _close_loop(loop)
+        gc.collect()
 
 
 # --------------------------------------------------------------------------
