@@ -313,6 +313,7 @@ class Datagrams(asyncio.DatagramProtocol):
         self.datagrams: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue()
         self.errors: asyncio.Queue[Exception] = asyncio.Queue()
         self.lost: asyncio.Future[Exception | None] = loop.create_future()
+        self.lost_calls = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport."""
@@ -327,6 +328,7 @@ class Datagrams(asyncio.DatagramProtocol):
         self.errors.put_nowait(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Resolve ``lost``."""
+        """Count the calls; the first one resolves ``lost``."""
+        self.lost_calls += 1
         if not self.lost.done():
             self.lost.set_result(exc)
