@@ -533,9 +533,11 @@ class EventLoop(base_events.BaseEventLoop):
             )
 
     def _stop_serving(self, sock: socket.socket) -> None:
+        # asyncio's Server leaves closing the listening socket to the loop.
         listener = self._listeners.pop(sock, None)
         if listener is not None:
             listener.close()
+        sock.close()
 
     # -- Unix sockets -------------------------------------------------------
 

@@ -75,6 +75,10 @@ def socket_extra(sock: socket.socket | None) -> dict[str, Any]:
 class StreamTransport(FlowControl, asyncio.Transport):
     """Drive one protocol over one adapter :class:`Stream`."""
 
+    # BaseEventLoop.start_tls() checks for this: the transport supports
+    # set_protocol() and pause/resume_reading as SSLProtocol needs.
+    _start_tls_compatible = True
+
     def __init__(
         self,
         loop: EventLoop,

@@ -1,0 +1,164 @@
+"""Sessions: the conformance matrix, unit tests, lint, type check, and the grid.
+
+``nox`` with no arguments runs everything CI runs.  ``nox -s conformance``
+runs the whole matrix; ``nox -s "conformance(twisted-oldest)"`` one cell.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests", "conformance", "matrix"]
+nox.options.error_on_missing_interpreters = True
+nox.options.reuse_existing_virtualenvs = False
+
+ROOT = Path(__file__).parent
+MATRIX_DIR = ROOT / ".matrix"
+PYTHON = "3.11"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One column of the conformance matrix: a framework at one release."""
+
+    framework: str
+    label: str  # "oldest", "newest", or a variant name
+    requirement: str | None  # what pip installs; None for the stdlib
+    pyuv: bool = False  # needs the patched pyuv build
+    pytest_prefix: tuple[str, ...] = ()  # runs pytest under a launcher
+
+    @property
+    def id(self) -> str:
+        return f"{self.framework}-{self.label}"
+
+
+# The oldest release of each framework that installs and passes on Python
+# 3.11, and the newest the index offers at run time.
+CELLS = [
+    Cell("asyncio", "stdlib", None),
+    Cell("selectors", "stdlib", None),
+    Cell("uvloop", "oldest", "uvloop==0.17.0"),
+    Cell("uvloop", "newest", "uvloop"),
+    Cell("twisted", "oldest", "twisted==23.8.0"),
+    Cell("twisted", "newest", "twisted"),
+    Cell("tornado", "oldest", "tornado==6.3"),
+    Cell("tornado", "newest", "tornado"),
+    Cell("gevent", "oldest", "gevent==22.10.2"),
+    Cell("gevent", "newest", "gevent"),
+    Cell(
+        "gevent",
+        "monkey",
+        "gevent",
+        pytest_prefix=("python", "-m", "gevent.monkey", "--module"),
+    ),
+    Cell("pyuv", "1.4.0", None, pyuv=True),
+]
+
+
+def _install_project(session: nox.Session, *extras: str) -> None:
+    session.install("-e", f".[{','.join(('test', *extras))}]")
+
+
+def _install_pyuv(session: nox.Session) -> None:
+    session.run("python", "-m", "protoshim._pyuv_build")
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("cell", CELLS, ids=[cell.id for cell in CELLS])
+def conformance(session: nox.Session, cell: Cell) -> None:
+    """Run the conformance suite on one framework release."""
+    _apt_install(BROWSER)
+    _install_project(session, "http")
+    if cell.requirement:
+        session.install(cell.requirement)
+    if cell.pyuv:
+        _install_pyuv(session)
+    MATRIX_DIR.mkdir(exist_ok=True)
+    report = MATRIX_DIR / f"{cell.id}.json"
+    report.unlink(missing_ok=True)
+    args = [
+        "conformance",
+        "--framework",
+        cell.framework,
+        "--conformance-report",
+        str(report),
+        *session.posargs,
+    ]
+    # pytest exits 5 when it collects nothing: that is a failure here too.
+    if cell.pytest_prefix:
+        session.run(*cell.pytest_prefix, "pytest", *args, success_codes=[0])
+    else:
+        session.run("pytest", *args, success_codes=[0])
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the unit tests, with every framework installed."""
+    _install_project(session, "all")
+    _install_pyuv(session)
+    session.run("pytest", "tests", *session.posargs, success_codes=[0])
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check style with ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", "--diff", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Check types with mypy --strict over the package and this file."""
+    _install_project(session, "all")
+    session.install("mypy", "nox")
+    session.run("mypy", "-p", "protoshim")
+    session.run("mypy", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def matrix(session: nox.Session) -> None:
+    """Gather the conformance reports into CONFORMANCE.md and an SVG grid."""
+    session.install("-e", ".")
+    session.run(
+        "python",
+        "-m",
+        "protoshim.conformance.matrix",
+        str(MATRIX_DIR),
+        "--markdown",
+        "CONFORMANCE.md",
+        "--svg",
+        "docs/conformance-matrix.svg",
+        "--expect",
+        str(len(CELLS)),
+    )
+
+
+@nox.session(python=PYTHON, default=False)
+def serve(session: nox.Session) -> None:
+    """Install everything and start the demo on the default framework."""
+    _install_project(session, "all")
+    session.run("protoshim", "demo", *session.posargs)
+
+
+#: Debian packages for the browser test, keyed by the program each provides.
+BROWSER = {"chromium": "chromium", "chromedriver": "chromium-driver"}
+
+
+def _apt_install(programs: dict[str, str]) -> None:
+    """Install the Debian packages of missing programs (CI machines start bare)."""
+    missing = [package for program, package in programs.items() if not shutil.which(program)]
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print(f"not root or no apt-get: the tests needing {missing} will skip")
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
