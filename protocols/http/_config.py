@@ -1,0 +1,61 @@
+"""Limits and defaults of the HTTP server protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._blocking import BlockingRunner
+
+__all__ = ["HTTPConfig"]
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """Hold the limits and tunables of one HTTP server.
+
+    Every size is in bytes and every timeout in seconds.  The defaults suit a
+    small application server behind nothing; the docs list each one.
+    """
+
+    #: request line plus header fields; past it the answer is 431
+    max_header_size: int = 16 * 1024
+    #: request body; past it the answer is 413 (or the connection is aborted
+    #: if the response has already started)
+    max_body_size: int = 16 * 1024 * 1024
+    #: time to receive a complete request head once it has begun, and the
+    #: first head of a new connection; past it the connection is closed
+    header_timeout: float = 10.0
+    #: idle time between two requests on a kept-alive connection
+    keepalive_timeout: float = 5.0
+    #: requests parsed but not yet answered; past it the protocol stops reading
+    max_pipelined: int = 16
+    #: request body bytes buffered ahead of the application before reading pauses
+    body_buffer_size: int = 64 * 1024
+    #: how long a closing connection keeps reading (and discarding) so that the
+    #: peer sees the last response rather than a reset
+    linger_timeout: float = 2.0
+    #: value of the ``Server`` header; empty to send none
+    server_name: str = "protoshim"
+    #: largest WebSocket message accepted; a larger one is closed with 1009
+    websocket_max_message_size: int = 1024 * 1024
+    #: size of each read when streaming a static file
+    file_chunk_size: int = 64 * 1024
+    #: how blocking code (WSGI applications, file reads) runs; ``None`` means
+    #: the loop's own ``protoshim_blocking_runner`` if it has one, else threads
+    blocking_runner: BlockingRunner | None = None
+
+    def __post_init__(self) -> None:
+        """Reject limits that cannot work."""
+        for name in (
+            "max_header_size",
+            "max_body_size",
+            "max_pipelined",
+            "body_buffer_size",
+            "websocket_max_message_size",
+            "file_chunk_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("header_timeout", "keepalive_timeout", "linger_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")

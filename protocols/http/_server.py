@@ -1,0 +1,863 @@
+"""The HTTP/1.1 server protocol and the exchange object handlers receive.
+
+The protocol is an :class:`asyncio.Protocol` that uses only PEP 3156
+interfaces, so it runs unchanged on every protoshim loop.  h11 parses; each
+request gets its own :class:`h11.Connection`, which lets the protocol parse
+pipelined requests ahead of the one being answered while answering strictly
+in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import logging
+import socket
+import time
+from http import HTTPStatus
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import h11
+
+from ._blocking import BlockingRunner, blocking_runner_for
+from ._config import HTTPConfig
+from ._validate import Rejection, check_fields, scan_head
+
+__all__ = [
+    "HTTPExchange",
+    "HTTPServerProtocol",
+    "Handler",
+    "RequestBodyError",
+    "ResponseError",
+]
+
+log = logging.getLogger("protoshim.http")
+
+Handler = Callable[["HTTPExchange"], Awaitable[None]]
+HeaderList = Iterable[tuple[bytes | str, bytes | str]]
+
+
+class RequestBodyError(OSError):
+    """The request body could not be read: malformed, too large or cut short.
+
+    ``status`` is the response the request deserves if none has started.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class ResponseError(ValueError):
+    """The handler broke the response's framing (e.g. fewer bytes than declared)."""
+
+
+class _DateCache:
+    """Format the ``Date`` header once a second, not once a response."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def now(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._value = email.utils.formatdate(second, usegmt=True).encode("ascii")
+        return self._value
+
+
+_DATES = _DateCache()
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("latin-1")
+
+
+class HTTPExchange:
+    """Present one request to a handler and collect its response.
+
+    The request is described by plain attributes; the body is read with
+    :meth:`receive`.  The response is either :meth:`respond` (all at once) or
+    :meth:`start_response`, any number of :meth:`write` and one :meth:`end`.
+    Writes wait while the transport is paused, so a handler that awaits them
+    never buffers more than the transport's high-water mark.
+    """
+
+    def __init__(
+        self, protocol: HTTPServerProtocol, conn: h11.Connection, request: h11.Request
+    ) -> None:
+        self._protocol = protocol
+        self._conn = conn
+        #: the method, e.g. ``"GET"``
+        self.method: str = request.method.decode("ascii")
+        #: the request target exactly as received
+        self.target: bytes = bytes(request.target)
+        #: ``"1.1"`` or ``"1.0"``
+        self.http_version: str = request.http_version.decode("ascii")
+        #: header fields in order, names lower-cased
+        self.headers: list[tuple[bytes, bytes]] = [
+            (bytes(name), bytes(value)) for name, value in request.headers
+        ]
+        path, _, query = self.target.partition(b"?")
+        if path[:1] != b"/" and b"://" in path:
+            # absolute-form: keep only the path, the authority is in Host
+            path = b"/" + path.split(b"://", 1)[1].partition(b"/")[2]
+        #: the target's path, still percent-encoded
+        self.path: bytes = path
+        #: the target's query string, without ``?``
+        self.query: bytes = query
+        self._body: collections.deque[bytes] = collections.deque()
+        self._body_size = 0
+        self._body_received = 0
+        self._body_done = False
+        self._body_error: RequestBodyError | None = None
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._chunked = False
+        self._tail = b""
+        self._sent_continue = False
+        self._pending_head = b""
+        self._started = False
+        self._finished = False
+        self._close_after = False
+        self._switched = False
+        #: set when the protocol refused the request before any handler saw it
+        self._rejection: Rejection | None = None
+        #: an Upgrade or CONNECT request: what follows may not be HTTP
+        self._blocks_parsing = False
+
+    # -- request -----------------------------------------------------------
+
+    def header(self, name: bytes) -> bytes | None:
+        """Return the field ``name`` (lower-case), repeated fields joined by commas."""
+        values = [value for key, value in self.headers if key == name]
+        return b", ".join(values) if values else None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Return the transport's extra info ``name`` (``peername``, ``sockname``...)."""
+        return self._protocol.get_extra_info(name, default)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the connection runs on."""
+        return self._protocol.loop
+
+    @property
+    def config(self) -> HTTPConfig:
+        """The server's configuration."""
+        return self._protocol.config
+
+    @property
+    def blocking(self) -> BlockingRunner:
+        """The runner for blocking code chosen for this server and loop."""
+        return blocking_runner_for(self.loop, self.config.blocking_runner)
+
+    @property
+    def body_error(self) -> RequestBodyError | None:
+        """The error that ended reading the body, if any."""
+        return self._body_error
+
+    async def receive(self) -> bytes:
+        """Return the next piece of the request body, or ``b""`` at its end.
+
+        Raise :class:`RequestBodyError` if the body is malformed, too large or
+        cut short, and :class:`ConnectionError` if the connection is gone.
+        The first call answers ``Expect: 100-continue``.
+        """
+        if not self._sent_continue and not self._started:
+            self._sent_continue = True
+            if self._conn.they_are_waiting_for_100_continue:
+                self._protocol._write(
+                    self._conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                )
+        while not self._body:
+            if self._body_error is not None:
+                raise self._body_error
+            if self._body_done:
+                return b""
+            if self._protocol.lost:
+                raise ConnectionResetError("connection lost while reading the request body")
+            self._body_waiter = self.loop.create_future()
+            try:
+                await self._body_waiter
+            finally:
+                self._body_waiter = None
+        data = self._body.popleft()
+        self._body_size -= len(data)
+        self._protocol._body_consumed(self)
+        return data
+
+    async def read_body(self) -> bytes:
+        """Return the whole request body (bounded by ``max_body_size``)."""
+        parts = []
+        while data := await self.receive():
+            parts.append(data)
+        return b"".join(parts)
+
+    # -- response ----------------------------------------------------------
+
+    @property
+    def response_started(self) -> bool:
+        """True once :meth:`start_response` (or :meth:`respond`) has been called."""
+        return self._started
+
+    @property
+    def finished(self) -> bool:
+        """True once the response is complete or the connection was handed over."""
+        return self._finished
+
+    def start_response(self, status: int, headers: HeaderList, reason: bytes | str = b"") -> None:
+        """Prepare the status line and headers; they are sent with the first body bytes.
+
+        ``Date`` and ``Server`` are added unless present.  Without
+        ``Content-Length`` the body is sent chunked (or delimited by closing
+        the connection for an HTTP/1.0 client).
+        """
+        if self._started:
+            raise RuntimeError("the response has already started")
+        fields = [(_bytes(name), _bytes(value)) for name, value in headers]
+        names = {name.lower() for name, _ in fields}
+        if b"date" not in names:
+            fields.append((b"Date", _DATES.now()))
+        if b"server" not in names and self.config.server_name:
+            fields.append((b"Server", self.config.server_name.encode("latin-1")))
+        if self._close_after and b"connection" not in names:
+            fields.append((b"Connection", b"close"))
+        if not reason:
+            reason = _reason(status)
+        # Building the event validates the fields without touching the state.
+        try:
+            response = h11.Response(status_code=status, headers=fields, reason=_bytes(reason))
+        except h11.LocalProtocolError as exc:
+            raise ValueError(f"invalid response: {exc}") from None
+        self._pending_head = self._send(response)
+        self._started = True
+
+    def _send(self, event: h11.Event) -> bytes:
+        try:
+            return self._conn.send(event) or b""
+        except h11.LocalProtocolError as exc:
+            # Most likely more or fewer bytes than Content-Length promised.
+            self._finished = True
+            self._protocol._abandon(self, abort=isinstance(event, h11.Data))
+            raise ResponseError(str(exc)) from None
+
+    def _frame(self, data: bytes | bytearray | memoryview) -> bytes:
+        if not self._started:
+            raise RuntimeError("start_response() must be called first")
+        if self._finished:
+            raise RuntimeError("the response is already complete")
+        out = self._pending_head
+        self._pending_head = b""
+        if data and self.method != "HEAD":
+            out += self._send(h11.Data(data=bytes(data)))
+        return out
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send part of the body (with the head if not sent yet) and wait for room."""
+        out = self._frame(data)
+        if out:
+            self._protocol._write(out)
+        await self._protocol._drain()
+
+    async def end(self, data: bytes | bytearray | memoryview = b"") -> None:
+        """Send the last part of the body and end the response."""
+        out = self._frame(data)
+        out += self._send(h11.EndOfMessage())
+        self._finished = True
+        self._protocol._write(out)
+        self._protocol._response_done(self)
+        await self._protocol._drain()
+
+    async def respond(
+        self, status: int, headers: HeaderList, body: bytes = b"", reason: bytes | str = b""
+    ) -> None:
+        """Send a whole response in one write, with ``Content-Length``."""
+        fields = list(headers)
+        if not any(_bytes(name).lower() == b"content-length" for name, _ in fields):
+            fields.append((b"Content-Length", str(len(body)).encode("ascii")))
+        self.start_response(status, fields, reason)
+        await self.end(body)
+
+    def abort(self) -> None:
+        """Drop the connection at once (after an error mid-response)."""
+        self._finished = True
+        self._protocol._abandon(self, abort=True)
+
+    def switch_protocol(self, response: bytes, protocol: asyncio.BaseProtocol) -> None:
+        """Send ``response`` (a complete 101) and hand the connection to ``protocol``.
+
+        ``protocol`` gets ``connection_made`` with the transport, then
+        ``data_received`` with any bytes that followed the request, then every
+        later transport callback.
+        """
+        if self._started:
+            raise RuntimeError("the response has already started")
+        self._started = self._finished = self._switched = True
+        self._protocol._switch(self, response, protocol)
+
+    # -- fed by the protocol -------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._body_waiter is not None and not self._body_waiter.done():
+            self._body_waiter.set_result(None)
+
+    def _push_body(self, data: bytes) -> None:
+        self._body.append(data)
+        self._body_size += len(data)
+        self._wake()
+
+    def _push_end(self) -> None:
+        self._body_done = True
+        self._wake()
+
+    def _fail_body(self, error: RequestBodyError) -> None:
+        if self._body_error is None and not self._body_done:
+            self._body_error = error
+        self._wake()
+
+    async def _send_error(self, status: int, reason: str) -> None:
+        body = f"{status} {_reason(status).decode()}: {reason}\n".encode()
+        self._close_after = True
+        if self.method == "HEAD":
+            body = b""
+        # A fresh connection object answers even when the request's is in ERROR.
+        self._conn = h11.Connection(h11.SERVER)
+        self.method = "GET"  # the fresh connection knows of no HEAD request
+        await self.respond(
+            status,
+            [
+                (b"Content-Type", b"text/plain; charset=utf-8"),
+                (b"Connection", b"close"),
+            ],
+            body,
+        )
+
+
+def _placeholder(method: bytes = b"GET") -> h11.Request:
+    return h11.Request(method=method, target=b"/", headers=[(b"Host", b"")])
+
+
+class HTTPServerProtocol(asyncio.Protocol):
+    """Serve HTTP/1.1 on one connection, calling ``handler`` once per request.
+
+    ``handler(exchange)`` is a coroutine function; requests on a connection
+    are handled one after another and answered in order.  Requests that break
+    the protocol or a limit are answered by the protocol itself (400, 413,
+    417, 431, 501, 505) and never reach the handler.
+    """
+
+    def __init__(self, handler: Handler, config: HTTPConfig | None = None) -> None:
+        self._handler = handler
+        self.config: HTTPConfig = config or HTTPConfig()
+        self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buffer = bytearray()
+        self._exchanges: collections.deque[HTTPExchange] = collections.deque()
+        self._reading: HTTPExchange | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped = False  # no more requests are parsed
+        self._closing = False
+        self._eof = False
+        self.lost = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_kind = ""
+        self._upgraded: asyncio.BaseProtocol | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._requests = 0
+
+    # -- public state ---------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this connection runs on."""
+        if self._loop is None:
+            raise RuntimeError("not connected yet")
+        return self._loop
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests parsed but not yet completely answered."""
+        return len(self._exchanges)
+
+    @property
+    def requests_served(self) -> int:
+        """Requests parsed on this connection so far."""
+        return self._requests
+
+    @property
+    def writing_paused(self) -> bool:
+        """True while the transport has asked us to stop writing."""
+        return self._writing_paused
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Return the transport's extra info ``name``."""
+        if self.transport is None:
+            return default
+        return self.transport.get_extra_info(name, default)
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is lost and every handler has returned."""
+        if self._closed is None:
+            self._closed = self.loop.create_future()
+            self._check_closed()
+        await asyncio.shield(self._closed)
+
+    # -- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start waiting for the first request head."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Head and body are written together, but a response of several
+            # writes must not wait on Nagle and the peer's delayed ACK.
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
+        self._set_timer("header", self.config.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse as many requests as the limits allow."""
+        if self._upgraded is not None:
+            self._upgraded.data_received(data)  # type: ignore[attr-defined]
+            return
+        if self._stopped:
+            return  # closing: discard what the peer still sends
+        self._buffer += data
+        self._run()
+
+    def eof_received(self) -> bool | None:
+        """Finish answering what was received, then close."""
+        if self._upgraded is not None:
+            result: bool | None = self._upgraded.eof_received()  # type: ignore[attr-defined]
+            return result
+        self._eof = True
+        if not self._stopped:
+            self._run()  # parse what is left; an unfinished body or head fails
+        return bool(self._exchanges)  # if answers are owed, keep writing them
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Wake everything that waits on this connection."""
+        self.lost = True
+        self._cancel_timer()
+        if self._upgraded is not None:
+            self._upgraded.connection_lost(exc)
+        error = ConnectionResetError("connection lost")
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+                waiter.exception()  # retrieved: nobody may be left to await it
+        self._drain_waiters.clear()
+        for exchange in self._exchanges:
+            exchange._wake()
+        self._buffer.clear()
+        self._check_closed()
+
+    def pause_writing(self) -> None:
+        """Make writers wait."""
+        self._writing_paused = True
+        if self._upgraded is not None:
+            self._upgraded.pause_writing()
+
+    def resume_writing(self) -> None:
+        """Let writers go on."""
+        self._writing_paused = False
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+        if self._upgraded is not None:
+            self._upgraded.resume_writing()
+
+    # -- writing -----------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.lost or self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        self.transport.write(data)
+
+    async def _drain(self) -> None:
+        if self.lost:
+            raise ConnectionResetError("connection lost")
+        if self._writing_paused:
+            waiter = self.loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    # -- parsing -------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            wants_more = self._process()
+        except Exception:
+            # A bug here must not become a traceback in the loop: drop the peer.
+            log.exception("HTTP protocol failure; aborting the connection")
+            self._stopped = True
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self._set_reading(wants_more or self._stopped)
+        self._update_timer()
+
+    def _set_reading(self, on: bool) -> None:
+        if self.transport is None or self.lost or self._closing:
+            return
+        if on and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        elif not on and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _process(self) -> bool:
+        """Parse what the buffer holds; return False when a limit says stop reading."""
+        while not self._stopped:
+            exchange = self._reading
+            if exchange is not None:
+                if not self._feed_body(exchange):
+                    return exchange._body_size < self.config.body_buffer_size
+                continue
+            if len(self._exchanges) >= self.config.max_pipelined:
+                return False
+            if self._exchanges and self._exchanges[-1]._blocks_parsing:
+                return False  # what follows an upgrade may not be HTTP at all
+            if not self._parse_head():
+                return True
+        return True
+
+    def _feed_body(self, exchange: HTTPExchange) -> bool:
+        """Move body bytes to ``exchange``; return True if its body is complete."""
+        conn = exchange._conn
+        while True:
+            room = self.config.body_buffer_size - exchange._body_size
+            if room <= 0:
+                return False
+            piece = bytes(self._buffer[:room])
+            del self._buffer[:room]
+            if piece:
+                conn.receive_data(piece)
+            elif self._eof:
+                conn.receive_data(b"")
+            while True:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    status = 400 if self._eof else exc.error_status_hint
+                    self._body_failed(exchange, RequestBodyError(status, str(exc)))
+                    return False
+                if isinstance(event, h11.Data):
+                    exchange._body_received += len(event.data)
+                    if exchange._body_received > self.config.max_body_size:
+                        self._body_failed(exchange, RequestBodyError(413, "request body too large"))
+                        return False
+                    exchange._push_body(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    return self._body_complete(exchange, event, piece)
+                else:  # NEED_DATA
+                    break
+            if piece:
+                exchange._tail = (exchange._tail + piece)[-4:]
+            if not self._buffer:
+                return False
+
+    def _body_complete(self, exchange: HTTPExchange, event: h11.EndOfMessage, piece: bytes) -> bool:
+        trailing = exchange._conn.trailing_data[0]
+        if exchange._chunked:
+            # h11 accepts a bare LF ending the trailer section; refuse it, since
+            # a server that does not would see the next request elsewhere.
+            window = exchange._tail + piece
+            end = len(window) - len(trailing)
+            if window[max(0, end - 4) : end] != b"\r\n\r\n":
+                self._body_failed(exchange, RequestBodyError(400, "bare LF ending chunked body"))
+                return False
+            if event.headers:
+                exchange._close_after = True  # trailer fields: do not reuse the connection
+        self._buffer[:0] = trailing
+        self._reading = None
+        exchange._push_end()
+        return True
+
+    def _body_failed(self, exchange: HTTPExchange, error: RequestBodyError) -> None:
+        self._stopped = True
+        self._buffer.clear()
+        self._reading = None
+        exchange._close_after = True
+        exchange._fail_body(error)
+        # Requests parsed after this one are never answered: the stream is lost.
+        while self._exchanges and self._exchanges[-1] is not exchange:
+            self._exchanges.pop()
+
+    def _parse_head(self) -> bool:
+        """Parse one request head from the buffer; return True if one was parsed."""
+        buf = self._buffer
+        # RFC 9112 section 2.2: ignore empty lines before a request line.
+        while buf[:2] == b"\r\n":
+            del buf[:2]
+        if not buf:
+            if self._eof:
+                self._stopped = True
+            return False
+        if self._timer_kind != "header":
+            self._set_timer("header", self.config.header_timeout)
+        end = buf.find(b"\r\n\r\n")
+        complete = end >= 0 and end + 4 <= self.config.max_header_size
+        region = buf[: end + 2] if complete else buf[: self.config.max_header_size + 1]
+        rejection = scan_head(region)
+        if rejection is None and not complete:
+            if len(buf) > self.config.max_header_size:
+                rejection = Rejection(431, "request head too large")
+            elif self._eof:
+                rejection = Rejection(400, "connection closed inside a request head")
+            else:
+                return False
+        head = bytes(buf[: end + 4])
+        if rejection is None:
+            rejection = check_fields(head)
+        if rejection is not None:
+            self._reject(rejection)
+            return False
+        del buf[: end + 4]
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_size)
+        conn.receive_data(head)
+        try:
+            request = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            self._reject(Rejection(exc.error_status_hint, str(exc)))
+            return False
+        assert isinstance(request, h11.Request)
+        rejection = self._check_request(request)
+        if rejection is not None:
+            self._reject(rejection, request.method)
+            return False
+        exchange = HTTPExchange(self, conn, request)
+        exchange._chunked = exchange.header(b"transfer-encoding") is not None
+        exchange._blocks_parsing = request.method == b"CONNECT" or any(
+            name == b"upgrade" for name, _ in request.headers
+        )
+        self._requests += 1
+        self._exchanges.append(exchange)
+        if conn.next_event() is h11.NEED_DATA:
+            self._reading = exchange
+        else:
+            exchange._push_end()
+        if len(self._exchanges) == 1:
+            self._dispatch(exchange)
+        return True
+
+    def _check_request(self, request: h11.Request) -> Rejection | None:
+        target = request.target
+        if request.http_version not in (b"1.0", b"1.1"):
+            return Rejection(505, "only HTTP/1.0 and HTTP/1.1 are served")
+        if request.method == b"CONNECT":
+            return Rejection(501, "CONNECT is not supported")
+        if not (
+            target[:1] == b"/"
+            or target.lower().startswith((b"http://", b"https://"))
+            or (target == b"*" and request.method == b"OPTIONS")
+        ):
+            return Rejection(400, "malformed request target")
+        return self._check_headers(request)
+
+    def _check_headers(self, request: h11.Request) -> Rejection | None:
+        for name, value in request.headers:
+            if name == b"transfer-encoding" and request.http_version == b"1.0":
+                return Rejection(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if name == b"content-length" and int(value) > self.config.max_body_size:
+                return Rejection(413, "request body too large")
+            if name == b"expect" and value.lower() != b"100-continue":
+                return Rejection(417, "unsupported expectation")
+        return None
+
+    def _reject(self, rejection: Rejection, method: bytes = b"GET") -> None:
+        """Queue an error answer; nothing after it on this connection is parsed."""
+        self._stopped = True
+        self._buffer.clear()
+        exchange = HTTPExchange(self, h11.Connection(h11.SERVER), _placeholder(method))
+        exchange._rejection = rejection
+        exchange._body_done = True
+        self._exchanges.append(exchange)
+        if len(self._exchanges) == 1:
+            self._dispatch(exchange)
+
+    # -- handling ------------------------------------------------------------
+
+    def _dispatch(self, exchange: HTTPExchange) -> None:
+        task = self.loop.create_task(self._handle(exchange))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._check_closed()
+
+    async def _handle(self, exchange: HTTPExchange) -> None:
+        try:
+            if exchange._rejection is not None:
+                await exchange._send_error(*exchange._rejection)
+                return
+            if exchange._body_error is not None:
+                # The body failed before the request reached the front of the queue.
+                await exchange._send_error(exchange._body_error.status, str(exchange._body_error))
+                return
+            await self._handler(exchange)
+            if not exchange._finished:
+                if exchange._started:
+                    await exchange.end()
+                else:
+                    log.error("handler returned without responding to %s", exchange.target)
+                    await exchange._send_error(500, "no response")
+        except RequestBodyError as exc:
+            await self._fail(exchange, exc.status, str(exc))
+        except ResponseError as exc:
+            # The connection was already closed where the framing broke.
+            log.warning("response to %s broke its framing: %s", exchange.target, exc)
+        except ConnectionError as exc:
+            log.debug("connection dropped during %s: %s", exchange.target, exc)
+            exchange.abort()
+        except Exception:
+            log.exception("handler failed on %s", exchange.target)
+            await self._fail(exchange, 500, "handler failed")
+
+    async def _fail(self, exchange: HTTPExchange, status: int, reason: str) -> None:
+        if exchange._finished:
+            return
+        if exchange._started:
+            exchange.abort()
+            return
+        try:
+            await exchange._send_error(status, reason)
+        except ConnectionError:
+            exchange.abort()
+
+    def _body_consumed(self, exchange: HTTPExchange) -> None:
+        if exchange is self._reading and not self._stopped:
+            self._run()
+
+    def _response_done(self, exchange: HTTPExchange) -> None:
+        if not self._exchanges or self._exchanges[0] is not exchange:
+            return
+        self._exchanges.popleft()
+        conn = exchange._conn
+        keep_alive = (
+            not exchange._close_after
+            and exchange._rejection is None
+            and conn.our_state is h11.DONE
+            and conn.their_state is h11.DONE
+        )
+        if not keep_alive:
+            self._shutdown()
+            return
+        if self._exchanges:
+            self._dispatch(self._exchanges[0])
+        self._run()
+        if not self._exchanges and (self._eof or self._stopped):
+            self._shutdown()
+
+    def _abandon(self, exchange: HTTPExchange, abort: bool) -> None:
+        """Give up the connection because ``exchange``'s response cannot be completed."""
+        self._stopped = True
+        self._exchanges.clear()
+        self._cancel_timer()
+        if self.transport is not None and not self.lost and not self._closing:
+            self._closing = True
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def _switch(
+        self, exchange: HTTPExchange, response: bytes, protocol: asyncio.BaseProtocol
+    ) -> None:
+        assert self.transport is not None
+        self._write(response)
+        self._cancel_timer()
+        self._stopped = True
+        self._exchanges.clear()
+        leftover = bytes(self._buffer)
+        self._buffer.clear()
+        self._upgraded = protocol
+        protocol.connection_made(self.transport)
+        if self._writing_paused:
+            protocol.pause_writing()
+        self._set_reading(True)
+        if leftover:
+            protocol.data_received(leftover)  # type: ignore[attr-defined]
+        if self._eof and not protocol.eof_received():  # type: ignore[attr-defined]
+            self.transport.close()
+
+    def _shutdown(self) -> None:
+        """Close after the last response, reading and discarding until the peer closes.
+
+        Closing with unread input makes the kernel send a reset, which can
+        destroy the response before the peer reads it; half-closing and
+        lingering lets the peer see it.
+        """
+        if self._closing or self.transport is None:
+            return
+        self._stopped = True
+        self._closing = True
+        self._buffer.clear()
+        self._exchanges.clear()
+        self._cancel_timer()
+        if self.lost:
+            return
+        if self._eof or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._set_timer("linger", self.config.linger_timeout)
+
+    # -- timers --------------------------------------------------------------
+
+    def _update_timer(self) -> None:
+        if self._closing or self.lost:
+            return
+        if self._exchanges or self._upgraded is not None or self._stopped:
+            if self._timer_kind in ("header", "idle"):
+                self._cancel_timer()
+        elif not self._buffer and self._timer_kind != "idle" and self._requests:
+            self._set_timer("idle", self.config.keepalive_timeout)
+
+    def _set_timer(self, kind: str, delay: float) -> None:
+        self._cancel_timer()
+        self._timer_kind = kind
+        self._timer = self.loop.call_later(delay, self._timer_fired)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_kind = ""
+
+    def _timer_fired(self) -> None:
+        kind = self._timer_kind
+        self._timer = None
+        self._timer_kind = ""
+        if self.transport is None or self.lost:
+            return
+        log.debug("closing connection: %s timeout", kind)
+        self._stopped = True
+        self.transport.close()
+
+    def _check_closed(self) -> None:
+        if self._closed is not None and self.lost and not self._tasks and not self._closed.done():
+            self._closed.set_result(None)

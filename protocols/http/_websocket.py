@@ -1,0 +1,335 @@
+"""WebSocket (RFC 6455) over the HTTP protocol, framed by wsproto.
+
+:class:`WebSocketUpgrade` is an HTTP handler: it checks the upgrade request
+with wsproto, answers 101 and hands the connection to a
+:class:`_WebSocketProtocol`, then runs the application's handler with a
+:class:`WebSocket`.  A bad handshake gets 400 (or 426 with the supported
+version, or when no upgrade was asked for at all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import h11
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from ._config import HTTPConfig
+from ._server import HTTPExchange
+
+__all__ = ["WebSocket", "WebSocketClosed", "WebSocketHandler", "WebSocketUpgrade"]
+
+log = logging.getLogger("protoshim.http.websocket")
+
+WebSocketHandler = Callable[["WebSocket"], Awaitable[None]]
+
+NORMAL_CLOSURE = 1000
+INTERNAL_ERROR = 1011
+MESSAGE_TOO_BIG = 1009
+NO_STATUS = 1005
+
+
+class WebSocketClosed(ConnectionError):
+    """The WebSocket is closed; ``code`` is the close code received or sent."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"WebSocket closed with code {code} {reason}".rstrip())
+        self.code = code
+        self.reason = reason
+
+
+class _WebSocketProtocol(asyncio.Protocol):
+    """Frame and unframe messages on a connection taken over from HTTP."""
+
+    def __init__(self, ws: WSConnection, config: HTTPConfig) -> None:
+        self._ws = ws
+        self._config = config
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._messages: collections.deque[tuple[str | bytes, int]] = collections.deque()
+        self._queued = 0
+        self._parts: list[str | bytes] = []
+        self._part_size = 0
+        self._oversized = False
+        self._reader: asyncio.Future[None] | None = None
+        self._drainers: list[asyncio.Future[None]] = []
+        self._paused = False
+        self._reading_paused = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self._linger: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Remember the transport taken over from HTTP."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        """Turn frames into messages, answering pings and closes."""
+        if self._ws.state is ConnectionState.CLOSED:
+            return
+        self._ws.receive_data(data)
+        self._handle_events()
+
+    def eof_received(self) -> bool:
+        """Treat a half-close as the end of the connection."""
+        if self._ws.state is not ConnectionState.CLOSED:
+            self._ws.receive_data(None)
+            self._handle_events()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Wake everyone: the connection is gone."""
+        if self.close_code is None:
+            self.close_code = 1006  # closed without a close frame (RFC 6455 7.1.5)
+        if self._linger is not None:
+            self._linger.cancel()
+        self._wake_reader()
+        for waiter in self._drainers:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drainers.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        """Make senders wait."""
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        """Let senders go on."""
+        self._paused = False
+        for waiter in self._drainers:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drainers.clear()
+
+    # -- events ----------------------------------------------------------
+
+    def _handle_events(self) -> None:
+        for event in self._ws.events():
+            if isinstance(event, TextMessage | BytesMessage):
+                self._on_message(event)
+            elif isinstance(event, Ping):
+                self._send_event(event.response())
+            elif isinstance(event, CloseConnection):
+                self._on_close(event)
+                return
+        if self._queued > self._config.websocket_max_message_size and not self._reading_paused:
+            # The handler is not keeping up: stop reading until it catches up.
+            self._reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def _on_message(self, event: TextMessage | BytesMessage) -> None:
+        if self._oversized:
+            return
+        data = event.data if isinstance(event.data, str) else bytes(event.data)
+        self._part_size += len(data.encode() if isinstance(data, str) else data)
+        if self._part_size > self._config.websocket_max_message_size:
+            self._oversized = True
+            self._parts.clear()
+            self._close(MESSAGE_TOO_BIG, "message too big")
+            return
+        self._parts.append(data)
+        if event.message_finished:
+            message: str | bytes
+            if isinstance(event, TextMessage):
+                message = "".join(part for part in self._parts if isinstance(part, str))
+            else:
+                message = b"".join(part for part in self._parts if isinstance(part, bytes))
+            self._parts.clear()
+            self._messages.append((message, self._part_size))
+            self._queued += self._part_size
+            self._part_size = 0
+            self._wake_reader()
+
+    def _on_close(self, event: CloseConnection) -> None:
+        if self._ws.state is ConnectionState.REMOTE_CLOSING:
+            # The peer started the closing handshake: echo its code.
+            self._record_close(event.code, event.reason or "")
+            self._send_event(event.response())
+        elif self._ws.state is ConnectionState.OPEN:
+            # wsproto reports a malformed frame as a close event; fail the connection.
+            self._record_close(event.code, event.reason or "")
+            self._send_event(CloseConnection(code=event.code, reason=event.reason))
+        assert self.transport is not None
+        self.transport.close()  # RFC 6455 7.1.1: the server closes TCP first
+        self._wake_reader()
+
+    def _record_close(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+
+    def _send_event(self, event: CloseConnection | TextMessage | BytesMessage | Pong) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            data = self._ws.send(event)
+        except LocalProtocolError:
+            return  # the state moved on (e.g. already closing): nothing to send
+        self.transport.write(data)
+
+    def _close(self, code: int, reason: str) -> None:
+        if self._ws.state is not ConnectionState.OPEN:
+            return
+        self._record_close(code, reason)
+        self._send_event(CloseConnection(code=code, reason=reason))
+        self._wake_reader()
+        # Wait for the peer's close frame, but not forever.
+        self._linger = self._loop.call_later(self._config.linger_timeout, self._force_close)
+
+    def _force_close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _wake_reader(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
+
+    # -- used by WebSocket ---------------------------------------------------
+
+    async def receive(self) -> str | bytes:
+        while not self._messages:
+            if self.close_code is not None or self._ws.state is not ConnectionState.OPEN:
+                raise WebSocketClosed(self.close_code or NO_STATUS, self.close_reason)
+            self._reader = self._loop.create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+        message, size = self._messages.popleft()
+        self._queued -= size
+        if self._reading_paused and self._queued <= self._config.websocket_max_message_size:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        return message
+
+    async def send(self, message: str | bytes) -> None:
+        if self._ws.state is not ConnectionState.OPEN or self.transport is None:
+            raise WebSocketClosed(self.close_code or NO_STATUS, self.close_reason)
+        event: TextMessage | BytesMessage
+        if isinstance(message, str):
+            event = TextMessage(data=message)
+        else:
+            event = BytesMessage(data=bytes(message))
+        self.transport.write(self._ws.send(event))
+        if self._paused and not self.closed.done():
+            waiter = self._loop.create_future()
+            self._drainers.append(waiter)
+            await waiter
+
+    async def close(self, code: int, reason: str) -> None:
+        self._close(code, reason)
+        await asyncio.shield(self.closed)
+
+
+class WebSocket:
+    """Exchange messages with one WebSocket peer.
+
+    Iterating yields messages (``str`` for text, ``bytes`` for binary) until
+    the peer closes.  :meth:`send` waits while the transport is paused.
+    """
+
+    def __init__(self, exchange: HTTPExchange, protocol: _WebSocketProtocol) -> None:
+        self._protocol = protocol
+        #: the request path (still percent-encoded) and query of the upgrade
+        self.path: bytes = exchange.path
+        self.query: bytes = exchange.query
+        #: the upgrade request's header fields, names lower-cased
+        self.headers: list[tuple[bytes, bytes]] = exchange.headers
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once closed, else None."""
+        return self._protocol.close_code
+
+    async def receive(self) -> str | bytes:
+        """Return the next message; raise :class:`WebSocketClosed` once closed."""
+        return await self._protocol.receive()
+
+    async def send(self, message: str | bytes) -> None:
+        """Send a text (``str``) or binary (``bytes``) message."""
+        await self._protocol.send(message)
+
+    async def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake and wait until the connection is closed."""
+        await self._protocol.close(code, reason)
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[str | bytes]:
+        while True:
+            try:
+                yield await self.receive()
+            except WebSocketClosed:
+                return
+
+
+class WebSocketUpgrade:
+    """An HTTP handler that upgrades to WebSocket and runs ``handler``."""
+
+    def __init__(self, handler: WebSocketHandler) -> None:
+        self.handler = handler
+
+    async def __call__(self, exchange: HTTPExchange) -> None:
+        """Answer the upgrade request, then run the WebSocket handler."""
+        ws = WSConnection(ConnectionType.SERVER)
+        rejection: RejectConnection | None = None
+        if exchange.header(b"upgrade") is None:
+            rejection = RejectConnection(status_code=426, headers=[(b"Upgrade", b"websocket")])
+        elif exchange.header(b"content-length") not in (None, b"0") or exchange.header(
+            b"transfer-encoding"
+        ):
+            rejection = RejectConnection(status_code=400)
+        else:
+            try:
+                ws.initiate_upgrade_connection(exchange.headers, exchange.target)
+                request = next(ws.events())
+                assert isinstance(request, Request)
+            except RemoteProtocolError as exc:
+                hint = exc.event_hint
+                rejection = hint if isinstance(hint, RejectConnection) else RejectConnection()
+            except (LocalProtocolError, h11.LocalProtocolError):
+                rejection = RejectConnection(status_code=400)
+        if rejection is not None:
+            body = b"WebSocket handshake failed\n"
+            await exchange.respond(
+                rejection.status_code,
+                [*rejection.headers, (b"Content-Type", b"text/plain; charset=utf-8")],
+                body,
+            )
+            return
+        protocol = _WebSocketProtocol(ws, exchange.config)
+        exchange.switch_protocol(ws.send(AcceptConnection()), protocol)
+        websocket = WebSocket(exchange, protocol)
+        try:
+            await self.handler(websocket)
+        except WebSocketClosed:
+            pass
+        except Exception:
+            log.exception("WebSocket handler failed on %s", exchange.target)
+            await protocol.close(INTERNAL_ERROR, "handler failed")
+            return
+        await protocol.close(NORMAL_CLOSURE, "")

@@ -1,0 +1,278 @@
+"""Serve a PEP 3333 (WSGI) application from the HTTP protocol.
+
+The application blocks, so it runs through the server's
+:class:`~protoshim.protocols.http.BlockingRunner` (threads by default).  Every
+interaction with the connection — reading ``wsgi.input``, sending the head,
+sending each body chunk — is a coroutine run on the loop while the worker
+waits for it, so a paused transport pauses the application itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import urllib.parse
+from collections.abc import Callable, Coroutine, Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._blocking import BlockingRunner
+from ._server import HTTPExchange, RequestBodyError
+
+__all__ = ["WSGIApp", "WSGIHandler", "build_environ"]
+
+log = logging.getLogger("protoshim.http.wsgi")
+
+T = TypeVar("T")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], None]]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+_READ_SIZE = 64 * 1024
+
+
+class _Errors:
+    """Send ``wsgi.errors`` text to the ``protoshim.http.wsgi`` logger, line by line."""
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def write(self, text: str) -> None:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            log.error("%s", line)
+
+    def writelines(self, seq: Iterable[str]) -> None:
+        for text in seq:
+            self.write(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            log.error("%s", self._partial)
+            self._partial = ""
+
+
+class _Input:
+    """Stream the request body to the application as ``wsgi.input``."""
+
+    def __init__(self, call: _Call) -> None:
+        self._call = call
+        self._buffer = bytearray()
+        self._eof = False
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        data = self._call.wait(self._call.exchange.receive())
+        if not data:
+            self._eof = True
+            return False
+        self._buffer += data
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            size = len(self._buffer)
+        while len(self._buffer) < size and self._fill():
+            pass
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = sys.maxsize if size is None or size < 0 else size
+        while True:
+            end = self._buffer.find(b"\n", 0, limit)
+            if end >= 0:
+                return self.read(end + 1)
+            if len(self._buffer) >= limit or not self._fill():
+                return self.read(min(limit, len(self._buffer)))
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        lines: list[bytes] = []
+        total = 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> _Input:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+def build_environ(exchange: HTTPExchange, runner: BlockingRunner) -> dict[str, Any]:
+    """Return the CGI-style environ of ``exchange`` (without ``wsgi.input``)."""
+    sockname = exchange.get_extra_info("sockname")
+    peername = exchange.get_extra_info("peername")
+    server = sockname if isinstance(sockname, tuple) else ("localhost", 0)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": exchange.method,
+        "SCRIPT_NAME": "",
+        # PEP 3333: bytes travel as latin-1 strings; the app decodes them.
+        "PATH_INFO": urllib.parse.unquote_to_bytes(exchange.path).decode("latin-1"),
+        "QUERY_STRING": exchange.query.decode("latin-1"),
+        "REQUEST_URI": exchange.target.decode("latin-1"),
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{exchange.http_version}",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "https" if exchange.get_extra_info("sslcontext") else "http",
+        "wsgi.errors": _Errors(),
+        "wsgi.multithread": runner.multithread,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        # The input stream ends at the end of the body, chunked or not.
+        "wsgi.input_terminated": True,
+    }
+    if isinstance(peername, tuple):
+        environ["REMOTE_ADDR"] = str(peername[0])
+        environ["REMOTE_PORT"] = str(peername[1])
+    for name, value in exchange.headers:
+        if b"_" in name:
+            continue  # X_Forwarded would collide with X-Forwarded: drop the ambiguous one
+        key = name.decode("latin-1").upper().replace("-", "_")
+        text = value.decode("latin-1")
+        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            environ[key] = text
+            continue
+        key = "HTTP_" + key
+        if key in environ:
+            separator = "; " if key == "HTTP_COOKIE" else ", "
+            environ[key] = environ[key] + separator + text
+        else:
+            environ[key] = text
+    return environ
+
+
+class _Call:
+    """Run one request through the application, in the blocking runner."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        exchange: HTTPExchange,
+        runner: BlockingRunner,
+        environ: dict[str, Any],
+    ) -> None:
+        self.app = app
+        self.exchange = exchange
+        self.loop = exchange.loop
+        self.runner = runner
+        self.environ = environ
+        environ["wsgi.input"] = _Input(self)
+        self.status: tuple[int, str] | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.headers_sent = False
+
+    def wait(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.runner.call(self.loop, coro)
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # break the frame <-> traceback cycle
+        elif self.status is not None:
+            raise AssertionError("start_response() called twice without exc_info")
+        code, _, reason = status.partition(" ")
+        if len(code) != 3 or not code.isdigit():
+            raise ValueError(f"invalid WSGI status {status!r}")
+        self.status = (int(code), reason)
+        self.headers = list(headers)
+        return self.write
+
+    async def _send(self, data: bytes, end: bool) -> None:
+        exchange = self.exchange
+        if not exchange.response_started:
+            assert self.status is not None
+            code, reason = self.status
+            exchange.start_response(code, self.headers, reason)
+        if end:
+            await exchange.end(data)
+        else:
+            await exchange.write(data)
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` now (the PEP 3333 ``write`` callable, and each chunk)."""
+        if self.status is None:
+            raise AssertionError("write() before start_response()")
+        if not data:
+            return  # PEP 3333: the head waits for the first non-empty chunk
+        self.headers_sent = True
+        self.wait(self._send(data, end=False))
+
+    def run(self) -> None:
+        result = self.app(self.environ, self.start_response)
+        try:
+            if (
+                isinstance(result, list | tuple)
+                and len(result) <= 1
+                and self.status is not None
+                and not any(name.lower() == "content-length" for name, _ in self.headers)
+                and not self.headers_sent
+            ):
+                # PEP 3333 lets the server compute it when the whole body is known;
+                # the response then goes out in a single write.
+                body = bytes(result[0]) if result else b""
+                self.headers.append(("Content-Length", str(len(body))))
+                self.headers_sent = True
+                self.wait(self._send(body, end=True))
+                return
+            for chunk in result:
+                self.write(chunk)
+            if self.status is None:
+                raise AssertionError("the application returned without start_response()")
+            self.headers_sent = True
+            self.wait(self._send(b"", end=True))
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+
+class WSGIHandler:
+    """Adapt a WSGI application into a handler for :class:`HTTPServerProtocol`.
+
+    Errors follow PEP 3333: an exception before the head is sent becomes a
+    500; one after it aborts the connection; a body shorter or longer than
+    the declared ``Content-Length`` closes the connection.
+    """
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, exchange: HTTPExchange) -> None:
+        """Run the application for ``exchange`` off the loop."""
+        runner = exchange.blocking
+        call = _Call(self.app, exchange, runner, build_environ(exchange, runner))
+        try:
+            await runner.run(exchange.loop, call.run)
+        except asyncio.CancelledError:
+            raise
+        except RequestBodyError:
+            raise
+        except Exception:
+            if exchange.body_error is not None:
+                # The application failed because the body did: answer for the body.
+                raise exchange.body_error from None
+            raise
