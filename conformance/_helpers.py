@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import trustme
+
 __all__ = [
     "WAIT",
     "Datagrams",
@@ -25,6 +27,7 @@ __all__ = [
     "Recorder",
     "TlsMaterial",
     "close_and_wait",
+    "extra",
     "fill_write_buffer",
     "ipv6_unavailable",
     "settle",
@@ -154,9 +157,7 @@ class Recorder(asyncio.Protocol):
                 self._wanted.remove((size, waiter))
             elif finished:
                 waiter.set_exception(
-                    AssertionError(
-                        f"stream ended after {len(self.data)} of {size} expected bytes"
-                    )
+                    AssertionError(f"stream ended after {len(self.data)} of {size} expected bytes")
                 )
                 self._wanted.remove((size, waiter))
 
@@ -211,7 +212,7 @@ async def tcp_pair(
     client: Recorder | None = None
     try:
         port = server.sockets[0].getsockname()[1]
-        _, client = await wait(
+        _, connected = await wait(
             loop.create_connection(
                 functools.partial(client_protocol, loop),
                 host,
@@ -221,9 +222,10 @@ async def tcp_pair(
             ),
             "create_connection",
         )
+        client = connected
         peer = await wait(first, "the server to create a protocol")
         await wait(asyncio.shield(peer.made), "server-side connection_made")
-        yield Pair(server=server, client=client, peer=peer, accepted=accepted)
+        yield Pair(server=server, client=connected, peer=peer, accepted=accepted)
     finally:
         server.close()
         await close_and_wait(*([client] if client else []), *accepted)
@@ -283,8 +285,6 @@ class TlsMaterial:
 @functools.cache
 def tls_material() -> TlsMaterial:
     """Make certificates once per process with trustme."""
-    import trustme  # imported lazily: only the TLS tests need it
-
     ca = trustme.CA()
     other_ca = trustme.CA()
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

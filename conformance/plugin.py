@@ -29,10 +29,11 @@ import gc
 import json
 import os
 import platform
+import re
 import threading
 import time
 import warnings
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -137,13 +138,14 @@ def _in_suite(path: Path) -> bool:
 
 def _arg_selects_suite(arg: str, pyargs: bool) -> bool:
     target = arg.split("::", 1)[0]
-    if pyargs and (target == "protoshim.conformance" or target.startswith("protoshim.conformance.")):
-        return True
+    if pyargs and target.startswith("protoshim.conformance"):
+        module = target.removeprefix("protoshim.conformance")
+        return module == "" or module.startswith(".test_")
     try:
         resolved = Path(target).resolve()
     except OSError:
         return False
-    return resolved == SUITE_DIR or resolved.is_relative_to(SUITE_DIR)
+    return resolved == SUITE_DIR or _in_suite(resolved)
 
 
 # --------------------------------------------------------------------------
@@ -252,9 +254,7 @@ class _SuiteHooks:
         if self.state.failure_message:
             terminalreporter.write_line(self.state.failure_message, red=True, bold=True)
         if self.state.report_path is not None and self.state.requested:
-            terminalreporter.write_line(
-                f"protoshim conformance report: {self.state.report_path}"
-            )
+            terminalreporter.write_line(f"protoshim conformance report: {self.state.report_path}")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -273,44 +273,57 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 # Report
 
 
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
 def _reason(report: pytest.TestReport) -> str:
+    """Return one stable line: the skip reason or the first line of the failure."""
     longrepr = report.longrepr
     if isinstance(longrepr, tuple):  # a skip: (path, line, "Skipped: reason")
-        text = str(longrepr[2])
-        return text.removeprefix("Skipped: ")
-    crash = getattr(longrepr, "reprcrash", None)
-    message = getattr(crash, "message", None)
-    if isinstance(message, str):
-        return message[:500]
-    lines = str(longrepr).strip().splitlines()
-    return lines[-1][:500] if lines else ""
+        text = str(longrepr[2]).removeprefix("Skipped: ")
+    else:
+        crash = getattr(longrepr, "reprcrash", None)
+        message = getattr(crash, "message", None)
+        text = message if isinstance(message, str) else str(longrepr)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    # Object addresses differ between runs and would make every cell "changed".
+    return _ADDRESS.sub("0x…", lines[0])[:300] if lines else ""
 
 
 def _fold(previous: _Result | None, report: pytest.TestReport) -> _Result | None:
+    """Return the test's outcome after this phase, or None to keep the previous one."""
     wasxfail: str | None = getattr(report, "wasxfail", None)
     if report.when == "setup":
-        if report.failed:
-            return _Result("error", _reason(report))
-        if report.skipped:
-            if wasxfail is not None:
-                return _Result("xfailed", wasxfail)
-            return _Result("skipped", _reason(report))
-        return None
+        return _fold_setup(report, wasxfail)
     if report.when == "call":
-        if wasxfail is not None:
-            return _Result("xfailed" if report.skipped else "xpassed", wasxfail)
-        if report.failed:
-            text = str(report.longrepr)
-            if text.startswith("[XPASS(strict)]"):
-                return _Result("xpassed", text.removeprefix("[XPASS(strict)]").strip())
-            return _Result("failed", _reason(report))
-        if report.skipped:
-            return _Result("skipped", _reason(report))
-        return _Result("passed")
+        return _fold_call(report, wasxfail)
     # teardown: an error here spoils a pass, but a failure stays a failure
     if report.failed and (previous is None or previous.outcome in ("passed", "skipped")):
         return _Result("error", _reason(report))
     return None
+
+
+def _fold_setup(report: pytest.TestReport, wasxfail: str | None) -> _Result | None:
+    if report.failed:
+        return _Result("error", _reason(report))
+    if not report.skipped:
+        return None
+    if wasxfail is not None:
+        return _Result("xfailed", wasxfail)
+    return _Result("skipped", _reason(report))
+
+
+def _fold_call(report: pytest.TestReport, wasxfail: str | None) -> _Result:
+    if wasxfail is not None:
+        return _Result("xfailed" if report.skipped else "xpassed", wasxfail)
+    if report.failed:
+        text = str(report.longrepr)
+        if text.startswith("[XPASS(strict)]"):  # how xfail_strict reports a pass
+            return _Result("xpassed", text.removeprefix("[XPASS(strict)]").strip())
+        return _Result("failed", _reason(report))
+    return _Result(
+        "skipped" if report.skipped else "passed", _reason(report) if report.skipped else ""
+    )
 
 
 def _write_report(state: _State) -> None:
@@ -501,9 +514,11 @@ def loop(
 
 
 @pytest.fixture
-def expect_exceptions(loop: asyncio.AbstractEventLoop, request: pytest.FixtureRequest) -> list[Context]:
+def expect_exceptions(
+    loop: asyncio.AbstractEventLoop, request: pytest.FixtureRequest
+) -> list[Context]:
     """Return the list of exception handler contexts; calls no longer fail the test."""
-    recorder = request.node.stash[_RECORDER]
+    recorder: ExceptionRecorder = request.node.stash[_RECORDER]
     recorder.expected = True
     return recorder.contexts
 
@@ -535,7 +550,7 @@ def run(
     return run_coroutine
 
 
-async def _bounded(coro: Coroutine[Any, Any, T], timeout: float) -> T:
+async def _bounded(coro: Awaitable[T], timeout: float) -> T:
     try:
         async with asyncio.timeout(timeout) as scope:
             return await coro

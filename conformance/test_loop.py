@@ -203,7 +203,9 @@ def test_gather_returns_results_in_argument_order(loop, run):
         return value
 
     async def main():
-        results = await asyncio.gather(value_after(1, 0.03), value_after(2, 0.0), value_after(3, 0.01))
+        results = await asyncio.gather(
+            value_after(1, 0.03), value_after(2, 0.0), value_after(3, 0.01)
+        )
         assert results == [1, 2, 3]
 
     run(main())

@@ -10,6 +10,7 @@ import pytest
 
 from protoshim.conformance._helpers import (
     Recorder,
+    close_and_wait,
     extra,
     fill_write_buffer,
     settle,
@@ -341,17 +342,21 @@ def test_unix_transport_is_asyncio_transport(loop, run):
         with short_tmpdir() as directory:
             path = f"{directory}/s"
             accepted: list[Recorder] = []
-            server = await loop.create_unix_server(lambda: accepted.append(Recorder(loop)) or accepted[-1], path)
+
+            def factory():
+                accepted.append(Recorder(loop))
+                return accepted[-1]
+
+            server = await loop.create_unix_server(factory, path)
+            client = None
             try:
-                transport, client = await loop.create_unix_connection(lambda: Recorder(loop), path)
+                _, client = await loop.create_unix_connection(lambda: Recorder(loop), path)
                 await wait_until(lambda: accepted and accepted[0].transport, "the server side")
-                for each in (transport, accepted[0].tr):
-                    assert isinstance(each, asyncio.Transport)
+                for protocol in (client, accepted[0]):
+                    assert isinstance(protocol.tr, asyncio.Transport)
             finally:
                 server.close()
-                for protocol in (client, *accepted):
-                    protocol.tr.abort()
-                    await wait(asyncio.shield(protocol.lost), "connection_lost")
+                await close_and_wait(*([client] if client else []), *accepted)
                 await server.wait_closed()
 
     run(main())
