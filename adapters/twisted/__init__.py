@@ -1,0 +1,60 @@
+"""Run PEP 3156 protocols on Twisted, and Twisted protocols on any adapter.
+
+``protoshim.new_event_loop("twisted")`` returns an asyncio event loop driving
+a private reactor of its own; :func:`attach` returns one that runs inside an
+application's already running reactor.  The bridges between the two worlds
+(:func:`as_future`, :func:`as_deferred`, :class:`ProtocolFactory`,
+:func:`from_twisted`) are imported lazily, so importing this package (which
+the adapter registry does) never imports Twisted.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..._registry import Adapter
+
+if TYPE_CHECKING:
+    from ._bridge import ProtocolFactory, as_deferred, as_future
+    from ._loop import attach, new_event_loop
+    from ._migrate import from_twisted
+
+__all__ = [
+    "ADAPTER",
+    "ProtocolFactory",
+    "as_deferred",
+    "as_future",
+    "attach",
+    "from_twisted",
+    "new_event_loop",
+]
+
+ADAPTER = Adapter(
+    name="twisted",
+    loop_factory="protoshim.adapters.twisted._loop:new_event_loop",
+    requires="twisted.internet",
+    distribution="twisted",
+    description="protoshim's core on a private Twisted reactor, with Twisted's TCP transports",
+    missing={"subprocess": "not implemented by protoshim's core yet"},
+)
+
+_LAZY = {
+    "ProtocolFactory": "._bridge",
+    "as_deferred": "._bridge",
+    "as_future": "._bridge",
+    "attach": "._loop",
+    "new_event_loop": "._loop",
+    "from_twisted": "._migrate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the Twisted-dependent names on first use."""
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # noqa: PLC0415 - only needed on first use
+
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,391 @@
+"""A :class:`~protoshim.Driver` on a Twisted reactor, and the loops built on it.
+
+Two ways to get a loop:
+
+* :func:`new_event_loop` creates a private reactor instance for the loop
+  (never installed as ``twisted.internet.reactor``) and drives its
+  iterations itself (``runUntilCurrent`` + ``doIteration``), so loops can be
+  created and closed any number of times in one process;
+* :func:`attach` returns the loop of a reactor the application runs itself,
+  typically the installed global one, from inside ``reactor.run()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import weakref
+from asyncio import events
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import error as tw_error
+from twisted.internet import interfaces
+from twisted.internet.base import DelayedCall, ReactorBase
+from twisted.python import failure
+from zope.interface import implementer  # type: ignore[import-untyped]
+
+from ..._fdio import FdDatagram, FdListener
+from ..._loop import EventLoop
+from ..._primitives import OnStream
+from ._stream import TwistedStream, open_socket_stream
+
+__all__ = [
+    "AttachedEventLoop",
+    "TwistedDriver",
+    "TwistedEventLoop",
+    "attach",
+    "new_event_loop",
+    "new_reactor",
+]
+
+Callback = Callable[[], None]
+
+
+def new_reactor() -> ReactorBase:
+    """Create a reactor of the platform's best polling kind, without installing it."""
+    try:
+        from twisted.internet.epollreactor import EPollReactor  # noqa: PLC0415 - per platform
+    except ImportError:
+        pass
+    else:
+        return EPollReactor()  # type: ignore[no-untyped-call]
+    try:
+        from twisted.internet.pollreactor import PollReactor  # noqa: PLC0415 - per platform
+    except ImportError:
+        pass
+    else:
+        return PollReactor()  # type: ignore[no-untyped-call]
+    from twisted.internet.selectreactor import SelectReactor  # noqa: PLC0415 - per platform
+
+    return SelectReactor()
+
+
+class _Timer:
+    """Cancel a reactor DelayedCall idempotently, as core requires."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: DelayedCall) -> None:
+        self._call = call
+
+    def cancel(self) -> None:
+        # DelayedCall.cancel raises once the call ran or was cancelled.
+        if self._call.active():
+            self._call.cancel()
+
+
+@implementer(interfaces.IReadDescriptor, interfaces.IWriteDescriptor)
+class _Watcher:
+    """One descriptor watched for core, with its reader and writer callbacks.
+
+    Twisted keeps a single selectable per descriptor, so reading and writing
+    interest on one fd share this object.
+    """
+
+    def __init__(self, driver: TwistedDriver, fd: int) -> None:
+        self._driver = driver
+        self._fd = fd
+        self.reader: Callback | None = None
+        self.writer: Callback | None = None
+
+    def __repr__(self) -> str:
+        return f"<protoshim watcher fd={self._fd}>"
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "protoshim"
+
+    def doRead(self) -> None:
+        if self.reader is not None:
+            self._driver.run_callback(self.reader)
+
+    def doWrite(self) -> None:
+        if self.writer is not None:
+            self._driver.run_callback(self.writer)
+
+    def connectionLost(self, reason: failure.Failure) -> None:
+        # The reactor drops a descriptor that reports hang-up or error;
+        # asyncio keeps reporting it ready until the callback removes it.
+        driver = self._driver
+        if driver.closed or driver.watcher(self._fd) is not self:
+            return
+        reactor: Any = driver.reactor
+        if self.reader is not None:
+            reactor.addReader(self)
+        if self.writer is not None:
+            reactor.addWriter(self)
+        reader, writer = self.reader, self.writer
+        if reader is not None:
+            driver.run_callback(reader)
+        if writer is not None and self.writer is writer:
+            driver.run_callback(writer)
+
+
+class TwistedDriver:
+    """Run core's callbacks, timers and descriptors on one Twisted reactor.
+
+    With ``owned`` the driver runs the reactor's iterations itself and shuts
+    the reactor down in :meth:`close`; otherwise the application runs the
+    reactor, and :meth:`run` refuses to nest inside it.
+    """
+
+    def __init__(self, reactor: ReactorBase, *, owned: bool) -> None:
+        # Any: zope interfaces (IReadDescriptor, ...) are opaque to mypy.
+        self._reactor: Any = reactor
+        self._owned = owned
+        self._stopping = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._watchers: dict[int, _Watcher] = {}
+        self._streams: weakref.WeakSet[TwistedStream] = weakref.WeakSet()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        if owned:
+            # No signal handlers: core installs its own, through the wakeup fd.
+            reactor.startRunning(installSignalHandlers=False)
+
+    @property
+    def reactor(self) -> ReactorBase:
+        """The reactor whose machinery runs the loop."""
+        reactor: ReactorBase = self._reactor
+        return reactor
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
+
+    def watcher(self, fd: int) -> _Watcher | None:
+        """Return the watcher of ``fd``, if core watches it."""
+        return self._watchers.get(fd)
+
+    # -- running ------------------------------------------------------------
+
+    def run_callback(self, callback: Callback) -> None:
+        """Call ``callback`` for the reactor; carry any escaping exception out of :meth:`run`.
+
+        Twisted logs and swallows what its callbacks raise; core's callbacks
+        only let KeyboardInterrupt, SystemExit or a bug escape, which must end
+        ``run_forever`` instead.
+        """
+        if self._closed:
+            return
+        if self._owned:
+            try:
+                callback()
+            except BaseException as exc:
+                if self._error is None:
+                    self._error = exc
+                self._stopping = True
+            return
+        # Inside the application's reactor.run(), asyncio code must still
+        # find its loop running.
+        previous = events._get_running_loop()
+        events._set_running_loop(self.loop)
+        try:
+            callback()
+        finally:
+            events._set_running_loop(previous)
+
+    def run(self) -> None:
+        if not self._owned:
+            raise RuntimeError(
+                "this loop is attached to a reactor that the application runs: "
+                "schedule work with loop.create_task() instead of running the loop"
+            )
+        reactor: Any = self._reactor
+        self._stopping = False
+        try:
+            while not self._stopping:
+                reactor.runUntilCurrent()
+                if self._stopping:
+                    break
+                reactor.doIteration(reactor.timeout())
+        finally:
+            exc, self._error = self._error, None
+        if exc is not None:
+            raise exc
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def call_soon(self, callback: Callback) -> None:
+        # A zero delay runs in the reactor's next runUntilCurrent, after the
+        # poll, since calls added while timed calls run wait for the next pass.
+        self._reactor.callLater(0, self.run_callback, callback)
+
+    def call_later(self, delay: float, callback: Callback) -> _Timer:
+        return _Timer(self._reactor.callLater(delay, self.run_callback, callback))
+
+    def wakeup_threadsafe(self, callback: Callback) -> None:
+        self._reactor.callFromThread(self.run_callback, callback)
+
+    # -- descriptors --------------------------------------------------------
+
+    def _watch(self, fd: int) -> _Watcher:
+        watcher = self._watchers.get(fd)
+        if watcher is None:
+            watcher = self._watchers[fd] = _Watcher(self, fd)
+        return watcher
+
+    def _forget(self, fd: int, watcher: _Watcher) -> None:
+        if watcher.reader is None and watcher.writer is None:
+            del self._watchers[fd]
+
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        watcher = self._watch(fd)
+        watcher.reader = callback
+        self._reactor.addReader(watcher)
+
+    def remove_reader(self, fd: int) -> bool:
+        watcher = self._watchers.get(fd)
+        if watcher is None or watcher.reader is None:
+            return False
+        watcher.reader = None
+        self._reactor.removeReader(watcher)
+        self._forget(fd, watcher)
+        return True
+
+    def add_writer(self, fd: int, callback: Callback) -> None:
+        watcher = self._watch(fd)
+        watcher.writer = callback
+        self._reactor.addWriter(watcher)
+
+    def remove_writer(self, fd: int) -> bool:
+        watcher = self._watchers.get(fd)
+        if watcher is None or watcher.writer is None:
+            return False
+        watcher.writer = None
+        self._reactor.removeWriter(watcher)
+        self._forget(fd, watcher)
+        return True
+
+    # -- sockets ------------------------------------------------------------
+
+    def open_stream(self, sock: socket.socket) -> TwistedStream:
+        stream = open_socket_stream(self, sock)
+        self._streams.add(stream)
+        return stream
+
+    def listen(self, sock: socket.socket, backlog: int, on_stream: OnStream) -> FdListener:
+        # Core's accept loop on the reactor's descriptor set; every accepted
+        # socket becomes Twisted's own tcp/unix Server through open_stream.
+        return FdListener(self, sock, backlog, on_stream)
+
+    def open_datagram(self, sock: socket.socket) -> FdDatagram:
+        # Twisted's udp.Port drops a datagram that would block, truncates
+        # IPv6 addresses, caps the packet size and ignores ICMP errors on
+        # unconnected sockets, so datagrams move on the reactor's fd set.
+        return FdDatagram(self, sock)
+
+    # -- closing ------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        reactor: Any = self._reactor
+        for watcher in list(self._watchers.values()):
+            reactor.removeReader(watcher)
+            reactor.removeWriter(watcher)
+        self._watchers.clear()
+        for stream in list(self._streams):
+            stream.release()
+        if not self._owned:
+            return
+        # Shut the private reactor down: shutdown triggers (such as stopping
+        # its thread pool) run, and its own descriptors are closed.
+        try:
+            reactor.stop()
+        except tw_error.ReactorNotRunning:
+            pass
+        reactor.runUntilCurrent()
+        waker = getattr(reactor, "waker", None)
+        if waker is not None:
+            reactor.removeReader(waker)
+            waker.connectionLost(failure.Failure(tw_error.ConnectionDone()))  # type: ignore[no-untyped-call]
+            reactor.waker = None
+        poller = getattr(reactor, "_poller", None)
+        close = getattr(poller, "close", None)
+        if close is not None:
+            close()
+
+
+class TwistedEventLoop(EventLoop):
+    """An asyncio event loop on a Twisted reactor."""
+
+    _driver: TwistedDriver
+
+    def __init__(self, driver: TwistedDriver) -> None:
+        super().__init__(driver)
+        driver.loop = self
+
+    @property
+    def reactor(self) -> ReactorBase:
+        """The reactor to pass to Twisted APIs (endpoints, ``deferLater``, ...)."""
+        return self._driver.reactor
+
+
+class AttachedEventLoop(TwistedEventLoop):
+    """An asyncio event loop inside a reactor that the application runs.
+
+    It counts as running in the reactor's thread from the moment it is
+    attached, so ``run_forever`` and ``run_until_complete`` refuse to nest;
+    ``loop.create_task()`` and everything asyncio schedules run on the
+    reactor's own iterations.  ``stop()`` does nothing: the application
+    stops its reactor.  It is closed when the reactor shuts down.
+    """
+
+    def __init__(self, driver: TwistedDriver) -> None:
+        super().__init__(driver)
+        self._thread_id = threading.get_ident()
+
+    def stop(self) -> None:
+        """Do nothing: an attached loop runs as long as its reactor does."""
+
+    def close(self) -> None:
+        """Close the loop, even though its reactor keeps running."""
+        self._thread_id = None  # type: ignore[assignment]
+        super().close()
+
+
+def new_event_loop() -> TwistedEventLoop:
+    """Create an event loop on a new private reactor."""
+    return TwistedEventLoop(TwistedDriver(new_reactor(), owned=True))
+
+
+_ATTACHED: weakref.WeakKeyDictionary[Any, AttachedEventLoop] = weakref.WeakKeyDictionary()
+
+
+def attach(reactor: Any = None) -> asyncio.AbstractEventLoop:
+    """Return the asyncio loop that runs inside ``reactor`` (default: the global one).
+
+    Call it in the reactor's thread.  The same reactor always gives the same
+    loop, until the reactor shuts down, which closes the loop.  On
+    Twisted's asyncio reactor the answer is the asyncio loop it already runs on.
+    """
+    if reactor is None:
+        # Importing it installs the default reactor: only when asked to.
+        from twisted.internet import reactor as global_reactor  # noqa: PLC0415
+
+        reactor = global_reactor
+    asyncio_loop = getattr(reactor, "_asyncioEventloop", None)
+    if isinstance(asyncio_loop, asyncio.AbstractEventLoop):
+        return asyncio_loop
+    loop = _ATTACHED.get(reactor)
+    if loop is not None and not loop.is_closed():
+        return loop
+    loop = AttachedEventLoop(TwistedDriver(reactor, owned=False))
+    _ATTACHED[reactor] = loop
+    reactor.addSystemEventTrigger("after", "shutdown", _close_attached, reactor, loop)
+    return loop
+
+
+def _close_attached(reactor: Any, loop: AttachedEventLoop) -> None:
+    if _ATTACHED.get(reactor) is loop:
+        del _ATTACHED[reactor]
+    if not loop.is_closed():
+        loop.close()

@@ -1,0 +1,329 @@
+"""Core's :class:`~protoshim.Stream` primitive over a Twisted transport.
+
+Sockets that core connects become Twisted's own ``tcp.Server`` or
+``unix.Server`` transport (the class ``adoptStreamConnection`` builds, here
+around the very socket object core hands over, so no descriptor is
+duplicated).  Any other Twisted transport, such as a TLS-wrapped one from an
+endpoint, is driven through Twisted's producer/consumer interfaces.
+
+How Twisted's behaviour maps onto the primitive contract:
+
+* ``queued()`` is Twisted's real user-space buffer (``dataBuffer`` from
+  ``offset`` plus ``_tempDataLen``) and ``_on_written`` follows every
+  ``doWrite`` that shrank it;
+* the peer's EOF arrives through ``IHalfCloseableProtocol.readConnectionLost``
+  and becomes ``_on_eof``; ``shutdown_write`` is ``loseWriteConnection``;
+* ``stop_reading``/``start_reading`` are ``pauseProducing``/``resumeProducing``;
+* after core's ``close``/``abort`` the transport's ``connectionLost`` is
+  swallowed; an unsolicited one becomes ``_on_error`` with an OSError.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import abstract, interfaces, protocol, tcp
+from twisted.internet import error as tw_error
+from twisted.python import failure
+from zope.interface import implementer  # type: ignore[import-untyped]
+
+from ..._primitives import StreamSink
+
+if TYPE_CHECKING:
+    from ._loop import TwistedDriver
+
+__all__ = ["StreamProtocol", "TwistedStream", "open_socket_stream"]
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class StreamProtocol(protocol.Protocol):
+    """Forward a Twisted transport's events to its :class:`TwistedStream`."""
+
+    stream: TwistedStream | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.stream is not None:
+            self.stream._data(data)
+
+    def readConnectionLost(self) -> None:
+        if self.stream is not None:
+            self.stream._eof()
+
+    def writeConnectionLost(self) -> None:
+        """Ignore: core shut the write side itself and expects nothing back."""
+
+    def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
+        if self.stream is not None:
+            self.stream._lost(reason)
+
+
+def _fd_buffered(transport: abstract.FileDescriptor) -> int:
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+@implementer(interfaces.IPushProducer)
+class TwistedStream:
+    """Move one connection's bytes through a Twisted transport."""
+
+    def __init__(
+        self,
+        driver: TwistedDriver,
+        transport: Any,
+        bridge: StreamProtocol,
+        sock: socket.socket | None,
+    ) -> None:
+        self._driver = driver
+        self._transport = transport
+        self._sock = sock
+        self._sink: StreamSink | None = None
+        self._reading = False
+        self._held: list[bytes] = []  # data that arrived while not reading
+        self._eof_held = False
+        self._eof_seen = False
+        self._released = False  # core closed or aborted us
+        self._dead = False  # the Twisted transport is gone
+        # A FileDescriptor exposes its buffer, so queued() is exact there; any
+        # other transport only says "full" and "drained" to its producer.
+        self._exact = isinstance(transport, abstract.FileDescriptor)
+        self._since_drain = 0
+        self._throttled = False
+        self._delivery_scheduled = False
+        bridge.stream = self
+        transport.pauseProducing()  # core starts reading after connection_made
+        if self._exact:
+            self._do_write = transport.doWrite
+            transport.doWrite = self._wrapped_do_write
+        else:
+            transport.registerProducer(self, True)
+
+    def __repr__(self) -> str:
+        return f"<TwistedStream {self._transport!r}>"
+
+    @property
+    def transport(self) -> Any:
+        """The Twisted transport underneath."""
+        return self._transport
+
+    # -- the Stream primitive -------------------------------------------------
+
+    def attach(self, sink: StreamSink) -> None:
+        self._sink = sink
+
+    def start_reading(self) -> None:
+        if self._reading or self._released or self._dead:
+            return
+        self._reading = True
+        if self._held or self._eof_held:
+            # Never call the sink from inside a primitive: deliver next turn.
+            self._schedule_delivery()
+            return
+        if not self._eof_seen:
+            self._transport.resumeProducing()
+
+    def stop_reading(self) -> None:
+        if not self._reading:
+            return
+        self._reading = False
+        if not self._dead and not self._released:
+            self._transport.pauseProducing()
+
+    def write(self, data: bytes) -> None:
+        transport = self._transport
+        if self._dead:
+            return
+        if self._exact and not _fd_buffered(transport) and not transport._writeDisconnecting:
+            # Send at once, as asyncio does, so small writes leave nothing queued.
+            sent = transport.writeSomeData(data)
+            if isinstance(sent, int) and sent > 0:
+                data = data[sent:]
+            if not data:
+                return
+            # On an error the rest stays queued: doWrite meets it again and
+            # reports it from a reactor callback.
+        elif not self._exact:
+            self._since_drain += len(data)
+        transport.write(data)
+
+    def queued(self) -> int:
+        if self._dead or self._released:
+            return 0
+        if self._exact:
+            return _fd_buffered(self._transport)
+        return self._since_drain if self._throttled else 0
+
+    def shutdown_write(self) -> None:
+        if not self._dead:
+            self._transport.loseWriteConnection()
+
+    def close(self) -> None:
+        self._release(abort=False)
+
+    def abort(self) -> None:
+        self._release(abort=True)
+
+    def socket(self) -> socket.socket | None:
+        if self._sock is not None:
+            return self._sock
+        handle = getattr(self._transport, "getHandle", None)
+        sock = handle() if handle is not None else None
+        return sock if isinstance(sock, socket.socket) else None
+
+    def release(self) -> None:
+        """Drop the connection silently: the loop is closing."""
+        self._release(abort=True)
+
+    # -- IPushProducer: a non-FileDescriptor transport's buffer -------------
+
+    def pauseProducing(self) -> None:
+        self._throttled = True
+
+    def resumeProducing(self) -> None:
+        # Twisted resumes a streaming producer once its buffer is empty.
+        self._throttled = False
+        self._since_drain = 0
+        self._notify(lambda sink: sink._on_written())
+
+    def stopProducing(self) -> None:
+        """Ignore: connectionLost follows and reports the loss."""
+
+    # -- Twisted's events -----------------------------------------------------
+
+    def _notify(self, event: Callable[[StreamSink], None]) -> None:
+        sink = self._sink
+        if sink is None or self._released or self._driver.closed:
+            return
+        self._driver.run_callback(functools.partial(event, sink))
+
+    def _wrapped_do_write(self) -> Any:
+        before = _fd_buffered(self._transport)
+        result = self._do_write()
+        if before and _fd_buffered(self._transport) < before and not self._dead:
+            self._notify(lambda sink: sink._on_written())
+        return result
+
+    def _data(self, data: bytes) -> None:
+        if self._released or self._dead:
+            return
+        if not self._reading or self._held:
+            self._held.append(data)
+            return
+        self._notify(lambda sink: sink._on_data(data))
+
+    def _eof(self) -> None:
+        if self._released or self._dead or self._eof_seen:
+            return
+        self._eof_seen = True
+        if not self._reading or self._held:
+            self._eof_held = True
+            return
+        self._reading = False
+        self._notify(lambda sink: sink._on_eof())
+
+    def _schedule_delivery(self) -> None:
+        if not self._delivery_scheduled:
+            self._delivery_scheduled = True
+            self._driver.call_soon(self._deliver_held)
+
+    def _deliver_held(self) -> None:
+        self._delivery_scheduled = False
+        while self._held and self._reading and not self._released and not self._dead:
+            self._notify(functools.partial(_deliver_data, data=self._held.pop(0)))
+        if self._held or not self._reading or self._released or self._dead:
+            return
+        if self._eof_held:
+            self._eof_held = False
+            self._reading = False
+            self._notify(lambda sink: sink._on_eof())
+        elif not self._eof_seen:
+            self._transport.resumeProducing()
+
+    def _lost(self, reason: failure.Failure) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        if self._released:
+            return  # our own close or abort: Twisted's report is redundant
+        exc = reason.value
+        if isinstance(exc, tw_error.ConnectionDone):
+            # A transport that cannot half-close reports the peer's EOF as
+            # the end of the connection: deliver the EOF first.
+            if not self._eof_seen:
+                self._eof_seen = True
+                self._reading = False
+                self._notify(lambda sink: sink._on_eof())
+            if self._released:
+                return
+            error: BaseException = BrokenPipeError(errno.EPIPE, "Connection closed")
+        elif isinstance(exc, tw_error.ConnectionAborted):
+            error = ConnectionAbortedError(errno.ECONNABORTED, "Connection aborted")
+        elif isinstance(exc, tw_error.ConnectionLost):
+            # Twisted folds every recv/send failure into ConnectionLost.
+            error = ConnectionResetError(errno.ECONNRESET, "Connection lost")
+        elif isinstance(exc, BaseException):
+            error = exc
+        else:  # pragma: no cover - a Failure always wraps an exception
+            error = ConnectionResetError(errno.ECONNRESET, str(exc))
+        self._notify(lambda sink: sink._on_error(error))
+
+    # -- releasing ------------------------------------------------------------
+
+    def _release(self, *, abort: bool) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._held.clear()
+        if self._dead:
+            return
+        transport = self._transport
+        if self._exact:
+            if abort:
+                transport.dataBuffer = b""
+                transport.offset = 0
+                transport._tempDataBuffer = []
+                transport._tempDataLen = 0
+            # Core closes only once the buffer is empty (or drops it on
+            # abort), so Twisted's flush-then-close has nothing left to do:
+            # end the connection now, as asyncio does, instead of on the next
+            # iteration.  loseConnection does the same after a write shutdown.
+            self._dead = True
+            transport.connectionLost(failure.Failure(tw_error.ConnectionDone()))  # type: ignore[no-untyped-call]
+            return
+        # A registered producer would keep loseConnection waiting forever.
+        transport.unregisterProducer()
+        abort_connection = getattr(transport, "abortConnection", None)
+        if abort and abort_connection is not None:
+            abort_connection()
+        else:
+            transport.loseConnection()
+
+
+def _deliver_data(sink: StreamSink, data: bytes) -> None:
+    sink._on_data(data)
+
+
+def open_socket_stream(driver: TwistedDriver, sock: socket.socket) -> TwistedStream:
+    """Wrap a connected socket in Twisted's own server-side transport."""
+    bridge = StreamProtocol()
+    reactor: Any = driver.reactor
+    try:
+        peer: Any = sock.getpeername()
+    except OSError:
+        peer = None
+    transport: tcp.Server
+    if sock.family == socket.AF_UNIX:
+        from twisted.internet import unix  # noqa: PLC0415 - absent on Windows
+
+        transport = unix.Server(sock, bridge, peer or "", None, 0, reactor)  # type: ignore[no-untyped-call]
+    else:
+        if peer is None:
+            peer = ("", 0)
+        transport = tcp.Server(sock, bridge, peer, None, 0, reactor)  # type: ignore[arg-type]
+    # Server.__init__ leaves these for a listening Port to fill in.
+    transport.repstr = f"<{type(transport).__name__} fd={sock.fileno()} peer={peer!r}>"
+    stream = TwistedStream(driver, transport, bridge, sock)
+    bridge.makeConnection(transport)  # type: ignore[no-untyped-call]
+    return stream
