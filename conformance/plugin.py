@@ -33,6 +33,7 @@ import re
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Awaitable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,10 +181,10 @@ def pytest_configure(config: pytest.Config) -> None:
     framework: str | None = config.getoption("framework")
     report: str | None = config.getoption("conformance_report")
     pyargs = bool(config.getoption("pyargs", False))
-    requested = (
-        framework is not None
-        or report is not None
-        or any(_arg_selects_suite(str(arg), pyargs) for arg in config.args)
+    # --framework alone does not select the suite: other test directories may
+    # use the fixtures with it.
+    requested = report is not None or any(
+        _arg_selects_suite(str(arg), pyargs) for arg in config.args
     )
     state = _State(
         framework=framework or DEFAULT_FRAMEWORK,
@@ -198,9 +199,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    """Name the adapter under test when the suite is selected."""
+    """Name the adapter under test when the suite or a framework is selected."""
     state = _state(config)
-    if not state.requested:
+    if not (state.requested or state.explicit):
         return None
     adapter = state.adapter()
     missing = ", ".join(sorted(adapter.missing)) or "none"
@@ -240,9 +241,11 @@ class _SuiteHooks:
             return
         passed = sum(1 for result in state.results.values() if result.outcome == "passed")
         if passed == 0:
+            counts = Counter(result.outcome for result in state.results.values())
+            summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
             state.failure_message = (
                 f"protoshim conformance: no test passed on framework {state.framework!r} "
-                f"({len(state.results)} run); a run that checks nothing must not succeed"
+                f"({summary or 'nothing ran'}); a run that checks nothing must not succeed"
             )
             if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,268 @@
+"""Servers, raw clients and response parsing shared by the HTTP conformance tests.
+
+Both ends run on the loop under test: the server is the protocol factory
+being tested, the client a plain :class:`asyncio.Protocol` made with the
+loop's ``create_connection``.  Responses are parsed with h11's client side,
+so a malformed response fails the test instead of being misread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from wsgiref.validate import validator
+
+import h11
+
+from protoshim.conformance._helpers import Recorder, wait, wait_until
+from protoshim.protocols.http import (
+    BlockingRunner,
+    HTTPConfig,
+    HTTPServerProtocol,
+    ThreadRunner,
+    WSGIApp,
+    http_server,
+)
+
+__all__ = [
+    "Client",
+    "CountingRunner",
+    "Response",
+    "Served",
+    "StartResponse",
+    "Gate",
+    "request",
+    "serving",
+    "validated",
+]
+
+StartResponse = Callable[..., Callable[[bytes], None]]
+Environ = dict[str, Any]
+
+
+def validated(app: WSGIApp) -> WSGIApp:
+    """Wrap ``app`` in :func:`wsgiref.validate.validator` (typed)."""
+    checked: WSGIApp = validator(app)
+    return checked
+
+
+def request(
+    method: str = "GET",
+    target: str = "/",
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    *,
+    host: bool = True,
+) -> bytes:
+    """Format a request by hand (tests also send malformed ones by hand)."""
+    lines = [f"{method} {target} HTTP/1.1"]
+    if host:
+        lines.append("Host: test")
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+@dataclass
+class Response:
+    """One parsed response."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    informational: list[int] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        """Return the (last) value of header ``name``, or None."""
+        wanted = name.lower().encode("ascii")
+        values = [value for key, value in self.headers if key == wanted]
+        return values[-1].decode("latin-1") if values else None
+
+
+class Client(Recorder):
+    """A raw client connection that parses the responses it receives."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._parsed = 0
+
+    def send(self, data: bytes) -> None:
+        """Write raw bytes."""
+        self.tr.write(data)
+
+    async def _more(self, what: str) -> bool:
+        """Wait for more bytes; return False at end of stream."""
+        if self.eof.done() or self.lost.done():
+            return False
+        have = len(self.data)
+        with contextlib.suppress(AssertionError):
+            await self.received(have + 1, what)
+            return True
+        if self.eof.done() or self.lost.done():
+            return False
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def response(self, method: str = "GET") -> Response:
+        """Parse the next response (``method`` is the request's, for HEAD)."""
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method=method, target="/", headers=[("Host", "test")]))
+        conn.send(h11.EndOfMessage())
+        conn.receive_data(bytes(self.data[self._parsed :]))
+        informational: list[int] = []
+        status = 0
+        headers: list[tuple[bytes, bytes]] = []
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                before = len(self.data)
+                if await self._more("a response"):
+                    conn.receive_data(bytes(self.data[before:]))
+                else:
+                    conn.receive_data(b"")
+                continue
+            if isinstance(event, h11.InformationalResponse):
+                informational.append(event.status_code)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                headers = [(bytes(k), bytes(v)) for k, v in event.headers]
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise AssertionError(f"unexpected event {event!r}")
+        self._parsed = len(self.data) - len(conn.trailing_data[0])
+        return Response(status, headers, bytes(body), informational)
+
+    async def closed(self) -> None:
+        """Wait until the server closes (EOF or connection lost)."""
+        await wait_until(lambda: self.eof.done() or self.lost.done(), "the server to close")
+
+    async def everything(self) -> bytes:
+        """Wait for the server to close; return the bytes not yet parsed."""
+        await self.closed()
+        return bytes(self.data[self._parsed :])
+
+
+@dataclass
+class Served:
+    """A running server, its connections, and a way to add clients."""
+
+    loop: asyncio.AbstractEventLoop
+    port: int
+    protocols: list[HTTPServerProtocol]
+    clients: list[Client] = field(default_factory=list)
+
+    async def connect(self) -> Client:
+        """Open a new client connection."""
+        _, client = await wait(
+            self.loop.create_connection(
+                functools.partial(Client, self.loop), "127.0.0.1", self.port
+            ),
+            "create_connection",
+        )
+        self.clients.append(client)
+        return client
+
+    async def exchange(self, data: bytes, method: str = "GET") -> Response:
+        """Send ``data`` on a new connection and return the one response."""
+        client = await self.connect()
+        client.send(data)
+        return await client.response(method)
+
+    async def server_protocol(self, index: int = 0) -> HTTPServerProtocol:
+        """Return the server side of the ``index``-th accepted connection."""
+        await wait_until(lambda: len(self.protocols) > index, "the server to accept")
+        return self.protocols[index]
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[], HTTPServerProtocol] | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[Served]:
+    """Serve ``factory`` (or ``http_server(**kwargs)``) on 127.0.0.1 until the block ends.
+
+    On exit every client is closed and every server connection must close
+    and finish its handlers, so nothing outlives the test.
+    """
+    make = factory if factory is not None else http_server(**kwargs)
+    protocols: list[HTTPServerProtocol] = []
+
+    def track() -> HTTPServerProtocol:
+        protocol = make()
+        protocols.append(protocol)
+        return protocol
+
+    server = await loop.create_server(track, "127.0.0.1", 0)
+    served = Served(loop, server.sockets[0].getsockname()[1], protocols)
+    try:
+        yield served
+    finally:
+        server.close()
+        for client in served.clients:
+            if client.transport is not None and not client.lost.done():
+                client.transport.close()
+        for client in served.clients:
+            await wait(asyncio.shield(client.lost), "the client connection to close")
+        await wait(
+            asyncio.gather(*(protocol.wait_closed() for protocol in protocols)),
+            "server connections to close and their handlers to return",
+        )
+        await wait(server.wait_closed(), "Server.wait_closed()")
+
+
+class Gate:
+    """Let a blocking WSGI app wait until the test (on the loop) opens the gate."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.entered = threading.Event()
+
+    def wait(self) -> None:
+        """Block the calling worker until :meth:`open` (at most 10 s)."""
+        self.entered.set()
+        if not self._event.wait(10):
+            raise AssertionError("the gate was never opened")
+
+    def open(self) -> None:
+        """Release every waiting worker."""
+        self._event.set()
+
+
+class CountingRunner:
+    """A :class:`BlockingRunner` that counts its calls and delegates to threads."""
+
+    multithread = True
+
+    def __init__(self) -> None:
+        self._threads: BlockingRunner = ThreadRunner()
+        self.runs = 0
+        self.calls = 0
+
+    def run(self, loop: asyncio.AbstractEventLoop, func: Callable[[], Any]) -> Any:
+        """Count, then run ``func`` in a thread."""
+        self.runs += 1
+        return self._threads.run(loop, func)
+
+    def call(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Count, then run ``coro`` on the loop and wait."""
+        self.calls += 1
+        return self._threads.call(loop, coro)
+
+
+def small_config(**overrides: Any) -> HTTPConfig:
+    """Return a config with short timeouts so timeout tests end quickly."""
+    settings: dict[str, Any] = {
+        "header_timeout": 0.3,
+        "keepalive_timeout": 0.3,
+        "linger_timeout": 0.5,
+    }
+    settings.update(overrides)
+    return HTTPConfig(**settings)
