@@ -1,0 +1,282 @@
+"""A :class:`~protoshim.Driver` on a Tornado ``IOLoop``.
+
+Tornado 6 has no event loop of its own: every ``IOLoop`` is a
+``BaseAsyncIOLoop`` wrapped around an asyncio loop (``asyncio_loop``), which
+does the polling.  So there are three layers::
+
+    protocols, tasks   ->  protoshim EventLoop   (asyncio's ready queue and timer heap)
+    driver primitives  ->  tornado IOLoop        (add_callback, call_later, add_handler,
+                                                  IOStream, TCPServer)
+    polling            ->  IOLoop.asyncio_loop   (a private SelectorEventLoop,
+                                                  or the application's loop when attached)
+
+Both the protoshim loop and the loop under the IOLoop are asyncio loops in
+the same thread, and asyncio has one "running loop" slot per thread.  The
+driver keeps it honest at every crossing:
+
+* code called *by* Tornado into protoshim (ticks, timers, fd handlers,
+  stream events) runs with the protoshim loop as the running loop, and its
+  async generator hooks installed;
+* Tornado APIs called *from* protoshim (creating IOStreams, TCPServer,
+  ``add_callback``) run with the IOLoop's own asyncio loop as the running
+  loop, exactly as Tornado expects when it looks up ``IOLoop.current()``.
+
+The protoshim loop is also registered as an alias of its IOLoop, so
+``IOLoop.current()`` inside a protocol callback or a task returns the IOLoop
+the protoshim loop runs on, not a second wrapper around the protoshim loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from asyncio import events
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import tornado
+from tornado.ioloop import IOLoop
+from tornado.platform.asyncio import AsyncIOLoop, BaseAsyncIOLoop
+
+from ..._fdio import FdDatagram
+from ..._loop import EventLoop
+from ..._primitives import OnStream
+from ._iostream import TornadoListener, TornadoStream
+
+__all__ = ["TornadoDriver", "new_event_loop"]
+
+Callback = Callable[[], None]
+T = TypeVar("T")
+
+_READ = IOLoop.READ
+_WRITE = IOLoop.WRITE
+
+
+class _Timeout:
+    """A cancellable ``IOLoop.call_later`` timer."""
+
+    __slots__ = ("_handle", "_io_loop")
+
+    def __init__(self, io_loop: IOLoop, handle: object) -> None:
+        self._io_loop = io_loop
+        self._handle = handle
+
+    def cancel(self) -> None:
+        self._io_loop.remove_timeout(self._handle)
+
+
+class TornadoDriver:
+    """Run a protoshim loop's callbacks, timers and I/O on a Tornado ``IOLoop``.
+
+    With ``owned=True`` the driver runs and closes the IOLoop (and the asyncio
+    loop under it); otherwise the IOLoop belongs to an application that
+    already runs it, and the driver only registers and unregisters work on it.
+    """
+
+    def __init__(self, io_loop: IOLoop, *, owned: bool) -> None:
+        if not isinstance(io_loop, BaseAsyncIOLoop):
+            raise TypeError(f"expected an asyncio-based Tornado IOLoop, got {io_loop!r}")
+        self._io_loop = io_loop
+        #: the asyncio loop under the IOLoop, which does the actual polling
+        self._native: asyncio.AbstractEventLoop = io_loop.asyncio_loop
+        self._owned = owned
+        self._loop: EventLoop | None = None
+        self._hooks: tuple[Any, Any] = (None, None)
+        # fd -> [reader, writer]; one IOLoop handler per fd carries both
+        self._fds: dict[int, list[Callback | None]] = {}
+        self._closed = False
+
+    @property
+    def io_loop(self) -> IOLoop:
+        """The Tornado IOLoop this driver runs on."""
+        return self._io_loop
+
+    def bind(self, loop: EventLoop) -> None:
+        """Attach the protoshim loop this driver serves; called once, right after creation."""
+        self._loop = loop
+        # What BaseEventLoop.run_forever installs: async generators first
+        # iterated in protocol code must be finalized by the protoshim loop.
+        self._hooks = (
+            getattr(loop, "_asyncgen_firstiter_hook"),  # noqa: B009  # untyped private hooks
+            getattr(loop, "_asyncgen_finalizer_hook"),  # noqa: B009
+        )
+        # IOLoop.current() inside protocol code is then the IOLoop running it.
+        IOLoop._ioloop_for_asyncio[loop] = self._io_loop
+        if self._owned:
+            # Errors in Tornado's own callbacks reach the protoshim loop's handler.
+            self._native.set_exception_handler(_forward_exceptions(loop))
+
+    # -- crossing between the two asyncio loops -----------------------------
+
+    def in_protoshim(self, fn: Callable[..., object], *args: Any) -> None:
+        """Call ``fn(*args)`` with the protoshim loop as the running loop."""
+        loop = self._loop
+        previous = events._get_running_loop()
+        if previous is loop or loop is None:
+            fn(*args)
+            return
+        hooks = sys.get_asyncgen_hooks()
+        events._set_running_loop(loop)
+        sys.set_asyncgen_hooks(*self._hooks)
+        try:
+            fn(*args)
+        finally:
+            sys.set_asyncgen_hooks(*hooks)
+            events._set_running_loop(previous)
+
+    def in_tornado(self, fn: Callable[..., T], *args: Any) -> T:
+        """Return ``fn(*args)``, called with the IOLoop's asyncio loop as the running loop."""
+        previous = events._get_running_loop()
+        if previous is self._native:
+            return fn(*args)
+        events._set_running_loop(self._native)
+        try:
+            return fn(*args)
+        finally:
+            events._set_running_loop(previous)
+
+    def add_callback(self, fn: Callable[..., object], *args: Any) -> None:
+        """Call ``fn(*args)`` on the IOLoop's next iteration, in protoshim's context."""
+        # Tornado takes its cheap same-thread path only when its own loop is
+        # the running one; from protoshim code it would wake itself through
+        # its self-pipe on every call.
+        self.in_tornado(self._io_loop.add_callback, self.in_protoshim, fn, *args)
+
+    # -- running ------------------------------------------------------------
+
+    def run(self) -> None:
+        if not self._owned:
+            raise RuntimeError("an attached loop runs with its IOLoop and cannot be run itself")
+        # BaseEventLoop.run_forever made the protoshim loop the running loop;
+        # the IOLoop's asyncio loop refuses to start while another one is.
+        outer = events._get_running_loop()
+        events._set_running_loop(None)
+        try:
+            self._io_loop.start()
+        finally:
+            events._set_running_loop(outer)
+
+    def stop(self) -> None:
+        if self._owned:
+            self._io_loop.stop()
+
+    def call_soon(self, callback: Callback) -> None:
+        self.add_callback(callback)
+
+    def call_later(self, delay: float, callback: Callback) -> _Timeout:
+        handle = self._io_loop.call_later(delay, self.in_protoshim, callback)
+        return _Timeout(self._io_loop, handle)
+
+    def wakeup_threadsafe(self, callback: Callback) -> None:
+        # From another thread (or a signal handler) Tornado itself picks
+        # call_soon_threadsafe, which writes to the asyncio loop's self-pipe.
+        self._io_loop.add_callback(self.in_protoshim, callback)
+
+    # -- descriptors --------------------------------------------------------
+
+    def _watch(self, fd: int, index: int, callback: Callback | None) -> bool:
+        entry = self._fds.get(fd)
+        if entry is None:
+            if callback is None:
+                return False
+            entry = self._fds[fd] = [None, None]
+            entry[index] = callback
+            self._io_loop.add_handler(fd, self._dispatch, _READ if index == 0 else _WRITE)
+            return True
+        had = entry[index] is not None
+        entry[index] = callback
+        reader, writer = entry
+        mask = (_READ if reader is not None else 0) | (_WRITE if writer is not None else 0)
+        if mask:
+            self._io_loop.update_handler(fd, mask)
+        else:
+            del self._fds[fd]
+            self._io_loop.remove_handler(fd)
+        return had
+
+    def _dispatch(self, fd: int, events_mask: int) -> None:
+        entry = self._fds.get(fd)
+        if entry is not None and events_mask & _READ and entry[0] is not None:
+            self.in_protoshim(entry[0])
+        entry = self._fds.get(fd)  # the reader may have removed the watcher
+        if entry is not None and events_mask & _WRITE and entry[1] is not None:
+            self.in_protoshim(entry[1])
+
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        self._watch(fd, 0, callback)
+
+    def remove_reader(self, fd: int) -> bool:
+        return self._watch(fd, 0, None)
+
+    def add_writer(self, fd: int, callback: Callback) -> None:
+        self._watch(fd, 1, callback)
+
+    def remove_writer(self, fd: int) -> bool:
+        return self._watch(fd, 1, None)
+
+    # -- streams and servers ------------------------------------------------
+
+    def open_stream(self, sock: socket.socket) -> TornadoStream:
+        return TornadoStream.from_socket(self, sock)
+
+    def listen(self, sock: socket.socket, backlog: int, on_stream: OnStream) -> TornadoListener:
+        # Core has already called sock.listen(backlog).
+        return TornadoListener(self, sock, on_stream)
+
+    def open_datagram(self, sock: socket.socket) -> FdDatagram:
+        # Tornado has no datagram support: packets move with non-blocking
+        # calls, watched through IOLoop.add_handler by add_reader/add_writer.
+        return FdDatagram(self, sock)
+
+    # -- closing ------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for fd in list(self._fds):
+            self._io_loop.remove_handler(fd)
+        self._fds.clear()
+        if self._loop is not None and IOLoop._ioloop_for_asyncio.get(self._loop) is self._io_loop:
+            del IOLoop._ioloop_for_asyncio[self._loop]
+        if self._owned:
+            self._io_loop.close()
+
+
+def _forward_exceptions(
+    loop: EventLoop,
+) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    def handler(_native: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not loop.is_closed():
+            loop.call_exception_handler(context)
+
+    return handler
+
+
+def _new_io_loop() -> IOLoop:
+    """Create a Tornado IOLoop on a private asyncio selector loop, not made current."""
+    if tornado.version_info >= (6, 2):
+        native = asyncio.SelectorEventLoop()
+        try:
+            io_loop: IOLoop = AsyncIOLoop(asyncio_loop=native, make_current=False)
+        except BaseException:
+            native.close()
+            raise
+        return io_loop
+    # Before 6.2 an AsyncIOLoop always makes its own asyncio loop.
+    old_io_loop: IOLoop = AsyncIOLoop(make_current=False)
+    return old_io_loop
+
+
+def new_event_loop() -> EventLoop:
+    """Create a protoshim event loop that runs on a new Tornado IOLoop of its own."""
+    io_loop = _new_io_loop()
+    try:
+        driver = TornadoDriver(io_loop, owned=True)
+        loop = EventLoop(driver)
+    except BaseException:
+        io_loop.close()
+        raise
+    driver.bind(loop)
+    return loop
