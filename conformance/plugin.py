@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import faulthandler
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -129,24 +130,42 @@ def _state(config: pytest.Config) -> _State:
 
 
 def _in_suite(path: Path) -> bool:
-    """Return True for the suite's own test modules (not helpers or self-tests)."""
+    """Return True for the suite's test modules, in this folder or a subpackage."""
     try:
         resolved = path.resolve()
     except OSError:
         return False
-    return resolved.parent == SUITE_DIR and resolved.name.startswith("test_")
+    return (
+        resolved.is_relative_to(SUITE_DIR)
+        and resolved.name.startswith("test_")
+        and resolved.suffix == ".py"
+    )
+
+
+def _stable_id(item: pytest.Item) -> str:
+    """Name a test by its module's path inside the suite, e.g. ``test_udp::test_echo``."""
+    module = item.path.resolve().relative_to(SUITE_DIR).with_suffix("").as_posix()
+    rest = item.nodeid.split("::", 1)[1] if "::" in item.nodeid else item.name
+    return f"{module}::{rest}"
 
 
 def _arg_selects_suite(arg: str, pyargs: bool) -> bool:
     target = arg.split("::", 1)[0]
     if pyargs and target.startswith("protoshim.conformance"):
-        module = target.removeprefix("protoshim.conformance")
-        return module == "" or module.startswith(".test_")
+        try:
+            spec = importlib.util.find_spec(target)
+        except (ImportError, ValueError):
+            return False
+        if spec is None or spec.origin is None:
+            return False
+        target = str(Path(spec.origin).parent if spec.submodule_search_locations else spec.origin)
     try:
         resolved = Path(target).resolve()
     except OSError:
         return False
-    return resolved == SUITE_DIR or _in_suite(resolved)
+    if not resolved.is_relative_to(SUITE_DIR):
+        return False
+    return resolved.is_dir() or _in_suite(resolved)
 
 
 # --------------------------------------------------------------------------
@@ -219,8 +238,7 @@ class _SuiteHooks:
         if not _in_suite(item.path):
             return
         self.state.requested = True
-        rest = item.nodeid.split("::", 1)[1] if "::" in item.nodeid else item.name
-        self.state.stable_ids[item.nodeid] = f"{item.path.stem}::{rest}"
+        self.state.stable_ids[item.nodeid] = _stable_id(item)
         # A third-party project's pytest configuration may not turn warnings
         # into errors; an unclosed transport's ResourceWarning must fail anyway.
         item.add_marker(pytest.mark.filterwarnings("error"))

@@ -14,6 +14,7 @@ from protoshim.conformance._helpers import (
     wait,
     wait_until,
 )
+from protoshim.conformance.plugin import RunCoroutine
 
 pytestmark = pytest.mark.requires("tcp")
 
@@ -24,12 +25,12 @@ LOW = 16 * 1024
 class WriteWatcher(Recorder):
     """Tell whether pause_writing ran inside a write() call."""
 
-    def __init__(self, loop):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.in_write = False
         self.paused_inside_write: list[bool] = []
 
-    def pause_writing(self):
+    def pause_writing(self) -> None:
         super().pause_writing()
         self.paused_inside_write.append(self.in_write)
 
@@ -37,8 +38,8 @@ class WriteWatcher(Recorder):
 # -- limits ------------------------------------------------------------------
 
 
-def test_default_write_buffer_limits(loop, run):
-    async def main():
+def test_default_write_buffer_limits(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             for transport in (pair.client.tr, pair.peer.tr):
                 assert transport.get_write_buffer_limits() == (16384, 65536)
@@ -46,8 +47,10 @@ def test_default_write_buffer_limits(loop, run):
     run(main())
 
 
-def test_write_buffer_limits_high_below_low_raise(loop, run):
-    async def main():
+def test_write_buffer_limits_high_below_low_raise(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             with pytest.raises(ValueError):
                 pair.client.tr.set_write_buffer_limits(high=10, low=20)
@@ -55,8 +58,10 @@ def test_write_buffer_limits_high_below_low_raise(loop, run):
     run(main())
 
 
-def test_write_buffer_limits_high_only_sets_low_to_a_quarter(loop, run):
-    async def main():
+def test_write_buffer_limits_high_only_sets_low_to_a_quarter(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             pair.client.tr.set_write_buffer_limits(high=1000)
             assert pair.client.tr.get_write_buffer_limits() == (250, 1000)
@@ -67,8 +72,10 @@ def test_write_buffer_limits_high_only_sets_low_to_a_quarter(loop, run):
 # -- buffering and pause/resume_writing ---------------------------------------
 
 
-def test_write_buffer_size_grows_when_peer_does_not_read(loop, run):
-    async def main():
+def test_write_buffer_size_grows_when_peer_does_not_read(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             pair.peer.tr.pause_reading()
             fill_write_buffer(pair.client.tr)
@@ -83,10 +90,13 @@ def test_write_buffer_size_grows_when_peer_does_not_read(loop, run):
     run(main(), timeout=20)
 
 
-def test_pause_writing_inside_the_write_that_crosses_high(loop, run):
-    async def main():
+def test_pause_writing_inside_the_write_that_crosses_high(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop, client_protocol=WriteWatcher) as pair:
             client = pair.client
+            assert isinstance(client, WriteWatcher)
             client.tr.set_write_buffer_limits(high=HIGH, low=LOW)
             pair.peer.tr.pause_reading()
             chunk = b"p" * (LOW // 2)
@@ -109,8 +119,10 @@ def test_pause_writing_inside_the_write_that_crosses_high(loop, run):
     run(main(), timeout=20)
 
 
-def test_resume_writing_once_at_or_below_low(loop, run):
-    async def main():
+def test_resume_writing_once_at_or_below_low(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             client = pair.client
             client.tr.set_write_buffer_limits(high=HIGH, low=LOW)
@@ -133,8 +145,10 @@ def test_resume_writing_once_at_or_below_low(loop, run):
 # -- pause/resume_reading ------------------------------------------------------
 
 
-def test_pause_and_resume_reading_are_idempotent(loop, run):
-    async def main():
+def test_pause_and_resume_reading_are_idempotent(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             transport = pair.peer.tr
             assert transport.is_reading()
@@ -150,8 +164,10 @@ def test_pause_and_resume_reading_are_idempotent(loop, run):
     run(main())
 
 
-def test_no_data_received_while_reading_is_paused(loop, run):
-    async def main():
+def test_no_data_received_while_reading_is_paused(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             pair.peer.tr.pause_reading()
             pair.client.tr.write(b"held back")
@@ -163,8 +179,10 @@ def test_no_data_received_while_reading_is_paused(loop, run):
     run(main())
 
 
-def test_pause_and_resume_reading_are_safe_after_close(loop, run):
-    async def main():
+def test_pause_and_resume_reading_are_safe_after_close(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             transport = pair.client.tr
             transport.close()
@@ -178,8 +196,10 @@ def test_pause_and_resume_reading_are_safe_after_close(loop, run):
     run(main())
 
 
-def test_reading_paused_before_close_then_closed(loop, run):
-    async def main():
+def test_reading_paused_before_close_then_closed(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             pair.peer.tr.pause_reading()
             pair.client.tr.write(b"unread")

@@ -8,11 +8,12 @@ import socket
 import pytest
 
 from protoshim.conformance._helpers import Recorder, close_and_wait, wait, wait_until
+from protoshim.conformance.plugin import RunCoroutine
 
 pytestmark = pytest.mark.requires("tcp")
 
 
-async def _connect_once(loop, port):
+async def _connect_once(loop: asyncio.AbstractEventLoop, port: int) -> None:
     """Connect to 127.0.0.1:port and exchange nothing; close both ends cleanly."""
     transport, client = await wait(
         loop.create_connection(lambda: Recorder(loop), "127.0.0.1", port), "create_connection"
@@ -24,26 +25,28 @@ async def _connect_once(loop, port):
 class _Accepted:
     """A protocol factory that remembers every server-side protocol."""
 
-    def __init__(self, loop):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.protocols: list[Recorder] = []
 
-    def __call__(self):
+    def __call__(self) -> Recorder:
         self.protocols.append(Recorder(self.loop))
         return self.protocols[-1]
 
-    async def count(self, expected):
+    async def count(self, expected: int) -> int:
         await wait_until(lambda: len(self.protocols) >= expected, f"{expected} accepted")
         await wait_until(lambda: all(p.transport for p in self.protocols), "connection_made")
         return len(self.protocols)
 
-    async def close_all(self):
+    async def close_all(self) -> None:
         await self.count(len(self.protocols))
         await close_and_wait(*self.protocols)
 
 
-def test_create_server_on_a_prebound_socket(loop, run):
-    async def main():
+def test_create_server_on_a_prebound_socket(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         address = sock.getsockname()
@@ -62,8 +65,10 @@ def test_create_server_on_a_prebound_socket(loop, run):
 
 
 @pytest.mark.requires("reuse_port")
-def test_create_server_reuse_port_lets_two_servers_share_a_port(loop, run):
-    async def main():
+def test_create_server_reuse_port_lets_two_servers_share_a_port(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         first = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, reuse_port=True)
         second = None
         try:
@@ -86,8 +91,8 @@ def test_create_server_reuse_port_lets_two_servers_share_a_port(loop, run):
     run(main())
 
 
-def test_create_server_accepts_backlog(loop, run):
-    async def main():
+def test_create_server_accepts_backlog(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         accepted = _Accepted(loop)
         server = await loop.create_server(accepted, "127.0.0.1", 0, backlog=3)
         try:
@@ -103,8 +108,8 @@ def test_create_server_accepts_backlog(loop, run):
     run(main())
 
 
-def test_server_close_stops_serving(loop, run):
-    async def main():
+def test_server_close_stops_serving(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         assert server.is_serving()
@@ -119,8 +124,10 @@ def test_server_close_stops_serving(loop, run):
     run(main())
 
 
-def test_start_serving_false_then_start_serving(loop, run):
-    async def main():
+def test_start_serving_false_then_start_serving(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         accepted = _Accepted(loop)
         server = await loop.create_server(accepted, "127.0.0.1", 0, start_serving=False)
         try:
@@ -137,8 +144,10 @@ def test_start_serving_false_then_start_serving(loop, run):
     run(main())
 
 
-def test_server_as_async_context_manager_closes(loop, run):
-    async def main():
+def test_server_as_async_context_manager_closes(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
         async with server:
             assert server.is_serving()
@@ -148,8 +157,10 @@ def test_server_as_async_context_manager_closes(loop, run):
     run(main())
 
 
-def test_server_sockets_report_the_bound_address(loop, run):
-    async def main():
+def test_server_sockets_report_the_bound_address(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
         try:
             (sock,) = server.sockets

@@ -16,6 +16,7 @@ from protoshim.conformance._helpers import (
     tcp_pair,
     wait,
 )
+from protoshim.conformance.plugin import RunCoroutine
 
 pytestmark = pytest.mark.requires("tcp")
 
@@ -37,11 +38,11 @@ async def _echo_round_trip(pair_client: Recorder) -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
-def test_tcp_echo(loop, run, host):
+def test_tcp_echo(loop: asyncio.AbstractEventLoop, run: RunCoroutine, host: str) -> None:
     if host == "::1" and (reason := ipv6_unavailable()):
         pytest.skip(reason)
 
-    async def main():
+    async def main() -> None:
         async with tcp_pair(loop, host=host, server_protocol=Echo) as pair:
             await _echo_round_trip(pair.client)
             family = pair.client.tr.get_extra_info("socket").family
@@ -50,8 +51,10 @@ def test_tcp_echo(loop, run, host):
     run(main())
 
 
-def test_tcp_client_close_reaches_server(loop, run):
-    async def main():
+def test_tcp_client_close_reaches_server(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             pair.client.tr.write(b"last words")
             pair.client.tr.close()
@@ -64,13 +67,13 @@ def test_tcp_client_close_reaches_server(loop, run):
 
 
 @pytest.mark.requires("unix")
-def test_unix_echo(loop, run):
-    async def main():
+def test_unix_echo(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         with short_tmpdir() as directory:
             path = os.path.join(directory, "s")
             accepted: list[Recorder] = []
 
-            def factory():
+            def factory() -> Recorder:
                 accepted.append(Echo(loop))
                 return accepted[-1]
 
@@ -98,34 +101,37 @@ class Collect(asyncio.BufferedProtocol):
         self.buffer = bytearray(4096)
         self.received = bytearray()
         self.get_buffer_calls = 0
-        self.done = loop.create_future()
-        self.lost = loop.create_future()
+        self.done: asyncio.Future[bytes] = loop.create_future()
+        self.lost: asyncio.Future[Exception | None] = loop.create_future()
+        self.transport: asyncio.BaseTransport | None = None
 
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
-    def get_buffer(self, sizehint):
+    def get_buffer(self, sizehint: int) -> memoryview:
         self.get_buffer_calls += 1
         return memoryview(self.buffer)
 
-    def buffer_updated(self, nbytes):
+    def buffer_updated(self, nbytes: int) -> None:
         assert 0 < nbytes <= len(self.buffer)
         self.received += self.buffer[:nbytes]
 
-    def eof_received(self):
+    def eof_received(self) -> None:
         self.done.set_result(bytes(self.received))
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: Exception | None) -> None:
         self.lost.set_result(exc)
         if not self.done.done():
             self.done.set_exception(AssertionError(f"lost before EOF: {exc!r}"))
 
 
-def test_buffered_protocol_receives_everything(loop, run):
-    async def main():
+def test_buffered_protocol_receives_everything(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         server_side: list[Collect] = []
 
-        def factory():
+        def factory() -> Collect:
             server_side.append(Collect(loop))
             return server_side[-1]
 
@@ -145,8 +151,9 @@ def test_buffered_protocol_receives_everything(loop, run):
             if client is not None:
                 await close_and_wait(client)
             for collect in server_side:
-                collect.transport.close()
-                await wait(collect.lost, "server-side connection_lost")
+                if collect.transport is not None:
+                    collect.transport.close()
+                    await wait(collect.lost, "server-side connection_lost")
             await server.wait_closed()
 
     run(main())

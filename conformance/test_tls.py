@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
+from typing import Any
 
 import pytest
 
 from protoshim.conformance._helpers import (
+    Pair,
     Recorder,
     close_and_wait,
     extra,
@@ -18,7 +21,7 @@ from protoshim.conformance._helpers import (
     wait,
     wait_until,
 )
-from protoshim.conformance.plugin import open_fds
+from protoshim.conformance.plugin import RunCoroutine, open_fds
 
 pytestmark = pytest.mark.requires("tcp", "tls")
 
@@ -26,12 +29,14 @@ PAYLOAD = os.urandom(128 * 1024)
 
 
 class Echo(Recorder):
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         super().data_received(data)
         self.tr.write(data)
 
 
-def _tls_pair(loop, **kwargs):
+def _tls_pair(
+    loop: asyncio.AbstractEventLoop, **kwargs: Any
+) -> contextlib.AbstractAsyncContextManager[Pair]:
     tls = tls_material()
     return tcp_pair(
         loop,
@@ -42,8 +47,8 @@ def _tls_pair(loop, **kwargs):
     )
 
 
-def test_tls_echo(loop, run):
-    async def main():
+def test_tls_echo(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         async with _tls_pair(loop, server_protocol=Echo) as pair:
             pair.client.tr.write(PAYLOAD)
             assert await pair.client.received(len(PAYLOAD), "the TLS echo") == PAYLOAD
@@ -54,8 +59,8 @@ def test_tls_echo(loop, run):
     run(main())
 
 
-def test_tls_extra_info(loop, run):
-    async def main():
+def test_tls_extra_info(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         tls = tls_material()
         async with _tls_pair(loop) as pair:
             client, server = pair.client.tr, pair.peer.tr
@@ -78,8 +83,10 @@ def test_tls_extra_info(loop, run):
     run(main())
 
 
-def test_start_tls_upgrades_a_plain_connection(loop, run):
-    async def main():
+def test_start_tls_upgrades_a_plain_connection(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         tls = tls_material()
         async with tcp_pair(loop) as pair:
             pair.client.tr.write(b"plain")
@@ -93,6 +100,8 @@ def test_start_tls_upgrades_a_plain_connection(loop, run):
                 ),
                 "both start_tls calls",
             )
+            assert server_tls is not None
+            assert client_tls is not None
             try:
                 assert extra(client_tls, "sslcontext") is tls.client
                 assert extra(server_tls, "ssl_object") is not None
@@ -112,12 +121,14 @@ def test_start_tls_upgrades_a_plain_connection(loop, run):
     run(main())
 
 
-def test_tls_handshake_failure_with_an_untrusted_certificate(loop, run):
-    async def main():
+def test_tls_handshake_failure_with_an_untrusted_certificate(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         tls = tls_material()
         accepted: list[Recorder] = []
 
-        def factory():
+        def factory() -> Recorder:
             accepted.append(Recorder(loop))
             return accepted[-1]
 
@@ -157,8 +168,10 @@ def test_tls_handshake_failure_with_an_untrusted_certificate(loop, run):
     run(main())
 
 
-def test_tls_server_keeps_serving_after_a_failed_handshake(loop, run):
-    async def main():
+def test_tls_server_keeps_serving_after_a_failed_handshake(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         tls = tls_material()
         async with _tls_pair(loop, server_protocol=Echo) as pair:
             port = pair.server.sockets[0].getsockname()[1]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Any
 
 import pytest
 
 from protoshim.conformance._helpers import (
+    Pair,
     Recorder,
     close_and_wait,
     extra,
@@ -19,6 +21,7 @@ from protoshim.conformance._helpers import (
     wait,
     wait_until,
 )
+from protoshim.conformance.plugin import RunCoroutine
 
 pytestmark = pytest.mark.requires("tcp")
 
@@ -28,14 +31,14 @@ CONNLOST_WARNING = "socket.send() raised exception."
 class KeepOpen(Recorder):
     """Return True from eof_received."""
 
-    def __init__(self, loop):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop, keep_open_on_eof=True)
 
 
 class PauseOnMade(Recorder):
     """Pause reading inside connection_made."""
 
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.tr.pause_reading()
 
@@ -43,19 +46,19 @@ class PauseOnMade(Recorder):
 class SendOnMade(Recorder):
     """Write as early as possible: inside connection_made."""
 
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.tr.write(b"early")
 
 
 class RaiseOnMade(Recorder):
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         raise RuntimeError("connection_made failed on purpose")
 
 
 class RaiseOnData(Recorder):
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         super().data_received(data)
         raise RuntimeError("data_received failed on purpose")
 
@@ -63,8 +66,10 @@ class RaiseOnData(Recorder):
 # -- connection life cycle ---------------------------------------------------
 
 
-def test_connection_made_comes_before_data(loop, run):
-    async def main():
+def test_connection_made_comes_before_data(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop, client_protocol=SendOnMade) as pair:
             assert await pair.peer.received(5) == b"early"
             assert pair.peer.events[:2] == ["made", "data"]
@@ -72,10 +77,12 @@ def test_connection_made_comes_before_data(loop, run):
     run(main())
 
 
-def test_pause_reading_inside_connection_made_is_honoured(loop, run):
+def test_pause_reading_inside_connection_made_is_honoured(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
     # Reading must start only after connection_made has returned, so a pause
     # made inside it holds even against data sent at once (CPython gh-76002).
-    async def main():
+    async def main() -> None:
         async with tcp_pair(loop, server_protocol=PauseOnMade, client_protocol=SendOnMade) as pair:
             await settle()
             assert pair.peer.events == ["made"]
@@ -86,8 +93,10 @@ def test_pause_reading_inside_connection_made_is_honoured(loop, run):
     run(main())
 
 
-def test_connection_lost_once_even_if_connection_made_raised(loop, run, expect_exceptions):
-    async def main():
+def test_connection_lost_once_even_if_connection_made_raised(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, expect_exceptions: list[dict[str, Any]]
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop, server_protocol=RaiseOnMade) as pair:
             await wait_until(lambda: expect_exceptions, "the exception handler")
             exc = expect_exceptions[0].get("exception")
@@ -103,8 +112,10 @@ def test_connection_lost_once_even_if_connection_made_raised(loop, run, expect_e
     run(main())
 
 
-def test_connection_lost_once_after_close_and_abort(loop, run):
-    async def main():
+def test_connection_lost_once_after_close_and_abort(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             pair.client.tr.close()
             pair.client.tr.close()
@@ -118,8 +129,10 @@ def test_connection_lost_once_after_close_and_abort(loop, run):
     run(main())
 
 
-def test_eof_received_true_keeps_write_side_open(loop, run):
-    async def main():
+def test_eof_received_true_keeps_write_side_open(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop, server_protocol=KeepOpen) as pair:
             pair.client.tr.write(b"ping")
             pair.client.tr.write_eof()
@@ -137,8 +150,10 @@ def test_eof_received_true_keeps_write_side_open(loop, run):
     run(main())
 
 
-def test_eof_received_falsy_closes_transport(loop, run):
-    async def main():
+def test_eof_received_falsy_closes_transport(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             pair.client.tr.write_eof()
             assert await wait(asyncio.shield(pair.peer.lost), "server connection_lost") is None
@@ -152,7 +167,7 @@ def test_eof_received_falsy_closes_transport(loop, run):
 # -- close, abort, write_eof -------------------------------------------------
 
 
-async def _buffered_writer(pair):
+async def _buffered_writer(pair: Pair) -> int:
     """Make the server's transport hold data of its own; return total bytes written."""
     pair.client.tr.pause_reading()
     written = fill_write_buffer(pair.peer.tr)
@@ -162,8 +177,10 @@ async def _buffered_writer(pair):
     return written
 
 
-def test_close_flushes_buffer_before_closing(loop, run):
-    async def main():
+def test_close_flushes_buffer_before_closing(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             total = await _buffered_writer(pair)
             pair.peer.tr.close()
@@ -181,8 +198,8 @@ def test_close_flushes_buffer_before_closing(loop, run):
     run(main(), timeout=20)
 
 
-def test_abort_drops_buffer(loop, run):
-    async def main():
+def test_abort_drops_buffer(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             total = await _buffered_writer(pair)
             pair.peer.tr.abort()
@@ -195,8 +212,10 @@ def test_abort_drops_buffer(loop, run):
     run(main(), timeout=20)
 
 
-def test_write_eof_waits_for_buffer_to_drain(loop, run):
-    async def main():
+def test_write_eof_waits_for_buffer_to_drain(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop, server_protocol=KeepOpen) as pair:
             pair.peer.tr.pause_reading()
             total = fill_write_buffer(pair.client.tr)
@@ -216,8 +235,10 @@ def test_write_eof_waits_for_buffer_to_drain(loop, run):
     run(main(), timeout=20)
 
 
-def test_write_eof_is_idempotent_and_blocks_writes(loop, run):
-    async def main():
+def test_write_eof_is_idempotent_and_blocks_writes(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop, server_protocol=KeepOpen) as pair:
             assert pair.client.tr.can_write_eof() is True
             pair.client.tr.write(b"data")
@@ -234,8 +255,8 @@ def test_write_eof_is_idempotent_and_blocks_writes(loop, run):
     run(main())
 
 
-def test_writes_after_close_are_dropped(loop, run):
-    async def main():
+def test_writes_after_close_are_dropped(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             pair.client.tr.write(b"before")
             pair.client.tr.close()
@@ -247,8 +268,10 @@ def test_writes_after_close_are_dropped(loop, run):
     run(main())
 
 
-def test_fifth_write_after_close_logs_a_warning(loop, run, caplog):
-    async def main():
+def test_fifth_write_after_close_logs_a_warning(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             pair.client.tr.close()
             with caplog.at_level(logging.WARNING):
@@ -261,12 +284,12 @@ def test_fifth_write_after_close_logs_a_warning(loop, run, caplog):
     run(main())
 
 
-def _warned(caplog):
+def _warned(caplog: pytest.LogCaptureFixture) -> bool:
     return any(r.getMessage() == CONNLOST_WARNING for r in caplog.records)
 
 
-def test_write_str_raises_type_error(loop, run):
-    async def main():
+def test_write_str_raises_type_error(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             with pytest.raises(TypeError):
                 pair.client.tr.write("text")  # type: ignore[arg-type]
@@ -276,8 +299,10 @@ def test_write_str_raises_type_error(loop, run):
     run(main())
 
 
-def test_data_received_exception_reaches_handler_and_closes(loop, run, expect_exceptions):
-    async def main():
+def test_data_received_exception_reaches_handler_and_closes(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, expect_exceptions: list[dict[str, Any]]
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop, server_protocol=RaiseOnData) as pair:
             pair.client.tr.write(b"trigger")
             await wait(asyncio.shield(pair.peer.lost), "connection_lost after the error")
@@ -296,8 +321,10 @@ def test_data_received_exception_reaches_handler_and_closes(loop, run, expect_ex
 # -- extra info and types ----------------------------------------------------
 
 
-def test_extra_info_socket_and_addresses(loop, run):
-    async def main():
+def test_extra_info_socket_and_addresses(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             client, server = pair.client.tr, pair.peer.tr
             listening = pair.server.sockets[0].getsockname()
@@ -317,8 +344,8 @@ def test_extra_info_socket_and_addresses(loop, run):
     run(main())
 
 
-def test_tcp_nodelay_is_on(loop, run):
-    async def main():
+def test_tcp_nodelay_is_on(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             for transport in (pair.client.tr, pair.peer.tr):
                 sock = extra(transport, "socket")
@@ -327,8 +354,8 @@ def test_tcp_nodelay_is_on(loop, run):
     run(main())
 
 
-def test_transport_is_asyncio_transport(loop, run):
-    async def main():
+def test_transport_is_asyncio_transport(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             for transport in (pair.client.tr, pair.peer.tr):
                 assert isinstance(transport, asyncio.Transport)
@@ -337,13 +364,15 @@ def test_transport_is_asyncio_transport(loop, run):
 
 
 @pytest.mark.requires("unix")
-def test_unix_transport_is_asyncio_transport(loop, run):
-    async def main():
+def test_unix_transport_is_asyncio_transport(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         with short_tmpdir() as directory:
             path = f"{directory}/s"
             accepted: list[Recorder] = []
 
-            def factory():
+            def factory() -> Recorder:
                 accepted.append(Recorder(loop))
                 return accepted[-1]
 
@@ -362,8 +391,8 @@ def test_unix_transport_is_asyncio_transport(loop, run):
     run(main())
 
 
-def test_set_protocol_and_get_protocol(loop, run):
-    async def main():
+def test_set_protocol_and_get_protocol(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             assert pair.peer.tr.get_protocol() is pair.peer
             replacement = Recorder(loop)
@@ -381,8 +410,8 @@ def test_set_protocol_and_get_protocol(loop, run):
     run(main())
 
 
-def test_is_closing(loop, run):
-    async def main():
+def test_is_closing(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         async with tcp_pair(loop) as pair:
             assert not pair.client.tr.is_closing()
             assert not pair.peer.tr.is_closing()

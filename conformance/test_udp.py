@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from protoshim.conformance._helpers import Datagrams, extra, settle, wait
+from protoshim.conformance.plugin import RunCoroutine
 
 pytestmark = pytest.mark.requires("udp")
 
@@ -15,13 +18,20 @@ pytestmark = pytest.mark.requires("udp")
 class Echo(Datagrams):
     """Send every datagram back to its sender."""
 
-    def datagram_received(self, data, addr):
+    def datagram_received(self, data: bytes, addr: Any) -> None:
         super().datagram_received(data, addr)
         assert self.transport is not None
         self.transport.sendto(data, addr)
 
 
-async def _endpoint(loop, factory=Datagrams, **kwargs):
+Endpoint = tuple[asyncio.DatagramTransport, Datagrams]
+
+
+async def _endpoint(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[asyncio.AbstractEventLoop], Datagrams] = Datagrams,
+    **kwargs: Any,
+) -> Endpoint:
     transport, protocol = await wait(
         loop.create_datagram_endpoint(lambda: factory(loop), **kwargs),
         "create_datagram_endpoint",
@@ -29,15 +39,15 @@ async def _endpoint(loop, factory=Datagrams, **kwargs):
     return transport, protocol
 
 
-async def _close(*pairs):
+async def _close(*pairs: Endpoint) -> None:
     for transport, _ in pairs:
         transport.close()
     for _, protocol in pairs:
         await wait(asyncio.shield(protocol.lost), "datagram connection_lost")
 
 
-def test_udp_echo_with_connected_client(loop, run):
-    async def main():
+def test_udp_echo_with_connected_client(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         server = await _endpoint(loop, Echo, local_addr=("127.0.0.1", 0))
         server_addr = server[0].get_extra_info("sockname")
         client = await _endpoint(loop, remote_addr=server_addr)
@@ -55,8 +65,10 @@ def test_udp_echo_with_connected_client(loop, run):
     run(main())
 
 
-def test_udp_sendto_from_unconnected_endpoint(loop, run):
-    async def main():
+def test_udp_sendto_from_unconnected_endpoint(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         server = await _endpoint(loop, Echo, local_addr=("127.0.0.1", 0))
         client = await _endpoint(loop, local_addr=("127.0.0.1", 0))
         try:
@@ -71,8 +83,10 @@ def test_udp_sendto_from_unconnected_endpoint(loop, run):
     run(main())
 
 
-def test_error_received_on_connected_udp_to_closed_port(loop, run):
-    async def main():
+def test_error_received_on_connected_udp_to_closed_port(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         # A port that was just free: nothing listens there now.
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", 0))
@@ -97,11 +111,11 @@ def test_error_received_on_connected_udp_to_closed_port(loop, run):
     run(main())
 
 
-def test_datagram_transport_type(loop, run):
+def test_datagram_transport_type(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
     # CPython's own datagram transport derives from asyncio.Transport, not from
     # asyncio.DatagramTransport, so the reference only promises a BaseTransport
     # with the DatagramTransport methods.
-    async def main():
+    async def main() -> None:
         transport, _ = endpoint = await _endpoint(loop, local_addr=("127.0.0.1", 0))
         try:
             assert isinstance(transport, asyncio.BaseTransport)
@@ -113,8 +127,8 @@ def test_datagram_transport_type(loop, run):
     run(main())
 
 
-def test_datagram_extra_info(loop, run):
-    async def main():
+def test_datagram_extra_info(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> None:
         server = await _endpoint(loop, local_addr=("127.0.0.1", 0))
         server_addr = server[0].get_extra_info("sockname")
         client = await _endpoint(loop, remote_addr=server_addr)
@@ -129,8 +143,10 @@ def test_datagram_extra_info(loop, run):
     run(main())
 
 
-def test_datagram_close_calls_connection_lost_once(loop, run):
-    async def main():
+def test_datagram_close_calls_connection_lost_once(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
         transport, protocol = await _endpoint(loop, local_addr=("127.0.0.1", 0))
         assert not transport.is_closing()
         transport.close()
