@@ -14,7 +14,7 @@ import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from wsgiref.validate import validator
 
 import h11
@@ -32,10 +32,11 @@ from protoshim.protocols.http import (
 __all__ = [
     "Client",
     "CountingRunner",
+    "Environ",
+    "Gate",
     "Response",
     "Served",
     "StartResponse",
-    "Gate",
     "request",
     "serving",
     "validated",
@@ -47,7 +48,7 @@ Environ = dict[str, Any]
 
 def validated(app: WSGIApp) -> WSGIApp:
     """Wrap ``app`` in :func:`wsgiref.validate.validator` (typed)."""
-    checked: WSGIApp = validator(app)
+    checked: WSGIApp = validator(cast(Any, app))  # typeshed's start_response type is narrower
     return checked
 
 
@@ -111,7 +112,9 @@ class Client(Recorder):
         conn = h11.Connection(h11.CLIENT)
         conn.send(h11.Request(method=method, target="/", headers=[("Host", "test")]))
         conn.send(h11.EndOfMessage())
-        conn.receive_data(bytes(self.data[self._parsed :]))
+        pending = bytes(self.data[self._parsed :])
+        if pending:  # h11 takes b"" for end of stream
+            conn.receive_data(pending)
         informational: list[int] = []
         status = 0
         headers: list[tuple[bytes, bytes]] = []

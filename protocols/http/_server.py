@@ -15,9 +15,9 @@ import email.utils
 import logging
 import socket
 import time
-from http import HTTPStatus
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from http import HTTPStatus
+from typing import Any, cast
 
 import h11
 
@@ -177,7 +177,9 @@ class HTTPExchange:
             self._sent_continue = True
             if self._conn.they_are_waiting_for_100_continue:
                 self._protocol._write(
-                    self._conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                    self._conn.send(
+                        h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                    )
                 )
         while not self._body:
             if self._body_error is not None:
@@ -343,6 +345,18 @@ class HTTPExchange:
         )
 
 
+def _closes(request: h11.Request) -> bool:
+    tokens = {
+        token.strip().lower()
+        for name, value in request.headers
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+    if request.http_version == b"1.0":
+        return b"keep-alive" not in tokens
+    return b"close" in tokens
+
+
 def _placeholder(method: bytes = b"GET") -> h11.Request:
     return h11.Request(method=method, target=b"/", headers=[(b"Host", b"")])
 
@@ -411,7 +425,7 @@ class HTTPServerProtocol(asyncio.Protocol):
     async def wait_closed(self) -> None:
         """Wait until the connection is lost and every handler has returned."""
         if self._closed is None:
-            self._closed = self.loop.create_future()
+            self._closed = asyncio.get_running_loop().create_future()
             self._check_closed()
         await asyncio.shield(self._closed)
 
@@ -419,8 +433,8 @@ class HTTPServerProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start waiting for the first request head."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's transports do not subclass asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -647,7 +661,8 @@ class HTTPServerProtocol(asyncio.Protocol):
             return False
         exchange = HTTPExchange(self, conn, request)
         exchange._chunked = exchange.header(b"transfer-encoding") is not None
-        exchange._blocks_parsing = request.method == b"CONNECT" or any(
+        # After an upgrade the bytes may not be HTTP; after "close" nothing is read.
+        exchange._blocks_parsing = _closes(request) or any(
             name == b"upgrade" for name, _ in request.headers
         )
         self._requests += 1

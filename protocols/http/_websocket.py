@@ -13,6 +13,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 import h11
 from wsproto import ConnectionType, WSConnection
@@ -79,8 +80,8 @@ class _WebSocketProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Remember the transport taken over from HTTP."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's transports do not subclass asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         """Turn frames into messages, answering pings and closes."""
