@@ -49,6 +49,9 @@ __all__ = ["TornadoDriver", "new_event_loop"]
 Callback = Callable[[], None]
 T = TypeVar("T")
 
+#: Before 6.3, IOLoop.start() also sets the thread's current asyncio loop.
+_START_SWAPS_CURRENT_LOOP = tornado.version_info < (6, 3)
+
 _READ = IOLoop.READ
 _WRITE = IOLoop.WRITE
 
@@ -91,6 +94,11 @@ class TornadoDriver:
     def io_loop(self) -> IOLoop:
         """The Tornado IOLoop this driver runs on."""
         return self._io_loop
+
+    @property
+    def native_loop(self) -> asyncio.AbstractEventLoop:
+        """The asyncio loop under the IOLoop, which does the polling."""
+        return self._native
 
     def bind(self, loop: EventLoop) -> None:
         """Attach the protoshim loop this driver serves; called once, right after creation."""
@@ -153,7 +161,13 @@ class TornadoDriver:
         outer = events._get_running_loop()
         events._set_running_loop(None)
         try:
-            self._io_loop.start()
+            if _START_SWAPS_CURRENT_LOOP:
+                # IOLoop.start() is this run_forever() plus a swap of the
+                # thread's current asyncio loop, which creates and leaks a
+                # default loop when none is set.
+                self._native.run_forever()
+            else:
+                self._io_loop.start()
         finally:
             events._set_running_loop(outer)
 
