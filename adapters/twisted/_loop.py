@@ -23,6 +23,7 @@ from typing import Any
 from twisted.internet import error as tw_error
 from twisted.internet import interfaces
 from twisted.internet.base import DelayedCall, ReactorBase
+from twisted.internet.defer import Deferred
 from twisted.python import failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
@@ -265,9 +266,13 @@ class TwistedDriver:
 
     # -- sockets ------------------------------------------------------------
 
+    def register_stream(self, stream: TwistedStream) -> None:
+        """Remember ``stream``, so :meth:`close` can release it."""
+        self._streams.add(stream)
+
     def open_stream(self, sock: socket.socket) -> TwistedStream:
         stream = open_socket_stream(self, sock)
-        self._streams.add(stream)
+        self.register_stream(stream)
         return stream
 
     def listen(self, sock: socket.socket, backlog: int, on_stream: OnStream) -> FdListener:
@@ -380,8 +385,22 @@ def attach(reactor: Any = None) -> asyncio.AbstractEventLoop:
         return loop
     loop = AttachedEventLoop(TwistedDriver(reactor, owned=False))
     _ATTACHED[reactor] = loop
+    reactor.addSystemEventTrigger("before", "shutdown", _cancel_tasks, loop)
     reactor.addSystemEventTrigger("after", "shutdown", _close_attached, reactor, loop)
     return loop
+
+
+def _cancel_tasks(loop: AttachedEventLoop) -> Any:
+    """Cancel the loop's tasks; the reactor shuts down once they have finished."""
+    if loop.is_closed():
+        return None
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if not tasks:
+        return None
+    for task in tasks:
+        task.cancel()
+    gathered = asyncio.gather(*tasks, return_exceptions=True)
+    return Deferred.fromFuture(gathered)
 
 
 def _close_attached(reactor: Any, loop: AttachedEventLoop) -> None:

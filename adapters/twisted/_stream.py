@@ -78,6 +78,11 @@ class TwistedStream:
     ) -> None:
         self._driver = driver
         self._transport = transport
+        if sock is None:
+            # Twisted forgets the handle when the connection is lost: keep it.
+            handle = getattr(transport, "getHandle", None)
+            candidate = handle() if handle is not None else None
+            sock = candidate if isinstance(candidate, socket.socket) else None
         self._sock = sock
         self._sink: StreamSink | None = None
         self._reading = False
@@ -166,11 +171,7 @@ class TwistedStream:
         self._release(abort=True)
 
     def socket(self) -> socket.socket | None:
-        if self._sock is not None:
-            return self._sock
-        handle = getattr(self._transport, "getHandle", None)
-        sock = handle() if handle is not None else None
-        return sock if isinstance(sock, socket.socket) else None
+        return self._sock
 
     def release(self) -> None:
         """Drop the connection silently: the loop is closing."""

@@ -1,0 +1,124 @@
+"""Bridges for a Twisted application: Deferred <-> Future, and protocol factories.
+
+* :func:`as_future` turns a Deferred into an asyncio Future, and
+  :func:`as_deferred` a Future, Task or coroutine into a Deferred; both
+  propagate cancellation.
+* :class:`ProtocolFactory` serves any PEP 3156 protocol factory as a Twisted
+  ``IProtocolFactory``, usable with ``listenTCP``, endpoints, strports and
+  services: each connection's Twisted transport becomes core's stream
+  primitive, so the protocol sees exactly the transport it sees everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from twisted.internet import defer, interfaces, protocol
+
+from ..._stream import StreamTransport
+from ._loop import TwistedEventLoop, attach
+from ._stream import StreamProtocol, TwistedStream
+
+__all__ = ["ProtocolFactory", "as_deferred", "as_future"]
+
+T = TypeVar("T")
+
+
+def as_future(
+    deferred: defer.Deferred[T], loop: asyncio.AbstractEventLoop | None = None
+) -> asyncio.Future[T]:
+    """Return a Future of ``loop`` (default: the running one) that follows ``deferred``.
+
+    Cancelling the Future cancels the Deferred.  The loop must run on the
+    reactor that fires the Deferred (a loop from :func:`attach`, or a
+    ``new_event_loop("twisted")`` loop for Deferreds of ``loop.reactor``).
+    """
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    return deferred.asFuture(loop)
+
+
+def as_deferred(
+    awaitable: Awaitable[T], loop: asyncio.AbstractEventLoop | None = None
+) -> defer.Deferred[T]:
+    """Return a Deferred that fires with the result of ``awaitable``.
+
+    A coroutine is scheduled as a Task on ``loop`` (default: the running
+    loop, else the loop attached to the global reactor).  Cancelling the
+    Deferred cancels the Task or Future.
+    """
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = attach()
+    future = asyncio.ensure_future(awaitable, loop=loop)
+    return defer.Deferred.fromFuture(future)
+
+
+class _Host(StreamProtocol):
+    """Host one PEP 3156 protocol on the Twisted transport of one connection."""
+
+    def __init__(self, factory: ProtocolFactory) -> None:
+        self._factory = factory
+
+    def connectionMade(self) -> None:
+        loop = self._factory.loop
+        driver = loop._driver
+        stream = TwistedStream(driver, self.transport, self, None)
+        driver.register_stream(stream)
+        driver.run_callback(lambda: self._start(loop, stream))
+
+    def _start(self, loop: TwistedEventLoop, stream: TwistedStream) -> None:
+        try:
+            app_protocol = self._factory.protocol_factory()
+        except Exception as exc:
+            stream.abort()
+            loop.call_exception_handler(
+                {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
+            )
+            return
+        StreamTransport(loop, stream, app_protocol)
+
+
+class ProtocolFactory(protocol.Factory):
+    """Serve a PEP 3156 protocol factory as a Twisted ``IProtocolFactory``.
+
+    ``loop`` must be a Twisted loop on the reactor that accepts the
+    connections; by default it is :func:`attach` of the global reactor,
+    looked up when the first connection arrives.
+    """
+
+    def __init__(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if loop is not None and not isinstance(loop, TwistedEventLoop):
+            raise TypeError(f"loop must be a Twisted loop of protoshim, not {loop!r}")
+        self.protocol_factory = protocol_factory
+        self._loop: TwistedEventLoop | None = loop
+
+    def __repr__(self) -> str:
+        return f"<ProtocolFactory of {self.protocol_factory!r}>"
+
+    @property
+    def loop(self) -> TwistedEventLoop:
+        """The loop the protocols run on."""
+        if self._loop is None:
+            loop = attach()
+            if not isinstance(loop, TwistedEventLoop):
+                raise TypeError(
+                    "the global reactor runs on asyncio already: serve the protocol "
+                    "with that loop's create_server()"
+                )
+            self._loop = loop
+        return self._loop
+
+    def buildProtocol(self, addr: interfaces.IAddress | None) -> protocol.Protocol:
+        return _Host(self)
