@@ -1,0 +1,43 @@
+"""Run PEP 3156 protocols on pyuv, the Python binding of libuv.
+
+``protoshim.new_event_loop("pyuv")`` returns an asyncio event loop on a
+private ``pyuv.Loop``: TCP, Pipe and UDP handles are its transports, Timer,
+Idle and Async handles its scheduling, Poll handles its fd watchers.
+:func:`new_event_loop` can also share a ``pyuv.Loop`` the program created, and
+:func:`attach` runs the asyncio loop inside a ``pyuv.Loop`` that the program
+runs itself.  The loop module is imported lazily, so importing this package
+(which the adapter registry does) never imports pyuv.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..._registry import Adapter
+
+if TYPE_CHECKING:
+    from ._loop import PyuvDriver, PyuvEventLoop, attach, new_event_loop
+
+__all__ = ["ADAPTER", "PyuvDriver", "PyuvEventLoop", "attach", "new_event_loop"]
+
+ADAPTER = Adapter(
+    name="pyuv",
+    loop_factory="protoshim.adapters.pyuv._loop:new_event_loop",
+    requires="pyuv",
+    distribution="pyuv",
+    description="protoshim's core on a pyuv (libuv) loop, with libuv's TCP, Pipe and UDP handles",
+    missing={"subprocess": "not implemented by protoshim's core yet"},
+)
+
+_LAZY = frozenset({"PyuvDriver", "PyuvEventLoop", "attach", "new_event_loop"})
+
+
+def __getattr__(name: str) -> Any:
+    """Import the pyuv-dependent names on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # noqa: PLC0415 - only needed on first use
+
+    value = getattr(importlib.import_module("._loop", __name__), name)
+    globals()[name] = value
+    return value

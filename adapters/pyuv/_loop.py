@@ -1,0 +1,604 @@
+"""A :class:`~protoshim.Driver` on a ``pyuv.Loop``, with libuv handles as transports.
+
+Concept mapping (see docs/adapters/pyuv.md):
+
+* ``call_soon`` -- one Idle handle, started only while a tick is pending; it
+  also keeps libuv's poll from blocking, so I/O is polled once between ticks;
+* ``call_later`` -- Timer handles, recycled through a small pool;
+* ``wakeup_threadsafe`` -- one Async handle;
+* ``add_reader`` / ``add_writer`` -- one Poll handle per descriptor;
+* streams -- TCP handles (IPv4/IPv6) and Pipe handles (Unix sockets);
+* datagrams -- UDP handles (IPv4/IPv6);
+* listeners -- core's :class:`~protoshim._fdio.FdListener` on a Poll handle,
+  which pauses on EMFILE as asyncio does instead of dropping connections.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import signal
+import socket
+import sys
+import threading
+import traceback
+from asyncio import events
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+import pyuv  # type: ignore[import-untyped]
+
+from ..._fdio import FdDatagram, FdListener, FdStream
+from ..._loop import EventLoop
+from ..._primitives import OnStream
+from ._handles import UvDatagram, UVError, UvStream, uv_exception_error
+
+__all__ = ["PyuvDriver", "PyuvEventLoop", "attach", "new_event_loop"]
+
+Callback = Callable[[], None]
+
+READABLE: int = pyuv.UV_READABLE
+WRITABLE: int = pyuv.UV_WRITABLE
+#: Stopped Timer handles kept for reuse; more are closed.
+TIMER_POOL_SIZE = 16
+_INET = (socket.AF_INET, socket.AF_INET6)
+_MISSING = object()
+
+
+def _timeout(delay: float) -> float:
+    """Return ``delay`` rounded up to whole milliseconds, as pyuv expects it.
+
+    pyuv truncates to milliseconds (a timer would fire early) and warns
+    below one; the half millisecond survives its float-to-integer cast.
+    """
+    ms = math.ceil(delay * 1000.0)
+    return (ms + 0.5) / 1000.0 if ms > 0 else 0.0
+
+
+class _Timer:
+    """One ``call_later``: a Timer handle, or a zero delay run by the Idle handle."""
+
+    __slots__ = ("_callback", "_driver", "_handle", "_pending")
+
+    def __init__(self, driver: PyuvDriver, callback: Callback) -> None:
+        self._driver = driver
+        self._callback = callback
+        self._handle: Any = None
+        self._pending = True
+
+    def cancel(self) -> None:
+        if not self._pending:
+            return
+        self._pending = False
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.stop()
+            self._driver._release_timer(handle)
+
+    def _fire(self, handle: Any) -> None:
+        # libuv has already stopped a timer that does not repeat.
+        self._pending = False
+        self._handle = None
+        self._driver._release_timer(handle)
+        self._callback()
+
+    def _run_due(self) -> None:
+        if self._pending:
+            self._pending = False
+            self._callback()
+
+
+class _Watch:
+    """The reader and writer of one descriptor, and the Poll handle watching it."""
+
+    __slots__ = ("driver", "events", "fd", "poll", "reader", "writer")
+
+    def __init__(self, driver: PyuvDriver, fd: int) -> None:
+        self.driver = driver
+        self.fd = fd
+        self.reader: Callback | None = None
+        self.writer: Callback | None = None
+        self.poll: Any = None
+        self.events = 0
+
+    def dispatch(self, handle: Any, events: int | None, error: int | None) -> None:
+        if error is not None:
+            # POLLERR: libuv stopped the handle.  Like a selector, report the
+            # descriptor ready both ways so the callbacks meet the error, then
+            # watch again if anybody still wants to.
+            self.events = 0
+            events = READABLE | WRITABLE
+        assert events is not None
+        if events & READABLE and self.reader is not None:
+            self.reader()
+        if events & WRITABLE and self.writer is not None:
+            self.writer()
+        if error is not None and self.poll is handle:
+            self.driver._update_watch(self)
+
+
+class PyuvDriver:
+    """Run protoshim's core on one ``pyuv.Loop``.
+
+    With ``uv_loop=None`` the driver creates and owns a private loop;
+    otherwise it shares the given one, whose own handles keep running
+    whenever the asyncio loop runs, and which it never closes.
+    """
+
+    def __init__(self, uv_loop: Any = None) -> None:
+        self._owned = uv_loop is None
+        self._uv: Any = pyuv.Loop() if uv_loop is None else uv_loop
+        # libuv reserves a descriptor per loop (for its EMFILE handling) when
+        # the first stream handle is made: take it now, so the descriptor
+        # count does not grow when the first connection arrives.
+        pyuv.Pipe(self._uv).close()
+        self._closed = False
+        self._stopping = False
+        self._active = False  # inside run(), or attached as a guest
+        self._guest_stop: Callback | None = None
+        self.event_loop: EventLoop | None = None
+        # call_soon: core's single pending tick, the zero-delay timers, and
+        # the adapter's own deferred reports all run from one Idle handle.
+        self._idle = pyuv.Idle(self._uv)
+        self._idle_active = False
+        self._soon: Callback | None = None
+        self._due: list[_Timer] = []
+        self._deferred: collections.deque[tuple[Callable[[Any], None], Any]] = (
+            collections.deque()
+        )
+        self._threadsafe: collections.deque[Callback] = collections.deque()
+        self._async = pyuv.Async(self._uv, self._on_async)
+        # Referenced only while running: it must not keep a shared loop alive.
+        self._async.ref = False
+        self._timer_pool: list[Any] = []
+        self._timers: set[Any] = set()
+        self._watches: dict[int, _Watch] = {}
+        self._owners: dict[int, UvStream | UvDatagram] = {}
+        # Signals only reach Python code when some callback runs: the
+        # interpreter's wakeup fd, polled here, makes Ctrl-C interrupt a
+        # loop that is blocked in libuv.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_poll = pyuv.Poll(self._uv, self._wake_r.fileno())
+        self._wake_poll.start(READABLE, self._drain_wakeup)
+        self._wake_poll.ref = False
+        self._wakeup_fd_set = False
+        self._saved_hook: Any = _MISSING
+
+    def __repr__(self) -> str:
+        return f"<PyuvDriver uv_loop={self._uv!r} owned={self._owned}>"
+
+    @property
+    def uv_loop(self) -> Any:
+        """The ``pyuv.Loop`` this driver runs on."""
+        return self._uv
+
+    # -- running ------------------------------------------------------------
+
+    def run(self) -> None:
+        if self._active:
+            raise RuntimeError("the pyuv loop is already running")
+        self._stopping = False
+        self._enter()
+        try:
+            uv_run = self._uv.run
+            # The Async handle is referenced, so uv.run() only returns on stop.
+            while not self._stopping:
+                uv_run()
+        finally:
+            self._leave()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._uv.stop()
+        if self._guest_stop is not None:
+            self._guest_stop()
+
+    def enter_guest(self, on_stop: Callback) -> None:
+        """Start running inside the program's own runs of the pyuv loop.
+
+        ``on_stop`` is called whenever :meth:`stop` is, after the pyuv loop
+        has been asked to return from its current ``run()``.
+        """
+        if self._active:
+            raise RuntimeError("the pyuv loop is already running")
+        self._guest_stop = on_stop
+        self._enter()
+
+    def leave_guest(self) -> None:
+        """Stop running inside the program's pyuv loop."""
+        if self._guest_stop is not None:
+            self._guest_stop = None
+            self._leave()
+
+    def _enter(self) -> None:
+        self._active = True
+        self._async.ref = True
+        uv = self._uv
+        self._saved_hook = uv.__dict__.get("excepthook", _MISSING)
+        uv.excepthook = self._excepthook
+        if threading.current_thread() is threading.main_thread():
+            self._wakeup_fd_set = self._set_wakeup_fd()
+
+    def _leave(self) -> None:
+        self._active = False
+        if not self._closed:
+            self._async.ref = False
+        if self._wakeup_fd_set:
+            self._wakeup_fd_set = False
+            self._clear_wakeup_fd()
+        uv = self._uv
+        if self._saved_hook is _MISSING:
+            uv.__dict__.pop("excepthook", None)
+        else:
+            uv.excepthook = self._saved_hook
+        self._saved_hook = _MISSING
+
+    def _set_wakeup_fd(self) -> bool:
+        loop = self.event_loop
+        if loop is not None and loop._signal_socks is not None:
+            return False  # core already wakes up on signals
+        try:
+            previous = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        except ValueError:
+            return False
+        if previous != -1:
+            # Somebody else listens for signals: leave them their descriptor.
+            signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
+            return False
+        return True
+
+    def _clear_wakeup_fd(self) -> None:
+        try:
+            current = signal.set_wakeup_fd(-1)
+        except ValueError:
+            return
+        if current not in (-1, self._wake_w.fileno()):
+            # Core installed its own while we ran: it keeps it.
+            signal.set_wakeup_fd(current, warn_on_full_buffer=False)
+
+    def _drain_wakeup(self, handle: Any, events: int | None, error: int | None) -> None:
+        # Running this Python code is the point: it runs the signal handlers.
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _excepthook(
+        self, typ: type[BaseException], value: BaseException, tb: TracebackType | None
+    ) -> None:
+        """Receive what escapes a pyuv callback (pyuv would print and drop it)."""
+        loop = self.event_loop
+        if loop is None or loop.is_closed():
+            traceback.print_exception(typ, value, tb)
+        elif isinstance(value, (KeyboardInterrupt, SystemExit)):
+            loop._exit_with(value)
+        else:
+            loop.call_exception_handler(
+                {"message": "Unhandled exception in a pyuv callback", "exception": value}
+            )
+
+    # -- scheduling ---------------------------------------------------------
+
+    def call_soon(self, callback: Callback) -> None:
+        self._soon = callback
+        if not self._idle_active:
+            self._idle_active = True
+            self._idle.start(self._on_idle)
+
+    def _defer(self, function: Callable[[Any], None], argument: Any) -> None:
+        """Call ``function(argument)`` on the next iteration (adapter-internal)."""
+        self._deferred.append((function, argument))
+        if not self._idle_active:
+            self._idle_active = True
+            self._idle.start(self._on_idle)
+
+    def _on_idle(self, handle: Any) -> None:
+        soon = self._soon
+        self._soon = None
+        if self._due:
+            due, self._due = self._due, []
+            for timer in due:
+                timer._run_due()
+        deferred = self._deferred
+        for _ in range(len(deferred)):
+            function, argument = deferred.popleft()
+            function(argument)
+        if soon is not None:
+            soon()
+        if self._soon is None and not self._due and not self._deferred:
+            self._idle_active = False
+            handle.stop()
+
+    def call_later(self, delay: float, callback: Callback) -> _Timer:
+        timer = _Timer(self, callback)
+        timeout = _timeout(delay)
+        if not timeout:
+            # libuv would run an expired timer started from a timer callback
+            # in the same pass, never polling I/O: run it after the poll.
+            self._due.append(timer)
+            if not self._idle_active:
+                self._idle_active = True
+                self._idle.start(self._on_idle)
+            return timer
+        pool = self._timer_pool
+        handle = pool.pop() if pool else pyuv.Timer(self._uv)
+        self._timers.add(handle)
+        timer._handle = handle
+        # libuv counts from the time cached at the start of the iteration.
+        self._uv.update_time()
+        handle.start(timer._fire, timeout, 0.0)
+        return timer
+
+    def _release_timer(self, handle: Any) -> None:
+        self._timers.discard(handle)
+        if self._closed:
+            return
+        if len(self._timer_pool) < TIMER_POOL_SIZE:
+            self._timer_pool.append(handle)
+        else:
+            handle.close()
+
+    def wakeup_threadsafe(self, callback: Callback) -> None:
+        self._threadsafe.append(callback)
+        try:
+            self._async.send()
+        except UVError:
+            pass  # closed: the loop is gone, nobody is left to wake
+
+    def _on_async(self, handle: Any) -> None:
+        queue = self._threadsafe
+        for _ in range(len(queue)):
+            queue.popleft()()
+
+    # -- descriptors --------------------------------------------------------
+
+    def _watch(self, fd: int) -> _Watch:
+        owner = self._owners.get(fd)
+        if owner is not None:
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {owner!r}")
+        watch = self._watches.get(fd)
+        if watch is None:
+            watch = self._watches[fd] = _Watch(self, fd)
+        return watch
+
+    def _update_watch(self, watch: _Watch) -> None:
+        events = (READABLE if watch.reader is not None else 0) | (
+            WRITABLE if watch.writer is not None else 0
+        )
+        if watch.poll is not None and events == watch.events:
+            return
+        # A new Poll handle for every change: pyuv.Poll() checks the
+        # descriptor, while restarting a handle on a descriptor closed behind
+        # its back makes libuv abort the process.
+        if watch.poll is not None:
+            watch.poll.close()
+            watch.poll = None
+            watch.events = 0
+        if not events:
+            del self._watches[watch.fd]
+            return
+        try:
+            poll = pyuv.Poll(self._uv, watch.fd)
+        except UVError as exc:
+            del self._watches[watch.fd]
+            raise uv_exception_error(exc) from None
+        poll.start(events, watch.dispatch)
+        watch.poll = poll
+        watch.events = events
+
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        watch = self._watch(fd)
+        watch.reader = callback
+        self._update_watch(watch)
+
+    def remove_reader(self, fd: int) -> bool:
+        watch = self._watches.get(fd)
+        if watch is None or watch.reader is None:
+            return False
+        watch.reader = None
+        self._update_watch(watch)
+        return True
+
+    def add_writer(self, fd: int, callback: Callback) -> None:
+        watch = self._watch(fd)
+        watch.writer = callback
+        self._update_watch(watch)
+
+    def remove_writer(self, fd: int) -> bool:
+        watch = self._watches.get(fd)
+        if watch is None or watch.writer is None:
+            return False
+        watch.writer = None
+        self._update_watch(watch)
+        return True
+
+    def _adopt(self, fd: int) -> None:
+        # A watcher left on a reused descriptor would steal the handle's events.
+        watch = self._watches.pop(fd, None)
+        if watch is not None and watch.poll is not None:
+            watch.poll.close()
+
+    def _forget(self, fd: int) -> None:
+        self._owners.pop(fd, None)
+
+    # -- streams and datagrams ----------------------------------------------
+
+    def open_stream(self, sock: socket.socket) -> UvStream | FdStream:
+        fd = sock.fileno()
+        if sock.type != socket.SOCK_STREAM or fd <= 2:
+            return FdStream(self, sock)  # libuv never closes descriptors 0-2
+        if sock.family in _INET:
+            handle = pyuv.TCP(self._uv)
+        elif sock.family == socket.AF_UNIX:
+            handle = pyuv.Pipe(self._uv)
+        else:
+            return FdStream(self, sock)
+        self._adopt(fd)
+        try:
+            handle.open(fd)
+        except UVError as exc:
+            handle.close()
+            raise uv_exception_error(exc) from None
+        stream = UvStream(self, handle, sock)
+        self._owners[fd] = stream
+        return stream
+
+    def open_datagram(self, sock: socket.socket) -> UvDatagram | FdDatagram:
+        fd = sock.fileno()
+        if sock.family not in _INET or fd <= 2:
+            return FdDatagram(self, sock)
+        # uv_udp_open turns SO_REUSEADDR on; asyncio leaves it as it was.
+        reuse = sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        self._adopt(fd)
+        handle = pyuv.UDP(self._uv)
+        try:
+            handle.open(fd)
+        except UVError as exc:
+            handle.close()
+            raise uv_exception_error(exc) from None
+        if not reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        endpoint = UvDatagram(self, handle, sock)
+        self._owners[fd] = endpoint
+        return endpoint
+
+    def listen(self, sock: socket.socket, backlog: int, on_stream: OnStream) -> FdListener:
+        return FdListener(self, sock, backlog, on_stream)
+
+    # -- closing ------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for owner in list(self._owners.values()):
+            owner.abort()
+        for watch in list(self._watches.values()):
+            if watch.poll is not None:
+                watch.poll.close()
+        self._watches.clear()
+        for handle in (*self._timers, *self._timer_pool):
+            handle.close()
+        self._timers.clear()
+        self._timer_pool.clear()
+        self._due.clear()
+        self._deferred.clear()
+        self._threadsafe.clear()
+        self._soon = None
+        self._idle.close()
+        self._async.close()
+        self._wake_poll.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        if self._owned:
+            # Run the close callbacks, so the handles let go of the loop and
+            # the loop (its epoll and eventfd descriptors) is freed now.
+            self._uv.run(pyuv.UV_RUN_NOWAIT)
+            self._uv = None
+
+
+class PyuvEventLoop(EventLoop):
+    """The asyncio event loop of protoshim on a ``pyuv.Loop``.
+
+    Besides ``run_forever`` and friends, it can run as a guest of a pyuv
+    loop that the program runs itself: see :meth:`attach`.
+    """
+
+    _driver: PyuvDriver
+
+    def __init__(self, driver: PyuvDriver) -> None:
+        super().__init__(driver)
+        driver.event_loop = self
+        self._guest_hooks: Any = None
+
+    @property
+    def uv_loop(self) -> Any:
+        """The ``pyuv.Loop`` this event loop runs on."""
+        return self._driver.uv_loop
+
+    def attach(self) -> None:
+        """Make this loop run whenever the program runs its ``pyuv.Loop``.
+
+        From now until :meth:`detach`, the loop is running (as inside
+        ``run_forever``): tasks, callbacks and I/O progress while the program
+        runs the pyuv loop itself, ``asyncio.get_running_loop()`` returns it,
+        and it keeps the pyuv loop alive.  :meth:`stop` makes the program's
+        current ``uv_loop.run()`` return; the loop stays attached.
+        """
+        # The set-up and clean-up of BaseEventLoop.run_forever, which typeshed
+        # does not describe.
+        self._check_closed()
+        self._check_running()  # type: ignore[attr-defined]
+        self._set_coroutine_origin_tracking(self._debug)  # type: ignore[attr-defined]
+        self._guest_hooks = sys.get_asyncgen_hooks()
+        self._thread_id = threading.get_ident()
+        sys.set_asyncgen_hooks(
+            firstiter=self._asyncgen_firstiter_hook,  # type: ignore[attr-defined]
+            finalizer=self._asyncgen_finalizer_hook,  # type: ignore[attr-defined]
+        )
+        events._set_running_loop(self)
+        self._driver.enter_guest(self._guest_stopped)
+        self._request_tick()
+
+    def detach(self) -> None:
+        """Stop running inside the program's pyuv loop (see :meth:`attach`).
+
+        A KeyboardInterrupt or SystemExit raised by a callback while attached
+        (which stopped the pyuv loop) is raised here.
+        """
+        if self._guest_hooks is None:
+            return
+        hooks, self._guest_hooks = self._guest_hooks, None
+        self._driver.leave_guest()
+        self._stopping = False
+        self._thread_id = None  # type: ignore[assignment]
+        events._set_running_loop(None)
+        self._set_coroutine_origin_tracking(False)  # type: ignore[attr-defined]
+        sys.set_asyncgen_hooks(*hooks)
+        exc, self._exit_exc = self._exit_exc, None
+        if exc is not None:
+            raise exc
+
+    def _guest_stopped(self) -> None:
+        # run_forever clears the request when it returns; a guest never returns.
+        self._stopping = False
+
+
+def new_event_loop(uv_loop: Any = None) -> PyuvEventLoop:
+    """Create an event loop on a private ``pyuv.Loop``, or on ``uv_loop``.
+
+    A shared ``uv_loop`` is run by ``run_forever`` / ``run_until_complete``
+    (which then also run the program's own handles on it), and is never
+    closed by ``close()``.  To run it yourself instead, use :func:`attach`.
+    """
+    return PyuvEventLoop(PyuvDriver(uv_loop))
+
+
+@contextlib.contextmanager
+def attach(uv_loop: Any) -> Iterator[PyuvEventLoop]:
+    """Run a new event loop inside ``uv_loop`` for the duration of the block.
+
+    The program runs ``uv_loop.run()`` itself inside the block; asyncio
+    callbacks, tasks and transports progress as it does, and ``loop.stop()``
+    makes that ``run()`` return.  Leaving the block detaches and closes the
+    event loop (not ``uv_loop``)::
+
+        with attach(uv) as loop:
+            task = loop.create_task(main())
+            task.add_done_callback(lambda _: loop.stop())
+            uv.run()
+    """
+    loop = new_event_loop(uv_loop)
+    loop.attach()
+    try:
+        yield loop
+    finally:
+        try:
+            loop.detach()
+        finally:
+            loop.close()
