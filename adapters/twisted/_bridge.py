@@ -47,7 +47,8 @@ def as_deferred(
 
     A coroutine is scheduled as a Task on ``loop`` (default: the running
     loop, else the loop attached to the global reactor).  Cancelling the
-    Deferred cancels the Task or Future.
+    Deferred cancels the Task or Future, and the Deferred then fails with
+    :class:`asyncio.CancelledError` (``Deferred.fromFuture``'s convention).
     """
     if loop is None:
         try:

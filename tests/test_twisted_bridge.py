@@ -1,0 +1,183 @@
+"""Living inside a Twisted application: attach, Deferred <-> Future, ProtocolFactory."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("twisted", reason="the Twisted adapter needs Twisted installed")
+
+from twisted.internet import defer, endpoints, task
+
+from protoshim.adapters.twisted import (
+    ProtocolFactory,
+    as_deferred,
+    as_future,
+    attach,
+)
+from protoshim.adapters.twisted._loop import new_reactor
+
+TIMEOUT = 10.0
+
+
+def run_attached(make_coro, timeout: float = TIMEOUT):
+    """Run ``make_coro(loop, reactor)`` as a task inside ``reactor.run()`` of a private reactor."""
+    reactor = new_reactor()
+    loop = attach(reactor)
+    outcome: dict[str, asyncio.Task] = {}
+
+    def start():
+        main = loop.create_task(asyncio.wait_for(make_coro(loop, reactor), timeout))
+
+        def finished(done):
+            outcome["task"] = done
+            reactor.stop()
+
+        main.add_done_callback(finished)
+
+    reactor.callWhenRunning(start)
+    guard = reactor.callLater(timeout + 5, reactor.stop)  # a bug must not hang the run
+    try:
+        reactor.run(installSignalHandlers=False)
+    finally:
+        if guard.active():
+            guard.cancel()
+        reactor.removeReader(reactor.waker)
+        reactor.waker.connectionLost(None)
+        reactor._poller.close()
+    assert loop.is_closed(), "the reactor's shutdown closes the attached loop"
+    assert "task" in outcome, "the reactor stopped before the coroutine finished"
+    return outcome["task"].result()
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+def test_attach_runs_coroutines_on_the_running_reactor():
+    async def main(loop, reactor):
+        assert asyncio.get_running_loop() is loop
+        assert attach(reactor) is loop
+        nested = asyncio.sleep(0)
+        with pytest.raises(RuntimeError):
+            loop.run_until_complete(nested)  # run_forever cannot nest in reactor.run()
+        nested.close()
+        ticks = []
+        call = reactor.callLater(0.01, ticks.append, "twisted timer")
+        await asyncio.sleep(0.05)
+        assert ticks == ["twisted timer"]
+        assert not call.active()
+        return await loop.run_in_executor(None, sum, [1, 2, 3])
+
+    assert run_attached(main) == 6
+
+
+def test_as_future_follows_a_deferred():
+    async def main(loop, reactor):
+        assert await as_future(task.deferLater(reactor, 0.01, lambda: 42)) == 42
+        with pytest.raises(ZeroDivisionError):
+            await as_future(task.deferLater(reactor, 0, lambda: 1 / 0))
+        cancelled = []
+        pending = defer.Deferred(canceller=cancelled.append)
+        future = as_future(pending, loop)
+        future.cancel()
+        await asyncio.sleep(0)
+        assert cancelled == [pending]
+        return True
+
+    assert run_attached(main)
+
+
+def test_as_deferred_follows_a_coroutine_and_cancels_it():
+    async def main(loop, reactor):
+        async def answer():
+            await asyncio.sleep(0.01)
+            return "answer"
+
+        assert await as_future(as_deferred(answer())) == "answer"
+
+        started = loop.create_future()
+
+        async def forever():
+            started.set_result(None)
+            await asyncio.sleep(3600)
+
+        running = loop.create_task(forever())
+        deferred = as_deferred(running)
+        await started
+        errors = []
+        deferred.addErrback(errors.append)
+        deferred.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        assert running.cancelled()
+        await asyncio.sleep(0)  # the Deferred fires from the Task's done callback
+        # Deferred.fromFuture's convention: the Future's own CancelledError
+        assert errors and errors[0].check(asyncio.CancelledError)
+        return True
+
+    assert run_attached(main)
+
+
+def test_protocol_factory_serves_an_asyncio_protocol_through_an_endpoint():
+    async def main(loop, reactor):
+        endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        port = await as_future(endpoint.listen(ProtocolFactory(Echo, loop)))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port.getHost().port)
+            payload = bytes(range(256)) * 2048
+            writer.write(payload)
+            writer.write_eof()
+            # Echo returns None from eof_received: the server closes after flushing.
+            echoed = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            await as_future(defer.maybeDeferred(port.stopListening))
+        return echoed == payload
+
+    assert run_attached(main)
+
+
+def test_protocol_factory_keeps_the_write_side_open_after_eof():
+    class Answer(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.received = b""
+
+        def data_received(self, data):
+            self.received += data
+
+        def eof_received(self):
+            self.transport.write(b"got " + self.received)
+            self.transport.close()
+            return True
+
+    async def main(loop, reactor):
+        endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        port = await as_future(endpoint.listen(ProtocolFactory(Answer, loop)))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port.getHost().port)
+            writer.write(b"question")
+            writer.write_eof()
+            answer = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            await as_future(defer.maybeDeferred(port.stopListening))
+        return answer
+
+    assert run_attached(main) == b"got question"
+
+
+def test_protocol_factory_rejects_a_foreign_loop():
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(TypeError):
+            ProtocolFactory(Echo, loop)
+    finally:
+        loop.close()

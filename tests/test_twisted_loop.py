@@ -1,0 +1,215 @@
+"""The Twisted adapter's own rules: private reactors, Twisted transports, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("twisted", reason="the Twisted adapter needs Twisted installed")
+
+from twisted.internet import tcp
+
+import protoshim
+from protoshim.adapters.twisted._loop import TwistedEventLoop
+
+WAIT = 5.0
+
+
+def open_fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def run(coro, timeout: float = 10.0):
+    return protoshim.run(asyncio.wait_for(coro, timeout), framework="twisted")
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.events: list[object] = []
+        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.events.append(data)
+
+    def eof_received(self):
+        self.events.append("eof")
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_loops_are_independent_and_leave_no_descriptors():
+    warm = protoshim.new_event_loop("twisted")
+    warm.run_until_complete(asyncio.sleep(0))
+    warm.close()
+    before = open_fd_count()
+    reactors = set()
+    for _ in range(20):
+        loop = protoshim.new_event_loop("twisted")
+        assert isinstance(loop, TwistedEventLoop)
+        reactors.add(id(loop.reactor))
+        loop.run_until_complete(asyncio.sleep(0.001))
+        loop.close()
+    assert open_fd_count() <= before
+    assert len(reactors) > 1
+
+
+def test_creating_a_loop_installs_no_global_reactor():
+    script = (
+        "import asyncio, sys, protoshim\n"
+        "loop = protoshim.new_event_loop('twisted')\n"
+        "loop.run_until_complete(asyncio.sleep(0))\n"
+        "loop.close()\n"
+        "print('twisted.internet.reactor' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_streams_are_twisted_tcp_transports():
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Recorder, "127.0.0.1", 0)
+        transport, client = await loop.create_connection(
+            Recorder, *server.sockets[0].getsockname()
+        )
+        stream = transport._stream
+        assert isinstance(stream.transport, tcp.Server)
+        # the very socket core connected, not a duplicate
+        assert stream.transport.getHandle() is stream.socket()
+        transport.close()
+        await client.lost
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_queued_counts_twisteds_buffer_and_drains_to_zero():
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        with lsock:
+            transport, client = await loop.create_connection(Recorder, *lsock.getsockname())
+            conn, _ = lsock.accept()
+            with conn:
+                conn.setblocking(False)
+                chunk = b"x" * 65536
+                written = 0
+                while transport.get_write_buffer_size() == 0 and written < 256 * 2**20:
+                    transport.write(chunk)
+                    written += len(chunk)
+                twisted_transport = transport._stream.transport
+                queued = (
+                    len(twisted_transport.dataBuffer)
+                    - twisted_transport.offset
+                    + twisted_transport._tempDataLen
+                )
+                assert transport.get_write_buffer_size() == queued > 0
+                received = 0
+                while received < written:
+                    try:
+                        received += len(conn.recv(1 << 20))
+                    except BlockingIOError:
+                        await asyncio.sleep(0.001)
+                assert transport.get_write_buffer_size() == 0
+                transport.close()
+                await client.lost
+
+    run(main())
+
+
+def test_peer_reset_is_connection_reset_error():
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        with lsock:
+            _, client = await loop.create_connection(Recorder, *lsock.getsockname())
+            conn, _ = lsock.accept()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            exc = await asyncio.wait_for(client.lost, WAIT)
+            assert isinstance(exc, ConnectionResetError)
+
+    run(main())
+
+
+def test_abort_ends_with_fin_and_connection_lost_none():
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        with lsock:
+            transport, client = await loop.create_connection(Recorder, *lsock.getsockname())
+            conn, _ = lsock.accept()
+            with conn:
+                transport.abort()
+                assert await asyncio.wait_for(client.lost, WAIT) is None
+                conn.settimeout(WAIT)
+                # Twisted's abortConnection would reset; asyncio's abort closes.
+                assert conn.recv(10) == b""
+
+    run(main())
+
+
+def test_fd_watcher_keeps_reporting_a_hung_up_pipe():
+    async def main():
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe()
+        reads: list[bytes] = []
+        done = loop.create_future()
+
+        def readable():
+            data = os.read(r, 100)
+            reads.append(data)
+            if not data:
+                loop.remove_reader(r)
+                done.set_result(None)
+
+        loop.add_reader(r, readable)
+        os.write(w, b"abc")
+        os.close(w)
+        try:
+            await asyncio.wait_for(done, WAIT)
+        finally:
+            loop.remove_reader(r)
+            os.close(r)
+        assert b"".join(reads) == b"abc"
+        assert reads[-1] == b""
+
+    run(main())
+
+
+def test_keyboard_interrupt_in_a_callback_leaves_run_until_complete():
+    loop = protoshim.new_event_loop("twisted")
+    try:
+
+        def interrupt():
+            raise KeyboardInterrupt
+
+        loop.call_soon(interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.sleep(WAIT))
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
