@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-import trustme
+import pytest
 
 __all__ = [
     "WAIT",
@@ -284,7 +284,9 @@ class TlsMaterial:
 
 @functools.cache
 def tls_material() -> TlsMaterial:
-    """Make certificates once per process with trustme."""
+    """Make certificates once per process with trustme (skip the test without it)."""
+    # Only the TLS tests need trustme; the rest of the suite runs without it.
+    trustme = pytest.importorskip("trustme", reason="the TLS tests make certificates with trustme")
     ca = trustme.CA()
     other_ca = trustme.CA()
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
