@@ -47,6 +47,8 @@ class HalfCloseIOStream(IOStream):
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
         self.peer_eof = False
+        #: whether the owner wants data; IOStream may then read ahead one chunk
+        self.reads_wanted = False
         #: called after the write buffer shrank or a write failed
         self.on_write_progress: Callable[[], None] | None = None
 
@@ -70,7 +72,11 @@ class HalfCloseIOStream(IOStream):
         self._unwatch_idle()
 
     def _unwatch_idle(self) -> None:
-        # IOStream re-adds READ interest whenever it goes idle.
+        # IOStream re-adds READ interest whenever it goes idle: harmless
+        # between two reads, but it must not read while the owner is paused,
+        # nor spin on a socket that stays readable after EOF.
+        if self.reads_wanted and not self.peer_eof:
+            return
         state = self._state
         reading = self._read_future is not None
         if state is not None and state & IOLoop.READ and not reading and not self.closed():
@@ -144,7 +150,7 @@ class TornadoStream:
     @classmethod
     def from_socket(cls, driver: TornadoDriver, sock: socket.socket) -> TornadoStream:
         """Wrap a connected socket in a new stream on the driver's IOLoop."""
-        return cls(driver, driver.in_tornado(HalfCloseIOStream, sock))
+        return cls(driver, driver.in_tornado(HalfCloseIOStream, sock, None, READ_SIZE))
 
     def __repr__(self) -> str:
         return f"<TornadoStream fd={self._sock.fileno()}>"
@@ -163,6 +169,7 @@ class TornadoStream:
         if self._reading or self._released:
             return
         self._reading = True
+        self._ios.reads_wanted = True
         held, self._held = self._held, None
         if held is not None:
             # Never call the sink from inside a primitive call.
@@ -174,8 +181,10 @@ class TornadoStream:
         if not self._reading:
             return
         self._reading = False
+        self._ios.reads_wanted = False
         fut, self._read_fut = self._read_fut, None
         if fut is None:
+            self._ios.cancel_read()  # drops any read-ahead watch
             return
         fut.remove_done_callback(self._on_read_future)
         if fut.done():
@@ -210,12 +219,12 @@ class TornadoStream:
             return
         exc = fut.exception()
         if exc is not None:
-            self._reading = False
+            self._reading = self._ios.reads_wanted = False
             self._fail(exc)
             return
         data = fut.result()
         if not data:
-            self._reading = False
+            self._reading = self._ios.reads_wanted = False
             sink._on_eof()
             return
         sink._on_data(data)
