@@ -42,6 +42,8 @@ def fake_adapter(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> 
     (site / "fake_adapter.py").write_text(
         textwrap.dedent(
             """
+            import dataclasses
+
             import protoshim
 
             ADAPTER = protoshim.Adapter(
@@ -51,13 +53,31 @@ def fake_adapter(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> 
                 distribution="fake-adapter",
                 missing={cap: f"fake lacks {cap} on purpose" for cap in protoshim.CAPABILITIES},
             )
+
+
+            @dataclasses.dataclass(frozen=True)
+            class WithKnownFailures(protoshim.Adapter):
+                known_failures: dict = dataclasses.field(default_factory=dict)
+
+
+            KNOWN = WithKnownFailures(
+                name="fake-known",
+                loop_factory="asyncio:new_event_loop",
+                requires="asyncio",
+                distribution="fake-adapter",
+                known_failures={
+                    "test_loop::test_call_soon_runs_callbacks_in_fifo_order": "issue 0: pretend"
+                },
+            )
             """
         )
     )
     dist = site / "fake_adapter-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-adapter\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[protoshim.adapters]\nfake = fake_adapter:ADAPTER\n")
+    (dist / "entry_points.txt").write_text(
+        "[protoshim.adapters]\nfake = fake_adapter:ADAPTER\nfake-known = fake_adapter:KNOWN\n"
+    )
     monkeypatch.setenv("PYTHONPATH", str(site))
     return "fake"
 
@@ -136,6 +156,30 @@ def test_a_third_party_adapter_runs_the_suite(pytester: pytest.Pytester, fake_ad
     result = _run(pytester, "--framework", fake_adapter, _suite(SUITE_TEST))
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*protoshim conformance: fake 0.1*", "*1 passed*"])
+
+
+def test_declared_known_failures_are_strict_xfails(
+    pytester: pytest.Pytester, fake_adapter: str
+) -> None:
+    report = pytester.path / "report.json"
+    result = _run(
+        pytester,
+        "--framework",
+        "fake-known",
+        "--conformance-report",
+        str(report),
+        _suite("test_loop.py"),
+        "-k",
+        "test_call_soon_",
+    )
+    # the declared failure passes on this loop: a strict XPASS fails the run
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    results = json.loads(report.read_text())["results"]
+    assert results[SUITE_ID] == {
+        "outcome": "xpassed",
+        "reason": "known fake-known difference: issue 0: pretend",
+    }
+    assert results["test_loop::test_call_soon_passes_arguments"]["outcome"] == "passed"
 
 
 STRICT_TESTS = """
