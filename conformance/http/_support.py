@@ -161,11 +161,11 @@ class Served:
     protocols: list[HTTPServerProtocol]
     clients: list[Client] = field(default_factory=list)
 
-    async def connect(self) -> Client:
-        """Open a new client connection."""
+    async def connect(self, kind: type[Client] | None = None) -> Client:
+        """Open a new client connection (of class ``kind``, default :class:`Client`)."""
         _, client = await wait(
             self.loop.create_connection(
-                functools.partial(Client, self.loop), "127.0.0.1", self.port
+                functools.partial(kind or Client, self.loop), "127.0.0.1", self.port
             ),
             "create_connection",
         )
