@@ -9,6 +9,7 @@ so a malformed response fails the test instead of being misread.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import threading
@@ -18,6 +19,10 @@ from typing import Any, cast
 from wsgiref.validate import validator
 
 import h11
+from wsproto import ConnectionType, WSConnection
+from wsproto import events as wsevents
+from wsproto.connection import ConnectionState
+from wsproto.utilities import LocalProtocolError
 
 from protoshim.conformance._helpers import Recorder, wait, wait_until
 from protoshim.protocols.http import (
@@ -37,9 +42,12 @@ __all__ = [
     "Response",
     "Served",
     "StartResponse",
+    "WebSocketClient",
     "request",
     "serving",
+    "small_config",
     "validated",
+    "websocket",
 ]
 
 StartResponse = Callable[..., Callable[[bytes], None]]
@@ -160,6 +168,7 @@ class Served:
     port: int
     protocols: list[HTTPServerProtocol]
     clients: list[Client] = field(default_factory=list)
+    websockets: list[WebSocketClient] = field(default_factory=list)
 
     async def connect(self, kind: type[Client] | None = None) -> Client:
         """Open a new client connection (of class ``kind``, default :class:`Client`)."""
@@ -212,8 +221,13 @@ async def serving(
         for client in served.clients:
             if client.transport is not None and not client.lost.done():
                 client.transport.close()
+        for ws in served.websockets:
+            if ws.transport is not None and not ws.lost.done():
+                ws.transport.close()
         for client in served.clients:
             await wait(asyncio.shield(client.lost), "the client connection to close")
+        for ws in served.websockets:
+            await wait(asyncio.shield(ws.lost), "the WebSocket client to close")
         await wait(
             asyncio.gather(*(protocol.wait_closed() for protocol in protocols)),
             "server connections to close and their handlers to return",
@@ -269,3 +283,104 @@ def small_config(**overrides: Any) -> HTTPConfig:
     }
     settings.update(overrides)
     return HTTPConfig(**settings)
+
+
+class WebSocketClient(asyncio.Protocol):
+    """A wsproto client on a raw connection of the loop under test."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.transport: asyncio.Transport | None = None
+        self.events: collections.deque[wsevents.Event] = collections.deque()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport."""
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse frames into events."""
+        self.ws.receive_data(data)
+        self.events.extend(self.ws.events())
+        self._wake()
+
+    def eof_received(self) -> None:
+        """Let wsproto see the end of the stream."""
+        with contextlib.suppress(LocalProtocolError):
+            self.ws.receive_data(None)
+            self.events.extend(self.ws.events())
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Resolve ``lost``."""
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def send(self, event: wsevents.Event) -> None:
+        """Send a wsproto event."""
+        assert self.transport is not None
+        self.transport.write(self.ws.send(event))
+
+    def send_raw(self, data: bytes) -> None:
+        """Send bytes that bypass wsproto (to test malformed frames)."""
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def next_event(self) -> wsevents.Event:
+        """Return the next event from the server."""
+        while not self.events:
+            if self.lost.done():
+                raise AssertionError("connection lost while waiting for a WebSocket event")
+            self._waiter = self.loop.create_future()
+            await wait(self._waiter, "a WebSocket event")
+        return self.events.popleft()
+
+    async def message(self) -> str | bytes:
+        """Return the next whole message, skipping pongs."""
+        parts: list[Any] = []
+        while True:
+            event = await self.next_event()
+            if isinstance(event, wsevents.TextMessage | wsevents.BytesMessage):
+                parts.append(event.data)
+                if event.message_finished:
+                    if isinstance(event, wsevents.TextMessage):
+                        return "".join(parts)
+                    return b"".join(parts)
+            elif not isinstance(event, wsevents.Pong):
+                raise AssertionError(f"expected a message, got {event!r}")
+
+    async def close_code(self) -> int:
+        """Wait for the server's close frame; answer it if needed; return its code."""
+        while True:
+            event = await self.next_event()
+            if isinstance(event, wsevents.CloseConnection):
+                if self.ws.state is ConnectionState.REMOTE_CLOSING:
+                    self.send(event.response())
+                return event.code
+            if not isinstance(event, wsevents.TextMessage | wsevents.BytesMessage | wsevents.Pong):
+                raise AssertionError(f"expected a close, got {event!r}")
+
+
+async def websocket(served: Served, path: str = "/ws") -> WebSocketClient:
+    """Open a WebSocket to ``path``; fail unless the server accepts."""
+    _, client = await wait(
+        served.loop.create_connection(
+            functools.partial(WebSocketClient, served.loop), "127.0.0.1", served.port
+        ),
+        "create_connection",
+    )
+    client.send(wsevents.Request(host="test", target=path))
+    event = await client.next_event()
+    if not isinstance(event, wsevents.AcceptConnection):
+        if client.transport is not None:
+            client.transport.abort()
+        raise AssertionError(f"the WebSocket upgrade was refused: {event!r}")
+    served.websockets.append(client)
+    return client

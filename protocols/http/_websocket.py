@@ -300,8 +300,10 @@ class WebSocketUpgrade:
         rejection: RejectConnection | None = None
         if exchange.header(b"upgrade") is None:
             rejection = RejectConnection(status_code=426, headers=[(b"Upgrade", b"websocket")])
-        elif exchange.header(b"content-length") not in (None, b"0") or exchange.header(
-            b"transfer-encoding"
+        elif (
+            exchange.method != "GET"  # wsproto re-creates the request as a GET: check here
+            or exchange.header(b"content-length") not in (None, b"0")
+            or exchange.header(b"transfer-encoding")
         ):
             rejection = RejectConnection(status_code=400)
         else:
