@@ -19,10 +19,9 @@ from typing import Any, NoReturn, TypeVar
 
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
-from tornado.tcpserver import TCPServer
 
 from ..._loop import EventLoop
-from ._iostream import TornadoStream, adopt
+from ._iostream import PausingTCPServer, TornadoStream, adopt
 from ._loop import TornadoDriver
 
 __all__ = ["AttachedEventLoop", "ProtocolServer", "attach"]
@@ -117,7 +116,7 @@ def attach(io_loop: IOLoop | None = None) -> AttachedEventLoop:
     return loop
 
 
-class ProtocolServer(TCPServer):
+class ProtocolServer(PausingTCPServer):
     """A ``TCPServer`` that serves a PEP 3156 protocol factory.
 
     Use it like Tornado's ``HTTPServer``: ``listen(port)``, ``add_sockets``

@@ -21,20 +21,26 @@ Tornado's own.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
+from tornado.platform.asyncio import BaseAsyncIOLoop
 from tornado.tcpserver import TCPServer
 
+from ..._fdio import _OUT_OF_RESOURCES, ACCEPT_RETRY_DELAY
 from ..._primitives import OnStream, StreamSink
 
 if TYPE_CHECKING:
     from ._loop import TornadoDriver
 
-__all__ = ["HalfCloseIOStream", "TornadoListener", "TornadoStream"]
+__all__ = ["HalfCloseIOStream", "PausingTCPServer", "TornadoListener", "TornadoStream"]
+
+logger = logging.getLogger("protoshim")
 
 #: Bytes asked for per read; IOStream reads ``read_chunk_size`` at a time
 #: from the socket until it has this much or the socket is drained.
@@ -302,7 +308,70 @@ class TornadoStream:
         return self._sock
 
 
-class TornadoListener(TCPServer):
+class PausingTCPServer(TCPServer):
+    """A ``TCPServer`` that stops accepting for a while when out of descriptors.
+
+    Tornado's accept handler lets EMFILE escape; the listening socket stays
+    readable, so the IOLoop would call it again at once, forever.  Like
+    asyncio, this pauses accepting for :data:`ACCEPT_RETRY_DELAY` seconds.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._retries: dict[int, tuple[IOLoop, object]] = {}
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        sockets = list(sockets)
+        super().add_sockets(sockets)
+        io_loop = cast(BaseAsyncIOLoop, IOLoop.current())
+        for sock in sockets:
+            fd = sock.fileno()
+            fileobj, handler = io_loop.handlers[fd]
+            guarded = functools.partial(self._accept, io_loop, sock, handler)
+            io_loop.handlers[fd] = (fileobj, guarded)
+
+    def _accept(
+        self,
+        io_loop: BaseAsyncIOLoop,
+        sock: socket.socket,
+        handler: Callable[[Any, int], None],
+        fileobj: Any,
+        events: int,
+    ) -> None:
+        try:
+            handler(fileobj, events)
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_RESOURCES:
+                raise
+            logger.error(
+                "accept on %r failed (%s); retrying in %.1f s",
+                sock.getsockname(),
+                exc.strerror,
+                ACCEPT_RETRY_DELAY,
+            )
+            fd = sock.fileno()
+            io_loop.update_handler(fd, IOLoop.NONE)
+            handle = io_loop.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting, io_loop, fd)
+            self._retries[fd] = (io_loop, handle)
+
+    def _resume_accepting(self, io_loop: BaseAsyncIOLoop, fd: int) -> None:
+        self._retries.pop(fd, None)
+        if fd in self._handlers:
+            io_loop.update_handler(fd, IOLoop.READ)
+
+    def _cancel_retry(self, fd: int) -> None:
+        retry = self._retries.pop(fd, None)
+        if retry is not None:
+            io_loop, handle = retry
+            io_loop.remove_timeout(handle)
+
+    def stop(self) -> None:
+        for fd in list(self._retries):
+            self._cancel_retry(fd)
+        super().stop()
+
+
+class TornadoListener(PausingTCPServer):
     """Accept connections for core through Tornado's ``TCPServer``.
 
     Core creates, binds and closes the listening socket; this server only
@@ -314,6 +383,7 @@ class TornadoListener(TCPServer):
         self._driver = driver
         self._on_stream = on_stream
         self._sock = sock
+        self._fd = sock.fileno()
         driver.in_tornado(self.add_socket, sock)
 
     def handle_stream(self, stream: IOStream, address: Any) -> None:
@@ -322,7 +392,8 @@ class TornadoListener(TCPServer):
 
     def close(self) -> None:
         """Stop accepting, leaving the socket open for core to close."""
-        remove = self._handlers.pop(self._sock.fileno(), None)
+        self._cancel_retry(self._fd)
+        remove = self._handlers.pop(self._fd, None)
         if remove is not None:
             remove()
-        self._sockets.pop(self._sock.fileno(), None)
+        self._sockets.pop(self._fd, None)
