@@ -1,0 +1,103 @@
+"""A real browser uses the Echo Test demo served by the loop under test.
+
+Headless Chromium (Debian's ``chromium`` and ``chromium-driver``) is driven
+with selenium from an executor thread while the loop keeps serving.  It
+loads the page, checks the stylesheet applied, waits for the WebSocket to
+connect, clicks Send and waits for the echo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import shutil
+from typing import cast
+
+import pytest
+
+pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from protoshim.conformance.http._support import serving, small_config
+from protoshim.conformance.plugin import RunCoroutine
+from protoshim.examples.echo_test import protocol_factory
+from protoshim.protocols.http import HTTPServerProtocol
+
+pytestmark = pytest.mark.requires("tcp", "threads")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+#: seconds the browser may take for any one step
+STEP = 20
+
+
+def drive(url: str, profile: pathlib.Path, screenshot: pathlib.Path) -> dict[str, str]:
+    """Open ``url``, click Send, and report what the page showed."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    # Both paths are given, so selenium never tries to download a driver.
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        driver.set_page_load_timeout(STEP)
+        driver.get(url)
+        log = driver.find_element(By.ID, "log")
+        WebDriverWait(driver, STEP).until(lambda _: "Connected to" in log.text)
+        font = driver.execute_script("return getComputedStyle(document.body).fontFamily")
+        value = driver.find_element(By.ID, "message").get_attribute("value")
+        driver.find_element(By.ID, "send").click()
+        WebDriverWait(driver, STEP).until(lambda _: "Got echo:" in log.text)
+        driver.save_screenshot(str(screenshot))
+        return {"title": driver.title, "font": str(font), "value": str(value), "log": log.text}
+    finally:
+        driver.quit()
+
+
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"{CHROMIUM} is absent (apt-get install chromium chromium-driver)",
+)
+@pytest.mark.skipif(
+    not os.path.exists(CHROMEDRIVER),
+    reason="chromedriver is absent (apt-get install chromium-driver)",
+)
+def test_echo_test_page_works_in_chromium(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, tmp_path: pathlib.Path
+) -> None:
+    profile = tmp_path / "profile"
+    profile.mkdir()
+
+    async def main() -> dict[str, str]:
+        # The port is only the page's fallback address; the page uses its own host.
+        factory = cast("type[HTTPServerProtocol]", protocol_factory(0, small_config()))
+        async with serving(loop, factory) as served:
+            url = f"http://127.0.0.1:{served.port}/"
+            return await loop.run_in_executor(None, drive, url, profile, tmp_path / "echo-test.png")
+
+    seen = run(main(), timeout=90)
+    assert seen["title"] == "Echo Test"
+    assert seen["font"].replace('"', "").replace(" ", "") == "Helvetica,Arial,sans-serif"
+    assert seen["value"] == "Hello, world!"
+    lines = seen["log"].splitlines()
+    assert lines[0].startswith("Connected to ws://127.0.0.1:")
+    assert lines[0].endswith("/ws")
+    assert "Sent: Hello, world!" in lines
+    assert "Got echo: Hello, world!" in lines
