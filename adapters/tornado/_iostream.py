@@ -379,7 +379,7 @@ class TornadoListener(PausingTCPServer):
     """
 
     def __init__(self, driver: TornadoDriver, sock: socket.socket, on_stream: OnStream) -> None:
-        super().__init__()
+        super().__init__(read_chunk_size=READ_SIZE)
         self._driver = driver
         self._on_stream = on_stream
         self._sock = sock
