@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import socket
 from collections.abc import Iterable
+from typing import cast
 
 import pytest
 
@@ -17,7 +19,7 @@ from protoshim.conformance.http._support import (
     validated,
 )
 from protoshim.conformance.plugin import RunCoroutine
-from protoshim.protocols.http import HTTPExchange, HTTPServerProtocol
+from protoshim.protocols.http import Handler, HTTPExchange, HTTPServerProtocol, WSGIHandler
 
 pytestmark = pytest.mark.requires("tcp")
 
@@ -241,3 +243,109 @@ def test_client_half_close_still_gets_every_pipelined_answer(
             assert await client.everything() == b""
 
     run(main())
+
+
+class RecordingTransport(asyncio.Transport):
+    """Delegate to the real transport, recording each write."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        super().__init__()
+        self.inner = inner
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        self.inner.write(data)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.inner.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self.inner.is_closing()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def pause_reading(self) -> None:
+        self.inner.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.inner.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self.inner.is_reading()
+
+    def can_write_eof(self) -> bool:
+        return self.inner.can_write_eof()
+
+    def write_eof(self) -> None:
+        self.inner.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self.inner.get_write_buffer_size()
+
+
+class RecordingProtocol(HTTPServerProtocol):
+    """The server protocol, seeing the transport through a recorder."""
+
+    recorder: RecordingTransport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.recorder = RecordingTransport(cast(asyncio.Transport, transport))
+        super().connection_made(self.recorder)
+
+
+def single_item(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"BODY"]
+
+
+def streamed(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return iter([b"BODY", b"MORE"])
+
+
+async def responded(exchange: HTTPExchange) -> None:
+    await exchange.respond(200, [], b"BODY")
+
+
+@pytest.mark.parametrize(
+    ("handler", "writes"),
+    [
+        (responded, 1),
+        (WSGIHandler(single_item), 1),
+        # head and first chunk together, then the next chunk, then the last chunk
+        (WSGIHandler(streamed), 3),
+    ],
+    ids=["respond", "wsgi-list", "wsgi-stream"],
+)
+def test_head_is_written_together_with_the_body(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, handler: Handler, writes: int
+) -> None:
+    async def main() -> list[bytes]:
+        async with serving(loop, lambda: RecordingProtocol(handler)) as served:
+            response = await served.exchange(request())
+            assert response.body.startswith(b"BODY")
+            protocol = served.protocols[0]
+            assert isinstance(protocol, RecordingProtocol)
+            return protocol.recorder.writes
+
+    recorded = run(main())
+    assert len(recorded) == writes
+    assert recorded[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert recorded[0].endswith(b"BODY") or recorded[0].endswith(b"BODY\r\n")
+
+
+def test_tcp_nodelay_is_set(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    async def main() -> int:
+        async with serving(loop, lambda: HTTPServerProtocol(responded)) as served:
+            await served.exchange(request())
+            sock = served.protocols[0].get_extra_info("socket")
+            if sock is None:
+                pytest.skip("the transport exposes no socket")
+            return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    assert run(main()) != 0
