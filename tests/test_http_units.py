@@ -1,0 +1,173 @@
+"""Unit tests of the HTTP protocol's pure parts: head checks, paths, ranges, config, runners."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import threading
+
+import pytest
+
+from protoshim.protocols.http import (
+    LOOP_ATTRIBUTE,
+    HTTPConfig,
+    StaticFiles,
+    ThreadRunner,
+    blocking_runner_for,
+)
+from protoshim.protocols.http._static import _byte_range
+from protoshim.protocols.http._validate import check_fields, scan_head
+
+
+@pytest.mark.parametrize(
+    ("head", "reason"),
+    [
+        (b"GET / HTTP/1.1\nHost: a", "bare LF"),
+        (b"GET / HTTP/1.1\r\nHost: a\rb", "bare CR"),
+        (b"GET / HTTP/1.1\r\nX: \x01", "control character"),
+        (b"GET / HTTP/1.1\r\nX: a\r\n b", "obsolete line folding"),
+    ],
+)
+def test_scan_head_refuses(head, reason):
+    rejection = scan_head(head)
+    assert rejection is not None
+    assert rejection.status == 400
+    assert reason in rejection.reason
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [b"GET / HTTP/1.1\r", b"GET / HTTP/1.1\r\nX: a\tb\r\n", b"GET / HTTP/1.1\r\nX: \xe9\r\n"],
+)
+def test_scan_head_accepts_valid_prefixes(partial):
+    # A CR at the end may still get its LF; tab and obs-text are legal in values.
+    assert scan_head(partial) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [
+        (b"Content-Length: 1\r\nContent-Length: 1", 400),
+        (b"Content-Length: 1, 1", 400),
+        (b"Content-Length: 1\r\nTransfer-Encoding: chunked", 400),
+        (b"Transfer-Encoding: gzip", 501),
+        (b"Transfer-Encoding: chunked, chunked", 400),
+        (b"Transfer-Encoding: ,chunked", 400),
+        (b"Host: a b", 400),
+        (b"Content-Length: 10\r\nHost: [::1]:80", None),
+        (b"Transfer-Encoding: Chunked\r\nHost: example.com", None),
+    ],
+)
+def test_check_fields(fields, status):
+    rejection = check_fields(b"POST / HTTP/1.1\r\n" + fields + b"\r\n\r\n")
+    assert (rejection.status if rejection else None) == status
+
+
+@pytest.fixture
+def static(tmp_path: pathlib.Path) -> StaticFiles:
+    (tmp_path / "root" / "sub").mkdir(parents=True)
+    (tmp_path / "root" / "sub" / "a.txt").write_text("a")
+    return StaticFiles(tmp_path / "root", "/files/")
+
+
+def test_resolve_maps_inside_the_root(static: StaticFiles):
+    assert static.resolve(b"/files/sub/a.txt") == str(pathlib.Path(static.root, "sub", "a.txt"))
+    assert static.resolve(b"/files/sub/%61.txt") == str(pathlib.Path(static.root, "sub", "a.txt"))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/files/../x",
+        b"/files/%2e%2e/x",
+        b"/files/sub%2fa.txt",
+        b"/files/sub%5ca.txt",
+        b"/files//sub/a.txt",
+        b"/files/sub/a.txt%00",
+        b"/files/.git",
+        b"/files",
+        b"/other/sub/a.txt",
+        b"/files/%c3",
+    ],
+)
+def test_resolve_refuses(static: StaticFiles, path: bytes):
+    assert static.resolve(path) is None
+
+
+def test_static_root_must_be_a_directory(tmp_path: pathlib.Path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        StaticFiles(tmp_path / "file")
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "size", "expected"),
+    [
+        (b"0", b"0", 10, (0, 1)),
+        (b"5", b"", 10, (5, 10)),
+        (b"", b"3", 10, (7, 10)),
+        (b"", b"30", 10, (0, 10)),
+        (b"2", b"100", 10, (2, 10)),
+        (b"10", b"", 10, "unsatisfiable"),
+        (b"", b"0", 10, "unsatisfiable"),
+        (b"0", b"", 0, "unsatisfiable"),
+        (b"5", b"2", 10, None),
+        (b"", b"", 10, None),
+    ],
+)
+def test_byte_range(first, last, size, expected):
+    assert _byte_range(first, last, size) == expected
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"max_header_size": 0}, {"max_pipelined": 0}, {"header_timeout": 0}, {"linger_timeout": -1}],
+)
+def test_config_refuses_impossible_limits(overrides):
+    with pytest.raises(ValueError):
+        HTTPConfig(**overrides)
+
+
+class FakeLoop:
+    """Only what blocking_runner_for looks at."""
+
+
+def test_blocking_runner_prefers_config_then_loop_then_threads():
+    configured = ThreadRunner()
+    offered = ThreadRunner()
+    plain = FakeLoop()
+    offering = FakeLoop()
+    setattr(offering, LOOP_ATTRIBUTE, offered)
+    assert isinstance(blocking_runner_for(plain), ThreadRunner)  # type: ignore[arg-type]
+    assert blocking_runner_for(offering) is offered  # type: ignore[arg-type]
+    assert blocking_runner_for(offering, configured) is configured  # type: ignore[arg-type]
+
+
+def test_thread_runner_call_fails_cleanly_on_a_closed_loop():
+    loop = asyncio.new_event_loop()
+    loop.close()
+
+    async def never() -> None:
+        raise AssertionError("must not run")
+
+    # The coroutine is closed, not leaked: no "never awaited" warning (an error here).
+    with pytest.raises(ConnectionAbortedError):
+        ThreadRunner().call(loop, never())
+
+
+def test_thread_runner_call_runs_on_the_loop_thread():
+    loop = asyncio.new_event_loop()
+
+    async def which() -> int:
+        return threading.get_ident()
+
+    async def main() -> tuple[int, int]:
+        worker = await loop.run_in_executor(None, ThreadRunner().call, loop, which())
+        return worker, threading.get_ident()
+
+    try:
+        ran_on, loop_thread = loop.run_until_complete(main())
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+    assert ran_on == loop_thread
