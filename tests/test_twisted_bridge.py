@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 
 import pytest
 
@@ -39,7 +40,10 @@ def run_attached(make_coro, timeout: float = TIMEOUT):
     reactor.callWhenRunning(start)
     guard = reactor.callLater(timeout + 5, reactor.stop)  # a bug must not hang the run
     try:
-        reactor.run(installSignalHandlers=False)
+        with warnings.catch_warnings():
+            # Twisted before 22.1 calls threading.currentThread() in run().
+            warnings.filterwarnings("ignore", "currentThread", DeprecationWarning)
+            reactor.run(installSignalHandlers=False)
     finally:
         if guard.active():
             guard.cancel()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import warnings
 import weakref
 from asyncio import events
 from collections.abc import Callable
@@ -145,8 +146,11 @@ class TwistedDriver:
         self._streams: weakref.WeakSet[TwistedStream] = weakref.WeakSet()
         self.loop: asyncio.AbstractEventLoop | None = None
         if owned:
-            # No signal handlers: core installs its own, through the wakeup fd.
-            reactor.startRunning(installSignalHandlers=False)
+            with warnings.catch_warnings():
+                # Twisted before 22.1 calls threading.currentThread() here.
+                warnings.filterwarnings("ignore", "currentThread", DeprecationWarning)
+                # No signal handlers: core installs its own, through the wakeup fd.
+                reactor.startRunning(installSignalHandlers=False)
 
     @property
     def reactor(self) -> ReactorBase:
