@@ -12,6 +12,7 @@ import importlib
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ._registry import UnknownFramework, frameworks, get_adapter
@@ -171,7 +172,7 @@ def _cmd_install_pyuv(args: argparse.Namespace) -> None:
     from ._pyuv_build import PyuvBuildError, install_pyuv
 
     try:
-        print(install_pyuv(python=args.python))
+        print(install_pyuv(python=args.python, cache_dir=args.cache_dir, quiet=args.quiet))
     except PyuvBuildError as exc:
         raise CliError(str(exc)) from None
 
@@ -200,6 +201,8 @@ def _parser() -> argparse.ArgumentParser:
 
     pyuv = commands.add_parser("install-pyuv", help="build and install a pyuv for this Python")
     pyuv.add_argument("--python", default=sys.executable, help="interpreter to install into")
+    pyuv.add_argument("--cache-dir", type=Path, default=None, help="where built wheels are kept")
+    pyuv.add_argument("--quiet", action="store_true", help="print only the result")
     pyuv.set_defaults(handler=_cmd_install_pyuv)
     return parser
 

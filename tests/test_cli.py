@@ -1,0 +1,118 @@
+"""The ``protoshim`` command, run as a user would run it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+import protoshim
+
+ECHO = "protoshim.protocols.echo:EchoServer"
+
+
+def protoshim_cmd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "protoshim", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--framework", "nope", ECHO], "unknown framework 'nope'"),
+        (["serve", "no_such_module_xyz:Factory"], "cannot import 'no_such_module_xyz'"),
+        (["serve", "protoshim.protocols.echo:Missing"], "has no attribute 'Missing'"),
+        (["serve", "protoshim.protocols.echo"], "expected MODULE:NAME"),
+        (["serve", "protoshim.protocols.echo:__doc__"], "is not callable"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = protoshim_cmd(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("protoshim: error: ")
+    assert message in lines[0]
+
+
+def test_port_in_use_is_one_line_and_exit_2() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = protoshim_cmd("serve", "--port", str(port), ECHO)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_frameworks_lists_installed_adapters() -> None:
+    result = protoshim_cmd("frameworks")
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert names == sorted(protoshim.frameworks())
+
+
+@pytest.fixture(params=sorted(protoshim.frameworks()))
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protoshim", "serve", "--framework", request.param,
+         "--port", str(port), ECHO],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"on {request.param} at 127.0.0.1:{port}" in line, line + proc.stderr.read()
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_serve_echoes_and_sigterm_closes_every_connection(
+    server: tuple[subprocess.Popen[str], int],
+) -> None:
+    proc, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as idle, \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as busy:
+        busy.sendall(b"ping")
+        assert busy.recv(4) == b"ping"
+        proc.send_signal(signal.SIGTERM)
+        # Both connections are closed by the server, not left hanging.
+        assert idle.recv(1) == b""
+        assert busy.recv(1) == b""
+    assert proc.wait(timeout=30) == 0
+    assert proc.stdout is not None
+    assert "shutting down" in proc.stdout.read()
+
+
+def test_run_uses_the_named_framework() -> None:
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert protoshim.run(which(), framework="selectors") == "protoshim._loop"
+    assert protoshim.run(which(), framework="asyncio").startswith("asyncio")
