@@ -22,9 +22,14 @@ from protoshim.adapters.twisted._loop import new_reactor
 TIMEOUT = 10.0
 
 
-def run_attached(make_coro, timeout: float = TIMEOUT):
-    """Run ``make_coro(loop, reactor)`` as a task inside ``reactor.run()`` of a private reactor."""
-    reactor = new_reactor()
+def run_attached(make_coro, timeout: float = TIMEOUT, reactor=None):
+    """Run ``make_coro(loop, reactor)`` as a task inside ``reactor.run()``.
+
+    The reactor is a private one unless given, never the global reactor.
+    """
+    private = reactor is None
+    if private:
+        reactor = new_reactor()
     loop = attach(reactor)
     outcome: dict[str, asyncio.Task] = {}
 
@@ -47,9 +52,10 @@ def run_attached(make_coro, timeout: float = TIMEOUT):
     finally:
         if guard.active():
             guard.cancel()
-        reactor.removeReader(reactor.waker)
-        reactor.waker.connectionLost(None)
-        reactor._poller.close()
+        if private:
+            reactor.removeReader(reactor.waker)
+            reactor.waker.connectionLost(None)
+            reactor._poller.close()
     assert loop.is_closed(), "the reactor's shutdown closes the attached loop"
     assert "task" in outcome, "the reactor stopped before the coroutine finished"
     return outcome["task"].result()
@@ -185,3 +191,29 @@ def test_protocol_factory_rejects_a_foreign_loop():
             ProtocolFactory(Echo, loop)
     finally:
         loop.close()
+
+
+def test_attach_works_on_twisteds_asyncio_reactor():
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    asyncio_loop = asyncio.new_event_loop()
+    try:
+        reactor = AsyncioSelectorReactor(asyncio_loop)
+
+        async def main(loop, reactor):
+            assert loop is not asyncio_loop
+            endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+            port = await as_future(endpoint.listen(ProtocolFactory(Echo, loop)))
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port.getHost().port)
+                writer.write(b"through two loops")
+                echoed = await reader.readexactly(len(b"through two loops"))
+                writer.close()
+                await writer.wait_closed()
+            finally:
+                await as_future(defer.maybeDeferred(port.stopListening))
+            return echoed
+
+        assert run_attached(main, reactor=reactor) == b"through two loops"
+    finally:
+        asyncio_loop.close()

@@ -15,8 +15,8 @@ import sys
 
 def main() -> None:
     """Run twistd with the ``protoshim`` plugin available."""
-    import twisted.plugins  # noqa: PLC0415 - only when run as a program
-    from twisted.scripts.twistd import run  # noqa: PLC0415
+    import twisted.plugins
+    from twisted.scripts.twistd import run
 
     twisted.plugins.__path__.append(os.path.join(os.path.dirname(__file__), "plugins"))
     sys.argv[0] = "twistd"

@@ -112,13 +112,7 @@ class ProtocolFactory(protocol.Factory):
     def loop(self) -> TwistedEventLoop:
         """The loop the protocols run on."""
         if self._loop is None:
-            loop = attach()
-            if not isinstance(loop, TwistedEventLoop):
-                raise TypeError(
-                    "the global reactor runs on asyncio already: serve the protocol "
-                    "with that loop's create_server()"
-                )
-            self._loop = loop
+            self._loop = attach()
         return self._loop
 
     def buildProtocol(self, addr: interfaces.IAddress | None) -> protocol.Protocol:

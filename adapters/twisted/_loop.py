@@ -48,18 +48,18 @@ Callback = Callable[[], None]
 def new_reactor() -> ReactorBase:
     """Create a reactor of the platform's best polling kind, without installing it."""
     try:
-        from twisted.internet.epollreactor import EPollReactor  # noqa: PLC0415 - per platform
+        from twisted.internet.epollreactor import EPollReactor
     except ImportError:
         pass
     else:
         return EPollReactor()  # type: ignore[no-untyped-call]
     try:
-        from twisted.internet.pollreactor import PollReactor  # noqa: PLC0415 - per platform
+        from twisted.internet.pollreactor import PollReactor
     except ImportError:
         pass
     else:
         return PollReactor()  # type: ignore[no-untyped-call]
-    from twisted.internet.selectreactor import SelectReactor  # noqa: PLC0415 - per platform
+    from twisted.internet.selectreactor import SelectReactor
 
     return SelectReactor()
 
@@ -369,21 +369,19 @@ def new_event_loop() -> TwistedEventLoop:
 _ATTACHED: weakref.WeakKeyDictionary[Any, AttachedEventLoop] = weakref.WeakKeyDictionary()
 
 
-def attach(reactor: Any = None) -> asyncio.AbstractEventLoop:
+def attach(reactor: Any = None) -> AttachedEventLoop:
     """Return the asyncio loop that runs inside ``reactor`` (default: the global one).
 
     Call it in the reactor's thread.  The same reactor always gives the same
-    loop, until the reactor shuts down, which closes the loop.  On
-    Twisted's asyncio reactor the answer is the asyncio loop it already runs on.
+    loop, until the reactor shuts down, which closes the loop.  Any reactor
+    works, Twisted's asyncio reactor included (the loop then runs on the
+    reactor, which runs on its own asyncio loop).
     """
     if reactor is None:
         # Importing it installs the default reactor: only when asked to.
-        from twisted.internet import reactor as global_reactor  # noqa: PLC0415
+        from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    asyncio_loop = getattr(reactor, "_asyncioEventloop", None)
-    if isinstance(asyncio_loop, asyncio.AbstractEventLoop):
-        return asyncio_loop
     loop = _ATTACHED.get(reactor)
     if loop is not None and not loop.is_closed():
         return loop

@@ -316,7 +316,7 @@ def open_socket_stream(driver: TwistedDriver, sock: socket.socket) -> TwistedStr
         peer = None
     transport: tcp.Server
     if sock.family == socket.AF_UNIX:
-        from twisted.internet import unix  # noqa: PLC0415 - absent on Windows
+        from twisted.internet import unix
 
         transport = unix.Server(sock, bridge, peer or "", None, 0, reactor)  # type: ignore[no-untyped-call]
     else:
