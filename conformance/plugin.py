@@ -2,8 +2,8 @@
 
 The plugin is installed through the ``pytest11`` entry point, so it is loaded
 by every pytest run.  It stays inert unless a test asks for one of its
-fixtures or the conformance suite is selected (``pytest conformance``,
-``--framework`` or ``--conformance-report``).
+fixtures or the conformance suite is selected (a path or ``--pyargs``
+module inside the suite, or ``--conformance-report``).
 
 What it provides:
 
@@ -47,6 +47,7 @@ import protoshim
 __all__ = [
     "DEFAULT_FRAMEWORK",
     "DEFAULT_TIMEOUT",
+    "ConformanceTimeout",
     "ExceptionRecorder",
     "RunCoroutine",
     "adapter",
@@ -113,6 +114,7 @@ class _State:
     failure_message: str = ""
 
     def adapter(self) -> protoshim.Adapter:
+        """Resolve the selected adapter once; an unknown name is a usage error."""
         if self._adapter is None:
             try:
                 self._adapter = protoshim.get_adapter(self.framework)
@@ -126,6 +128,7 @@ _RECORDER = pytest.StashKey["ExceptionRecorder"]()
 
 
 def _state(config: pytest.Config) -> _State:
+    """Return this run's state."""
     return config.stash[_STATE]
 
 
