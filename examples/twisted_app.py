@@ -60,9 +60,15 @@ class Relay(LineReceiver):
     delimiter = b"\n"
     factory: RelayFactory
 
+    def connectionMade(self) -> None:
+        # One Deferred chain per connection keeps the answers in line order.
+        self._pending: defer.Deferred[Any] = defer.succeed(None)
+
     def lineReceived(self, line: bytes) -> None:
-        reply = as_deferred(ask(self.factory.host, self.factory.shout_port, line))
-        reply.addCallbacks(self._answer, self._failed)
+        def relay(_: object) -> defer.Deferred[bytes]:
+            return as_deferred(ask(self.factory.host, self.factory.shout_port, line))
+
+        self._pending.addCallback(relay).addCallbacks(self._answer, self._failed)
 
     def _answer(self, reply: bytes) -> None:
         self._send(reply)
