@@ -306,9 +306,7 @@ def test_zero_delay_timer_chain_does_not_starve_io(loop: PyuvEventLoop) -> None:
 def test_call_soon_threadsafe_wakes_a_blocked_loop(loop: PyuvEventLoop) -> None:
     async def main() -> str:
         fut = loop.create_future()
-        thread = threading.Thread(
-            target=lambda: loop.call_soon_threadsafe(fut.set_result, "woken")
-        )
+        thread = threading.Thread(target=lambda: loop.call_soon_threadsafe(fut.set_result, "woken"))
         thread.start()
         try:
             return await asyncio.wait_for(fut, WAIT)

@@ -145,9 +145,7 @@ class PyuvDriver:
         self._idle_active = False
         self._soon: Callback | None = None
         self._due: list[_Timer] = []
-        self._deferred: collections.deque[tuple[Callable[[Any], None], Any]] = (
-            collections.deque()
-        )
+        self._deferred: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
         self._threadsafe: collections.deque[Callback] = collections.deque()
         self._async = pyuv.Async(self._uv, self._on_async)
         # Referenced only while running: it must not keep a shared loop alive.
@@ -292,6 +290,8 @@ class PyuvDriver:
 
     def _defer(self, function: Callable[[Any], None], argument: Any) -> None:
         """Call ``function(argument)`` on the next iteration (adapter-internal)."""
+        if self._closed:
+            return
         self._deferred.append((function, argument))
         if not self._idle_active:
             self._idle_active = True
