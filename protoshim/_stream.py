@@ -21,24 +21,18 @@ and these rules, whatever framework moves the bytes:
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 from asyncio import trsock
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._flow import FlowControl
+from ._lifecycle import Lifecycle
 from ._primitives import Stream
 
 if TYPE_CHECKING:
     from ._loop import EventLoop
 
 __all__ = ["StreamTransport"]
-
-logger = logging.getLogger("protoshim")
-
-#: As in asyncio: warn about writes to a lost connection from this many on.
-WARN_AFTER_LOST_WRITES = 5
 
 
 def _set_nodelay(sock: socket.socket | None) -> None:
@@ -72,7 +66,7 @@ def socket_extra(sock: socket.socket | None) -> dict[str, Any]:
     return extra
 
 
-class StreamTransport(FlowControl, asyncio.Transport):
+class StreamTransport(Lifecycle, asyncio.Transport):
     """Drive one protocol over one adapter :class:`Stream`."""
 
     # BaseEventLoop.start_tls() checks for this: the transport supports
@@ -88,21 +82,16 @@ class StreamTransport(FlowControl, asyncio.Transport):
         extra: Mapping[str, Any] | None = None,
         server: Any = None,
     ) -> None:
-        FlowControl.__init__(self)
+        Lifecycle.__init__(self)
         sock = stream.socket()
         _set_nodelay(sock)
         asyncio.Transport.__init__(self, {**socket_extra(sock), **(extra or {})})
-        self._loop = loop
-        self._core_loop = loop
-        self._stream = stream
+        self._loop = self._core_loop = loop
+        self._stream = self._primitive = stream
         self._server = server
-        self._closing = False  # close(), abort() or a fatal error happened
-        self._lost_scheduled = False  # connection_lost is on its way
-        self._released = False  # the stream was closed or aborted
         self._eof = False  # write_eof() was called
         self._shut = False  # the write side is actually shut
         self._reading_paused = False
-        self._lost_writes = 0
         self._protocol: Any = None
         self._buffered = False
         self.set_protocol(protocol)
@@ -118,15 +107,9 @@ class StreamTransport(FlowControl, asyncio.Transport):
         state = "closed" if self._released else "closing" if self._closing else "open"
         return f"<{type(self).__name__} {state} stream={self._stream!r}>"
 
-    # -- protocol plumbing --------------------------------------------------
-
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        protocol: asyncio.BaseProtocol = self._protocol
-        return protocol
 
     def _connection_made(self) -> None:
         # Raising here reaches the exception handler through the Handle, and
@@ -163,10 +146,8 @@ class StreamTransport(FlowControl, asyncio.Transport):
                 _feed_buffered(self._protocol, data)
             else:
                 self._protocol.data_received(data)
-        except (SystemExit, KeyboardInterrupt) as exc:
-            self._core_loop._exit_with(exc)
         except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            self._protocol_failed(exc, "data_received")
 
     def _on_eof(self) -> None:
         if self._lost_scheduled:
@@ -174,11 +155,8 @@ class StreamTransport(FlowControl, asyncio.Transport):
         self._stream.stop_reading()
         try:
             keep_open = self._protocol.eof_received()
-        except (SystemExit, KeyboardInterrupt) as exc:
-            self._core_loop._exit_with(exc)
-            return
         except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            self._protocol_failed(exc, "eof_received")
             return
         if not keep_open:
             self.close()
@@ -188,9 +166,6 @@ class StreamTransport(FlowControl, asyncio.Transport):
 
     # -- writing ------------------------------------------------------------
 
-    def get_write_buffer_size(self) -> int:
-        return 0 if self._released else self._stream.queued()
-
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(
@@ -198,12 +173,7 @@ class StreamTransport(FlowControl, asyncio.Transport):
             )
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if not data:
-            return
-        if self._closing:
-            self._lost_writes += 1
-            if self._lost_writes >= WARN_AFTER_LOST_WRITES:
-                logger.warning("socket.send() raised exception.")
+        if not data or self._dropped_write("send"):
             return
         self._stream.write(data if type(data) is bytes else bytes(data))
         self._maybe_pause_protocol()
@@ -229,76 +199,15 @@ class StreamTransport(FlowControl, asyncio.Transport):
             self._fatal_error(exc, "Fatal error on shutdown")
 
     def _on_written(self) -> None:
-        if self._released:
-            return
-        self._maybe_resume_protocol()
-        if self._stream.queued():
-            return
-        if self._closing:
-            self._schedule_connection_lost(None)
-        elif self._eof and not self._shut:
+        if self._drained() and not self._closing and self._eof and not self._shut:
             self._shutdown_write()
 
     # -- closing ------------------------------------------------------------
 
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._stream.stop_reading()
-        if self._stream.queued() == 0:
-            self._schedule_connection_lost(None)
-
-    def abort(self) -> None:
-        self._force_close(None)
-
-    def _fatal_error(self, exc: BaseException, message: str) -> None:
-        # Like asyncio: an OSError is the peer's doing, not a bug, so it goes
-        # to connection_lost only; anything else is also reported.
-        if not isinstance(exc, OSError):
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-        self._force_close(exc)
-
-    def _force_close(self, exc: BaseException | None) -> None:
-        if self._lost_scheduled:
-            return
-        self._closing = True
-        self._release(abort=True)
-        self._schedule_connection_lost(exc)
-
-    def _schedule_connection_lost(self, exc: BaseException | None) -> None:
-        if self._lost_scheduled:
-            return
-        self._lost_scheduled = True
-        self._loop.call_soon(self._call_connection_lost, exc)
-
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            self._release(abort=False)
-            if self._server is not None:
-                self._server._detach()
-                self._server = None
-
-    def _release(self, *, abort: bool) -> None:
-        if self._released:
-            return
-        self._released = True
-        if abort:
-            self._stream.abort()
-        else:
-            self._stream.close()
+    def _connection_lost_done(self) -> None:
+        if self._server is not None:
+            self._server._detach()
+            self._server = None
 
 
 def _feed_buffered(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
