@@ -117,6 +117,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """Check types with mypy --strict over the package and this file."""
     _install_project(session, "all")
+    _install_pyuv(session)
     session.install("mypy", "nox")
     session.run("mypy", "-p", "protoshim")
     session.run("mypy", "noxfile.py")
