@@ -156,7 +156,8 @@ class TornadoStream:
     @classmethod
     def from_socket(cls, driver: TornadoDriver, sock: socket.socket) -> TornadoStream:
         """Wrap a connected socket in a new stream on the driver's IOLoop."""
-        return cls(driver, driver.in_tornado(HalfCloseIOStream, sock, None, READ_SIZE))
+        make = functools.partial(HalfCloseIOStream, sock, read_chunk_size=READ_SIZE)
+        return cls(driver, driver.in_tornado(make))
 
     def __repr__(self) -> str:
         return f"<TornadoStream fd={self._sock.fileno()}>"

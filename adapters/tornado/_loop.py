@@ -183,8 +183,9 @@ class TornadoDriver:
         return _Timeout(self._io_loop, handle)
 
     def wakeup_threadsafe(self, callback: Callback) -> None:
-        # From another thread (or a signal handler) Tornado itself picks
-        # call_soon_threadsafe, which writes to the asyncio loop's self-pipe.
+        # From another thread Tornado itself picks call_soon_threadsafe,
+        # which wakes the poller through the asyncio loop's self-pipe.  On
+        # the loop's thread (a signal handler) core's wakeup fd already did.
         self._io_loop.add_callback(self.in_protoshim, callback)
 
     # -- descriptors --------------------------------------------------------
@@ -197,7 +198,7 @@ class TornadoDriver:
             entry = self._fds[fd] = [None, None]
             entry[index] = callback
             self._io_loop.add_handler(fd, self._dispatch, _READ if index == 0 else _WRITE)
-            return True
+            return False
         had = entry[index] is not None
         entry[index] = callback
         reader, writer = entry
