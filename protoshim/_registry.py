@@ -64,6 +64,8 @@ class Adapter:
     description: str = ""
     #: capability name -> the reason this adapter cannot provide it
     missing: Mapping[str, str] = field(default_factory=dict)
+    #: conformance test id -> how the framework differs; run as strict xfails
+    known_failures: Mapping[str, str] = field(default_factory=dict)
 
     def available(self) -> bool:
         """Return True when the framework can be imported."""

@@ -23,4 +23,26 @@ UVLOOP = Adapter(
     requires="uvloop",
     distribution="uvloop",
     description="uvloop, the libuv-based asyncio loop",
+    # uvloop is a reference for speed, not for semantics: these are its own
+    # departures from the stdlib loop, each confirmed in uvloop's source.
+    known_failures={
+        "test_flow_control::test_default_write_buffer_limits": (
+            "the default low-water mark is 16 bytes, not 16 KiB"
+        ),
+        "test_transport::test_pause_reading_inside_connection_made_is_honoured": (
+            "pause_reading() inside connection_made() is ignored"
+        ),
+        "test_transport::test_fifth_write_after_close_logs_a_warning": (
+            "writes to a closed stream transport are dropped silently"
+        ),
+        "test_transport::test_transport_is_asyncio_transport": (
+            "TCP transports do not inherit from asyncio.Transport"
+        ),
+        "test_transport::test_unix_transport_is_asyncio_transport": (
+            "Unix transports do not inherit from asyncio.Transport"
+        ),
+        "test_udp::test_datagram_transport_type": (
+            "UDP transports do not inherit from asyncio.BaseTransport"
+        ),
+    },
 )
