@@ -58,15 +58,16 @@ class _DateCache:
     """Format the ``Date`` header once a second, not once a response."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
+        # One tuple, replaced whole: loops in other threads may read it meanwhile.
+        self._cached = (-1, b"")
 
     def now(self) -> bytes:
         second = int(time.time())
-        if second != self._second:
-            self._second = second
-            self._value = email.utils.formatdate(second, usegmt=True).encode("ascii")
-        return self._value
+        cached_second, value = self._cached
+        if second != cached_second:
+            value = email.utils.formatdate(second, usegmt=True).encode("ascii")
+            self._cached = (second, value)
+        return value
 
 
 _DATES = _DateCache()
