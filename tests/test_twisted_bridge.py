@@ -217,3 +217,24 @@ def test_attach_works_on_twisteds_asyncio_reactor():
         assert run_attached(main, reactor=reactor) == b"through two loops"
     finally:
         asyncio_loop.close()
+
+
+def test_async_generators_are_finalized_on_an_attached_loop():
+    async def main(loop, reactor):
+        closed = loop.create_future()
+
+        async def numbers():
+            try:
+                yield 1
+                yield 2
+            finally:
+                await asyncio.sleep(0)  # needs the loop's finalizer to run
+                closed.set_result(True)
+
+        generator = numbers()
+        assert await generator.__anext__() == 1
+        assert generator in loop._asyncgens
+        await loop.shutdown_asyncgens()
+        return await asyncio.wait_for(closed, 5)
+
+    assert run_attached(main)

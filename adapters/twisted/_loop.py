@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 import warnings
 import weakref
@@ -186,13 +187,20 @@ class TwistedDriver:
                     self._error = exc
                 self._stopping = True
             return
-        # Inside the application's reactor.run(), asyncio code must still
-        # find its loop running.
+        # Inside the application's reactor.run(), asyncio code must still find
+        # its loop running, and async generators its finalizer (captured at
+        # their first iteration), as run_forever would provide.
+        loop: Any = self.loop
         previous = events._get_running_loop()
-        events._set_running_loop(self.loop)
+        hooks = sys.get_asyncgen_hooks()
+        events._set_running_loop(loop)
+        sys.set_asyncgen_hooks(
+            firstiter=loop._asyncgen_firstiter_hook, finalizer=loop._asyncgen_finalizer_hook
+        )
         try:
             callback()
         finally:
+            sys.set_asyncgen_hooks(*hooks)
             events._set_running_loop(previous)
 
     def run(self) -> None:
