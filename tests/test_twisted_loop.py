@@ -213,3 +213,31 @@ def test_keyboard_interrupt_in_a_callback_leaves_run_until_complete():
             task.cancel()
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
+
+
+def test_twisted_apis_work_with_the_loops_own_reactor():
+    from twisted.internet import endpoints, task
+
+    from protoshim.adapters.twisted import ProtocolFactory, as_future
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        reactor = loop.reactor
+        assert await as_future(task.deferLater(reactor, 0.01, lambda: "later")) == "later"
+        endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        port = await as_future(endpoint.listen(ProtocolFactory(Echo, loop)))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port.getHost().port)
+        writer.write(b"via an endpoint")
+        assert await reader.readexactly(15) == b"via an endpoint"
+        writer.close()
+        await writer.wait_closed()
+        await as_future(port.stopListening())
+
+    run(main())
