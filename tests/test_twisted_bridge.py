@@ -238,3 +238,54 @@ def test_async_generators_are_finalized_on_an_attached_loop():
         return await asyncio.wait_for(closed, 5)
 
     assert run_attached(main)
+
+
+def test_protocol_factory_over_a_transport_that_is_not_a_socket():
+    from twisted.internet.testing import StringTransport
+
+    events: list[object] = []
+
+    class Record(Echo):
+        def eof_received(self):
+            events.append("eof")
+            return True
+
+        def pause_writing(self):
+            events.append("pause_writing")
+
+        def resume_writing(self):
+            events.append("resume_writing")
+
+        def connection_lost(self, exc):
+            events.append(("lost", exc))
+
+    async def main(loop, reactor):
+        twisted_protocol = ProtocolFactory(Record, loop).buildProtocol(None)
+        transport = StringTransport()
+        twisted_protocol.makeConnection(transport)
+        assert transport.producerState == "paused", "reading waits for connection_made"
+        await asyncio.sleep(0.01)
+        assert transport.producerState == "producing"
+        twisted_protocol.dataReceived(b"ping")
+        await asyncio.sleep(0)
+        assert transport.value() == b"ping"
+        # The transport says its buffer is full, then drained: water marks follow.
+        stream = transport.producer
+        stream.pauseProducing()
+        twisted_protocol.dataReceived(b"x" * 70000)
+        assert events == ["pause_writing"]
+        stream.resumeProducing()
+        await asyncio.sleep(0)
+        assert events == ["pause_writing", "resume_writing"]
+        twisted_protocol.readConnectionLost()
+        await asyncio.sleep(0)
+        assert events[-1] == "eof"
+        asyncio_transport = twisted_protocol.stream._sink
+        asyncio_transport.close()
+        await asyncio.sleep(0.01)
+        assert events[-1] == ("lost", None)
+        assert transport.disconnecting
+        assert transport.producer is None, "unregistered before loseConnection"
+        return True
+
+    assert run_attached(main)
