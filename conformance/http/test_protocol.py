@@ -349,3 +349,17 @@ def test_tcp_nodelay_is_set(loop: asyncio.AbstractEventLoop, run: RunCoroutine) 
             return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     assert run(main()) != 0
+
+
+def test_higher_minor_version_is_served_as_1_1(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
+        async with serving(loop, wsgi_app=ECHO) as served:
+            client = await served.connect()
+            client.send(b"GET /next HTTP/1.7\r\nHost: test\r\n\r\n")
+            response = await client.response()
+            assert response.status == 200
+            assert bytes(client.data).startswith(b"HTTP/1.1 200 ")
+
+    run(main())

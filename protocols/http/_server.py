@@ -678,8 +678,9 @@ class HTTPServerProtocol(asyncio.Protocol):
 
     def _check_request(self, request: h11.Request) -> Rejection | None:
         target = request.target
-        if request.http_version not in (b"1.0", b"1.1"):
-            return Rejection(505, "only HTTP/1.0 and HTTP/1.1 are served")
+        # RFC 9112 2.3: a higher 1.x minor version is served as 1.1.
+        if not request.http_version.startswith(b"1."):
+            return Rejection(505, "only HTTP/1.x is served")
         if request.method == b"CONNECT":
             return Rejection(501, "CONNECT is not supported")
         if not (
