@@ -4,14 +4,24 @@ Headless Chromium (Debian's ``chromium`` and ``chromium-driver``) is driven
 with selenium from an executor thread while the loop keeps serving.  It
 loads the page, checks the stylesheet applied, waits for the WebSocket to
 connect, clicks Send and waits for the echo.
+
+chromedriver is started by the test itself, outside the loop and its
+threads: under gevent's monkey-patching a child process can only be
+watched from the main hub.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
 from typing import cast
 
 import pytest
@@ -19,7 +29,6 @@ import pytest
 pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
 
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -47,15 +56,61 @@ FLAGS = [
 STEP = 20
 
 
-def drive(url: str, profile: pathlib.Path, screenshot: pathlib.Path) -> dict[str, str]:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def chromedriver() -> Iterator[str]:
+    """Run chromedriver on a loopback port; yield its URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [CHROMEDRIVER, f"--port={port}", "--allowed-ips=127.0.0.1"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(STEP)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STEP)
+
+
+def wait_for_driver(url: str) -> None:
+    """Poll chromedriver's status endpoint until it is ready (at most STEP seconds)."""
+    deadline = time.monotonic() + STEP
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/status", timeout=STEP) as answer:
+                if json.load(answer)["value"]["ready"]:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"chromedriver did not become ready within {STEP} s")
+        time.sleep(0.1)
+
+
+def drive(
+    driver_url: str, url: str, profile: pathlib.Path, screenshot: pathlib.Path
+) -> dict[str, str]:
     """Open ``url``, click Send, and report what the page showed."""
+    wait_for_driver(driver_url)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
-    # Both paths are given, so selenium never tries to download a driver.
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    # A running driver and an explicit binary: selenium never looks for downloads.
+    driver = webdriver.Remote(command_executor=driver_url, options=options)
     try:
         driver.set_page_load_timeout(STEP)
         driver.get(url)
@@ -80,7 +135,7 @@ def drive(url: str, profile: pathlib.Path, screenshot: pathlib.Path) -> dict[str
     reason="chromedriver is absent (apt-get install chromium-driver)",
 )
 def test_echo_test_page_works_in_chromium(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine, tmp_path: pathlib.Path
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, tmp_path: pathlib.Path, chromedriver: str
 ) -> None:
     profile = tmp_path / "profile"
     profile.mkdir()
@@ -90,7 +145,8 @@ def test_echo_test_page_works_in_chromium(
         factory = cast("type[HTTPServerProtocol]", protocol_factory(0, small_config()))
         async with serving(loop, factory) as served:
             url = f"http://127.0.0.1:{served.port}/"
-            return await loop.run_in_executor(None, drive, url, profile, tmp_path / "echo-test.png")
+            shot = tmp_path / "echo-test.png"
+            return await loop.run_in_executor(None, drive, chromedriver, url, profile, shot)
 
     seen = run(main(), timeout=90)
     assert seen["title"] == "Echo Test"
