@@ -12,7 +12,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -38,7 +37,6 @@ __all__ = [
     "Client",
     "CountingRunner",
     "Environ",
-    "Gate",
     "Response",
     "Served",
     "StartResponse",
@@ -233,24 +231,6 @@ async def serving(
             "server connections to close and their handlers to return",
         )
         await wait(server.wait_closed(), "Server.wait_closed()")
-
-
-class Gate:
-    """Let a blocking WSGI app wait until the test (on the loop) opens the gate."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.entered = threading.Event()
-
-    def wait(self) -> None:
-        """Block the calling worker until :meth:`open` (at most 10 s)."""
-        self.entered.set()
-        if not self._event.wait(10):
-            raise AssertionError("the gate was never opened")
-
-    def open(self) -> None:
-        """Release every waiting worker."""
-        self._event.set()
 
 
 class CountingRunner:

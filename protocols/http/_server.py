@@ -103,7 +103,7 @@ class HTTPExchange:
         self.method: str = request.method.decode("ascii")
         #: the request target exactly as received
         self.target: bytes = bytes(request.target)
-        #: ``"1.1"`` or ``"1.0"``
+        #: ``"1.1"``, ``"1.0"`` (or a higher 1.x minor, served as 1.1)
         self.http_version: str = request.http_version.decode("ascii")
         #: header fields in order, names lower-cased
         self.headers: list[tuple[bytes, bytes]] = [
@@ -130,10 +130,9 @@ class HTTPExchange:
         self._started = False
         self._finished = False
         self._close_after = False
-        self._switched = False
         #: set when the protocol refused the request before any handler saw it
         self._rejection: Rejection | None = None
-        #: an Upgrade or CONNECT request: what follows may not be HTTP
+        #: an Upgrade or "Connection: close" request: parse nothing after it yet
         self._blocks_parsing = False
 
     # -- request -----------------------------------------------------------
@@ -305,7 +304,7 @@ class HTTPExchange:
         """
         if self._started:
             raise RuntimeError("the response has already started")
-        self._started = self._finished = self._switched = True
+        self._started = self._finished = True
         self._protocol._switch(self, response, protocol)
 
     # -- fed by the protocol -------------------------------------------------
