@@ -43,11 +43,12 @@ class Cell:
 CELLS = [
     Cell("asyncio", "stdlib", None),
     Cell("selectors", "stdlib", None),
-    Cell("uvloop", "oldest", "uvloop==0.17.0"),
-    Cell("uvloop", "newest", "uvloop"),
+    # uvloop's known failures (adapters/asyncio) are those of this release;
+    # releases before it also report an empty write buffer after a write.
+    Cell("uvloop", "0.23.0", "uvloop==0.23.0"),
     Cell("twisted", "oldest", "twisted==23.8.0"),
     Cell("twisted", "newest", "twisted"),
-    Cell("tornado", "oldest", "tornado==6.3"),
+    Cell("tornado", "oldest", "tornado==6.0"),
     Cell("tornado", "newest", "tornado"),
     Cell("gevent", "oldest", "gevent==22.10.2"),
     Cell("gevent", "newest", "gevent"),

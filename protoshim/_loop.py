@@ -485,40 +485,65 @@ class EventLoop(base_events.BaseEventLoop):
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
     ) -> None:
-        def on_stream(stream: Stream) -> None:
-            try:
-                protocol = protocol_factory()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                stream.abort()
-                self.call_exception_handler(
-                    {
-                        "message": "Error on transport creation for incoming connection",
-                        "exception": exc,
-                        "socket": sock,
-                    }
-                )
-                return
-            if sslcontext is None:
-                self._stream_transport(stream, protocol, None, None, server)
-                return
-            waiter = self.create_future()
-            transport = self._ssl_transport(
-                stream,
-                protocol,
-                sslcontext,
-                waiter,
-                server_side=True,
-                server_hostname=None,
-                extra=None,
-                server=server,
-                ssl_handshake_timeout=ssl_handshake_timeout,
-                ssl_shutdown_timeout=ssl_shutdown_timeout,
-            )
-            waiter.add_done_callback(functools.partial(self._handshake_done, transport))
-
+        on_stream = functools.partial(
+            self._serve_stream,
+            protocol_factory=protocol_factory,
+            sslcontext=sslcontext,
+            server=server,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            listening=sock,
+        )
         self._listeners[sock] = self._driver.listen(sock, backlog, on_stream)
+
+    def _serve_stream(
+        self,
+        stream: Stream,
+        *,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        sslcontext: Any = None,
+        server: Any = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        listening: socket.socket | None = None,
+    ) -> None:
+        """Run a new protocol over an accepted stream, as an asyncio server does.
+
+        Adapters whose framework accepts connections itself (a Tornado
+        ``TCPServer`` subclass, a Twisted ``Factory``) call this with the
+        framework's stream, so the accept rules stay written once.
+        """
+        try:
+            protocol = protocol_factory()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            stream.abort()
+            self.call_exception_handler(
+                {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                    "socket": listening,
+                }
+            )
+            return
+        if sslcontext is None:
+            self._stream_transport(stream, protocol, None, None, server)
+            return
+        waiter = self.create_future()
+        transport = self._ssl_transport(
+            stream,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side=True,
+            server_hostname=None,
+            extra=None,
+            server=server,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        waiter.add_done_callback(functools.partial(self._handshake_done, transport))
 
     def _handshake_done(self, transport: asyncio.Transport, waiter: asyncio.Future[None]) -> None:
         if waiter.cancelled() or waiter.exception() is None:
