@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from protoshim.conformance.http._support import Response, serving, small_config
@@ -150,14 +150,16 @@ class Counter:
 
 
 async def send_and_read(
-    loop: asyncio.AbstractEventLoop, data: bytes, counter: Counter, method: str = "GET"
+    loop: asyncio.AbstractEventLoop, data: bytes, counter: Counter, *, eof: bool = False
 ) -> tuple[Response, bytes]:
-    """Send ``data``; return the response and whatever followed it before the close."""
+    """Send ``data`` (then EOF if asked); return the response and what followed it."""
     config = small_config(max_body_size=1024)
     async with serving(loop, lambda: HTTPServerProtocol(counter, config)) as served:
         client = await served.connect()
         client.send(data)
-        response = await client.response(method)
+        if eof:
+            client.tr.write_eof()
+        response = await client.response()
         rest = await client.everything()
     return response, rest
 
@@ -246,6 +248,9 @@ REQUEST_START = b"GET / HTTP/1.1\r\nHost: test\r\n"
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(junk=st.binary(min_size=1, max_size=64))
+@example(junk=b"Content-Length: 5")
+@example(junk=b"Transfer-Encoding: chunked")
+@example(junk=b"X: \xff\x80")
 def test_arbitrary_header_bytes_never_cause_a_500(
     loop: asyncio.AbstractEventLoop,
     run: RunCoroutine,
@@ -253,8 +258,12 @@ def test_arbitrary_header_bytes_never_cause_a_500(
     junk: bytes,
 ) -> None:
     counter = Counter()
-    response, _ = run(send_and_read(loop, REQUEST_START + junk + b"\r\n\r\n", counter))
+    # EOF after the request: junk that happens to announce a body cannot stall the test.
+    response, _ = run(send_and_read(loop, REQUEST_START + junk + b"\r\n\r\n", counter, eof=True))
     assert response.status in (200, 400, 413, 417, 431, 501)
-    if response.status != 200:
-        assert counter.calls == 0
+    # A 200 came from the application; a refusal of the head never reaches it
+    # (a body cut short by the EOF may, and is then refused with 400).
+    if response.status == 200:
+        assert counter.calls == 1
+    assert counter.calls <= 1
     no_errors_logged(caplog)
