@@ -36,7 +36,7 @@ def __getattr__(name: str) -> Any:
     """Import the pyuv-dependent names on first use."""
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib  # noqa: PLC0415 - only needed on first use
+    import importlib
 
     value = getattr(importlib.import_module("._loop", __name__), name)
     globals()[name] = value

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-import pyuv  # type: ignore[import-untyped]
+import pyuv
 
 from ..._primitives import Address, DatagramSink, StreamSink
 

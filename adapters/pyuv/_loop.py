@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
-import pyuv  # type: ignore[import-untyped]
+import pyuv
 
 from ..._fdio import FdDatagram, FdListener, FdStream
 from ..._loop import EventLoop
