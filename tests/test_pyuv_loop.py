@@ -427,3 +427,31 @@ def test_attach_carries_keyboard_interrupt_out_of_the_block() -> None:
         loop.call_soon(interrupt)
         uv.run()  # the interrupt stops the pyuv loop
     uv.run()
+
+
+def test_attached_loop_runs_callbacks_left_over_by_stop_in_the_next_run() -> None:
+    uv = pyuv.Loop()
+    ran: list[str] = []
+    trigger = pyuv.Timer(uv)
+    guard = pyuv.Timer(uv)
+    with attach(uv) as loop:
+
+        def leftover() -> None:
+            ran.append("leftover")
+            loop.stop()
+
+        def stop_from_the_program(handle: Any) -> None:
+            # The tick that handles stop() schedules ``leftover``, which must
+            # wait for the next uv.run() and then run without further help.
+            loop.stop()
+            loop.call_soon(loop.call_soon, leftover)
+
+        trigger.start(stop_from_the_program, 0.001, 0.0)
+        guard.start(lambda handle: uv.stop(), WAIT, 0.0)
+        uv.run()
+        assert ran == []
+        uv.run()
+        assert ran == ["leftover"]
+    trigger.close()
+    guard.close()
+    uv.run()

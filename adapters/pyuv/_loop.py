@@ -111,12 +111,14 @@ class _Watch:
             self.events = 0
             events = READABLE | WRITABLE
         assert events is not None
-        if events & READABLE and self.reader is not None:
-            self.reader()
-        if events & WRITABLE and self.writer is not None:
-            self.writer()
-        if error is not None and self.poll is handle:
-            self.driver._update_watch(self)
+        try:
+            if events & READABLE and self.reader is not None:
+                self.reader()
+            if events & WRITABLE and self.writer is not None:
+                self.writer()
+        finally:
+            if error is not None and self.poll is handle:
+                self.driver._update_watch(self)
 
 
 class PyuvDriver:
@@ -548,8 +550,9 @@ class PyuvEventLoop(EventLoop):
     def detach(self) -> None:
         """Stop running inside the program's pyuv loop (see :meth:`attach`).
 
-        A KeyboardInterrupt or SystemExit raised by a callback while attached
-        (which stopped the pyuv loop) is raised here.
+        Call it outside the program's ``uv_loop.run()``.  A KeyboardInterrupt
+        or SystemExit raised by a callback while attached (which stopped the
+        pyuv loop) is raised here.
         """
         if self._guest_hooks is None:
             return
@@ -565,7 +568,8 @@ class PyuvEventLoop(EventLoop):
             raise exc
 
     def _guest_stopped(self) -> None:
-        # run_forever clears the request when it returns; a guest never returns.
+        # run_forever clears the request when it returns; a guest never
+        # returns.  Callbacks left over have requested their own tick.
         self._stopping = False
 
 
