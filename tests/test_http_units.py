@@ -171,3 +171,20 @@ def test_thread_runner_call_runs_on_the_loop_thread():
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
     assert ran_on == loop_thread
+
+
+def test_thread_runner_call_passes_a_timeout_error_through():
+    loop = asyncio.new_event_loop()
+
+    async def times_out() -> None:
+        raise TimeoutError("from the coroutine")
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError, match="from the coroutine"):
+            await loop.run_in_executor(None, ThreadRunner().call, loop, times_out())
+
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 10))
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()

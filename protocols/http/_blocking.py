@@ -63,13 +63,14 @@ class ThreadRunner:
             coro.close()
             raise ConnectionAbortedError("the event loop is closed") from exc
         while True:
-            try:
-                return future.result(self.poll_interval)
-            except concurrent.futures.TimeoutError:
-                # A loop closed while the coroutine was queued never runs it.
-                if loop.is_closed():
-                    future.cancel()
-                    raise ConnectionAbortedError("the event loop is closed") from None
+            # wait() rather than result(timeout): the coroutine may itself raise TimeoutError.
+            done, _ = concurrent.futures.wait([future], self.poll_interval)
+            if done:
+                return future.result()
+            # A loop closed while the coroutine was queued never runs it.
+            if loop.is_closed():
+                future.cancel()
+                raise ConnectionAbortedError("the event loop is closed")
 
 
 THREADS = ThreadRunner()
