@@ -76,7 +76,7 @@ def request(
 
 @dataclass
 class Response:
-    """One parsed response."""
+    """Hold one parsed response."""
 
     status: int
     headers: list[tuple[bytes, bytes]]
@@ -91,7 +91,7 @@ class Response:
 
 
 class Client(Recorder):
-    """A raw client connection that parses the responses it receives."""
+    """Connect raw and parse the responses received."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
@@ -160,7 +160,7 @@ class Client(Recorder):
 
 @dataclass
 class Served:
-    """A running server, its connections, and a way to add clients."""
+    """Describe a running server and its connections; add clients."""
 
     loop: asyncio.AbstractEventLoop
     port: int
@@ -234,7 +234,7 @@ async def serving(
 
 
 class CountingRunner:
-    """A :class:`BlockingRunner` that counts its calls and delegates to threads."""
+    """Count blocking-runner calls and delegate them to threads."""
 
     multithread = True
 
@@ -266,7 +266,7 @@ def small_config(**overrides: Any) -> HTTPConfig:
 
 
 class WebSocketClient(asyncio.Protocol):
-    """A wsproto client on a raw connection of the loop under test."""
+    """Speak WebSocket (wsproto) on a raw connection of the loop under test."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop

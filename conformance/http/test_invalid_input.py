@@ -138,7 +138,7 @@ BODY_CASES = [
 
 
 class Counter:
-    """An application that counts its calls and reads the whole body."""
+    """Count calls; read the whole body; answer with its length."""
 
     def __init__(self) -> None:
         self.calls = 0

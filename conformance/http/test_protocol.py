@@ -289,7 +289,7 @@ class RecordingTransport(asyncio.Transport):
 
 
 class RecordingProtocol(HTTPServerProtocol):
-    """The server protocol, seeing the transport through a recorder."""
+    """Serve HTTP through a transport recorder."""
 
     recorder: RecordingTransport
 

@@ -40,7 +40,7 @@ HeaderList = Iterable[tuple[bytes | str, bytes | str]]
 
 
 class RequestBodyError(OSError):
-    """The request body could not be read: malformed, too large or cut short.
+    """Signal a request body that could not be read: malformed, too large or cut short.
 
     ``status`` is the response the request deserves if none has started.
     """
@@ -51,7 +51,7 @@ class RequestBodyError(OSError):
 
 
 class ResponseError(ValueError):
-    """The handler broke the response's framing (e.g. fewer bytes than declared)."""
+    """Signal a response whose framing the handler broke (e.g. fewer bytes than declared)."""
 
 
 class _DateCache:
@@ -148,22 +148,22 @@ class HTTPExchange:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop the connection runs on."""
+        """Return the loop the connection runs on."""
         return self._protocol.loop
 
     @property
     def config(self) -> HTTPConfig:
-        """The server's configuration."""
+        """Return the server's configuration."""
         return self._protocol.config
 
     @property
     def blocking(self) -> BlockingRunner:
-        """The runner for blocking code chosen for this server and loop."""
+        """Return the runner for blocking code chosen for this server and loop."""
         return blocking_runner_for(self.loop, self.config.blocking_runner)
 
     @property
     def body_error(self) -> RequestBodyError | None:
-        """The error that ended reading the body, if any."""
+        """Return the error that ended reading the body, if any."""
         return self._body_error
 
     async def receive(self) -> bytes:
@@ -209,12 +209,12 @@ class HTTPExchange:
 
     @property
     def response_started(self) -> bool:
-        """True once :meth:`start_response` (or :meth:`respond`) has been called."""
+        """Tell whether :meth:`start_response` (or :meth:`respond`) has been called."""
         return self._started
 
     @property
     def finished(self) -> bool:
-        """True once the response is complete or the connection was handed over."""
+        """Tell whether the response is complete or the connection was handed over."""
         return self._finished
 
     def start_response(self, status: int, headers: HeaderList, reason: bytes | str = b"") -> None:
@@ -396,24 +396,24 @@ class HTTPServerProtocol(asyncio.Protocol):
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop this connection runs on."""
+        """Return the loop this connection runs on."""
         if self._loop is None:
             raise RuntimeError("not connected yet")
         return self._loop
 
     @property
     def requests_in_flight(self) -> int:
-        """Requests parsed but not yet completely answered."""
+        """Count the requests parsed but not yet completely answered."""
         return len(self._exchanges)
 
     @property
     def requests_served(self) -> int:
-        """Requests parsed on this connection so far."""
+        """Count the requests parsed on this connection so far."""
         return self._requests
 
     @property
     def writing_paused(self) -> bool:
-        """True while the transport has asked us to stop writing."""
+        """Tell whether the transport has asked us to stop writing."""
         return self._writing_paused
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:

@@ -46,7 +46,7 @@ NO_STATUS = 1005
 
 
 class WebSocketClosed(ConnectionError):
-    """The WebSocket is closed; ``code`` is the close code received or sent."""
+    """Signal a closed WebSocket; ``code`` is the close code received or sent."""
 
     def __init__(self, code: int, reason: str = "") -> None:
         super().__init__(f"WebSocket closed with code {code} {reason}".rstrip())
@@ -262,7 +262,7 @@ class WebSocket:
 
     @property
     def close_code(self) -> int | None:
-        """The close code once closed, else None."""
+        """Return the close code once closed, else None."""
         return self._protocol.close_code
 
     async def receive(self) -> str | bytes:
@@ -289,7 +289,7 @@ class WebSocket:
 
 
 class WebSocketUpgrade:
-    """An HTTP handler that upgrades to WebSocket and runs ``handler``."""
+    """Upgrade an HTTP request to WebSocket and run ``handler`` on it."""
 
     def __init__(self, handler: WebSocketHandler) -> None:
         self.handler = handler
