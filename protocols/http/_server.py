@@ -346,15 +346,15 @@ class HTTPExchange:
 
 
 def _closes(request: h11.Request) -> bool:
-    tokens = {
-        token.strip().lower()
+    # h11 answers HTTP/1.0 with "Connection: close" even if asked to keep alive.
+    if request.http_version == b"1.0":
+        return True
+    return any(
+        token.strip().lower() == b"close"
         for name, value in request.headers
         if name == b"connection"
         for token in value.split(b",")
-    }
-    if request.http_version == b"1.0":
-        return b"keep-alive" not in tokens
-    return b"close" in tokens
+    )
 
 
 def _placeholder(method: bytes = b"GET") -> h11.Request:
