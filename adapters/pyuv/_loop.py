@@ -302,6 +302,17 @@ class PyuvDriver:
     def _on_idle(self, handle: Any) -> None:
         soon = self._soon
         self._soon = None
+        if self._due or self._deferred:
+            self._run_internal()
+        if soon is not None:
+            soon()
+        if self._soon is None and not self._due and not self._deferred:
+            self._idle_active = False
+            handle.stop()
+
+    def _run_internal(self) -> None:
+        # Only what is queued now: anything queued meanwhile waits for the
+        # next iteration, after a poll.
         if self._due:
             due, self._due = self._due, []
             for timer in due:
@@ -310,11 +321,6 @@ class PyuvDriver:
         for _ in range(len(deferred)):
             function, argument = deferred.popleft()
             function(argument)
-        if soon is not None:
-            soon()
-        if self._soon is None and not self._due and not self._deferred:
-            self._idle_active = False
-            handle.stop()
 
     def call_later(self, delay: float, callback: Callback) -> _Timer:
         timer = _Timer(self, callback)
