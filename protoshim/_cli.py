@@ -20,8 +20,11 @@ from ._registry import UnknownFramework, frameworks, get_adapter
 __all__ = ["main"]
 
 USAGE_ERROR = 2
-#: Seconds that open connections get to flush after Ctrl-C or SIGTERM.
+#: Seconds that open connections get to finish after Ctrl-C or SIGTERM.
 SHUTDOWN_GRACE = 5.0
+#: A protocol with this method is asked to finish its current work and then
+#: close; any other protocol's transport is closed (flushed) at once.
+SHUTDOWN_HOOK = "begin_shutdown"
 
 
 class CliError(Exception):
@@ -49,23 +52,26 @@ class _Connections:
     """Track the transports of a server so shutdown can close each one."""
 
     def __init__(self) -> None:
-        self.open: set[asyncio.BaseTransport] = set()
+        self.open: dict[asyncio.BaseTransport, asyncio.BaseProtocol] = {}
         self.idle: asyncio.Event | None = None
 
     def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], Any]:
         def tracked() -> asyncio.BaseProtocol:
             protocol = factory()
             made, lost = protocol.connection_made, protocol.connection_lost
+            transports: list[asyncio.BaseTransport] = []
 
             def connection_made(transport: asyncio.BaseTransport) -> None:
-                self.open.add(transport)
+                transports.append(transport)
+                self.open[transport] = protocol
                 made(transport)
 
             def connection_lost(exc: Exception | None) -> None:
                 try:
                     lost(exc)
                 finally:
-                    self.open = {t for t in self.open if not t.is_closing()}
+                    for transport in transports:
+                        self.open.pop(transport, None)
                     if not self.open and self.idle is not None:
                         self.idle.set()
 
@@ -81,8 +87,12 @@ class _Connections:
         if not self.open:
             return
         self.idle = asyncio.Event()
-        for transport in list(self.open):
-            transport.close()
+        for transport, protocol in list(self.open.items()):
+            hook = getattr(protocol, SHUTDOWN_HOOK, None)
+            if callable(hook):
+                hook()
+            else:
+                transport.close()
         try:
             await asyncio.wait_for(self.idle.wait(), timeout)
         except TimeoutError:
@@ -92,7 +102,12 @@ class _Connections:
 
 
 async def _serve(
-    factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, label: str, framework: str
+    factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    label: str,
+    framework: str,
+    grace: float,
 ) -> None:
     loop = asyncio.get_running_loop()
     connections = _Connections()
@@ -115,7 +130,7 @@ async def _serve(
             loop.remove_signal_handler(sig)
         print("protoshim: shutting down", flush=True)
         server.close()
-        await connections.close_all(SHUTDOWN_GRACE)
+        await connections.close_all(grace)
         await server.wait_closed()
 
 
@@ -127,11 +142,13 @@ def _format(address: Any) -> str:
 
 
 def _run_server(
-    framework: str, factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, label: str
+    args: argparse.Namespace, factory: Callable[[], asyncio.BaseProtocol], label: str
 ) -> None:
-    adapter = get_adapter(framework)
+    if args.grace < 0:
+        raise CliError(f"--grace must be >= 0, got {args.grace}")
+    adapter = get_adapter(args.framework)
     with asyncio.Runner(loop_factory=adapter.new_event_loop) as runner:
-        runner.run(_serve(factory, host, port, label, framework))
+        runner.run(_serve(factory, args.host, args.port, label, args.framework, args.grace))
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -149,16 +166,14 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         raise CliError("give a MODULE:FACTORY, or --wsgi MODULE:APP")
     if not callable(factory):
         raise CliError(f"{label} is not callable")
-    _run_server(args.framework, factory, args.host, args.port, label)
+    _run_server(args, factory, label)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     get_adapter(args.framework)
     from .examples.echo_test import protocol_factory
 
-    _run_server(
-        args.framework, protocol_factory(args.port), args.host, args.port, "the Echo Test demo"
-    )
+    _run_server(args, protocol_factory(args.port), "the Echo Test demo")
 
 
 def _cmd_frameworks(args: argparse.Namespace) -> None:
@@ -195,6 +210,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--framework", default="asyncio", help="adapter name (default: asyncio)")
         sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
         sub.add_argument("--port", type=int, default=default_port, help="TCP port to listen on")
+        sub.add_argument(
+            "--grace",
+            type=float,
+            default=SHUTDOWN_GRACE,
+            metavar="SECONDS",
+            help="time open connections get to finish on Ctrl-C or SIGTERM (default: %(default)s)",
+        )
 
     listing = commands.add_parser("frameworks", help="list the installed adapters")
     listing.set_defaults(handler=_cmd_frameworks)

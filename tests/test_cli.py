@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -117,3 +118,73 @@ def test_run_uses_the_named_framework() -> None:
 
     assert protoshim.run(which(), framework="selectors") == "protoshim._loop"
     assert protoshim.run(which(), framework="asyncio").startswith("asyncio")
+
+
+GRACEFUL = '''
+import asyncio
+import os
+
+class Polite(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def begin_shutdown(self):
+        # Finish "current work" a little later, then close.
+        asyncio.get_running_loop().call_later(0.2, self.finish)
+
+    def finish(self):
+        self.transport.write(b"bye")
+        self.transport.close()
+
+class Stubborn(asyncio.Protocol):
+    def begin_shutdown(self):
+        pass
+'''
+
+
+def serve_module(tmp_path, factory: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    (tmp_path / "graceful_mod.py").write_text(GRACEFUL)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protoshim", "serve", "--port", str(port), *extra,
+         f"graceful_mod:{factory}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert proc.stdout is not None
+    assert "serving" in proc.stdout.readline()
+    return proc, port
+
+
+def test_shutdown_lets_a_protocol_finish_its_work(tmp_path) -> None:
+    proc, port = serve_module(tmp_path, "Polite")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            proc.send_signal(signal.SIGTERM)
+            assert conn.recv(3) == b"bye"
+            assert conn.recv(1) == b""
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_shutdown_aborts_what_outlives_the_grace_period(tmp_path) -> None:
+    proc, port = serve_module(tmp_path, "Stubborn", "--grace", "0.3")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            proc.send_signal(signal.SIGTERM)
+            assert conn.recv(1) == b""
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_negative_grace_is_a_usage_error() -> None:
+    result = protoshim_cmd("serve", "--grace", "-1", ECHO)
+    assert result.returncode == 2
+    assert "--grace must be >= 0" in result.stderr
