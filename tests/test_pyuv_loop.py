@@ -455,3 +455,27 @@ def test_attached_loop_runs_callbacks_left_over_by_stop_in_the_next_run() -> Non
     trigger.close()
     guard.close()
     uv.run()
+
+
+def test_a_kept_traceback_does_not_keep_a_closed_loop_open() -> None:
+    # A traceback keeps every frame down to the driver's run() alive, as a
+    # logged exception does; the closed loop's descriptors must still go.
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to count descriptors")
+    kept: list[BaseException] = []
+
+    async def fail() -> None:
+        try:
+            raise RuntimeError("kept")
+        except RuntimeError as exc:
+            kept.append(exc)
+
+    new_event_loop().close()  # libuv's process-wide resources
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    loop = new_event_loop()
+    loop.run_until_complete(fail())
+    loop.close()
+    gc.collect()
+    assert kept
+    assert len(os.listdir("/proc/self/fd")) <= before

@@ -184,10 +184,11 @@ class PyuvDriver:
         self._stopping = False
         self._enter()
         try:
-            uv_run = self._uv.run
             # The Async handle is referenced, so uv.run() only returns on stop.
+            # No local holds the pyuv loop: a logged traceback keeps this
+            # frame alive, and must not keep a closed loop's descriptors open.
             while not self._stopping:
-                uv_run()
+                self._uv.run()
         finally:
             self._leave()
 
