@@ -429,6 +429,23 @@ class HTTPServerProtocol(asyncio.Protocol):
             self._check_closed()
         await asyncio.shield(self._closed)
 
+    def begin_shutdown(self) -> None:
+        """Answer the requests already received, then close; parse no new ones.
+
+        ``protoshim serve`` calls this on Ctrl-C or SIGTERM, so in-flight
+        requests finish within the grace period instead of being cut off.
+        """
+        if self.transport is None or self.lost or self._closing:
+            return
+        if self._upgraded is not None:
+            self.transport.close()
+            return
+        self._stopped = True
+        if self._exchanges:
+            self._exchanges[-1]._close_after = True
+        else:
+            self._shutdown()
+
     # -- asyncio.Protocol -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
