@@ -26,11 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent  # type: ignore[import-untyped]
-from gevent import getcurrent
+from gevent import getcurrent, monkey
 
 from ..._fdio import FdDriver, FdStream
 from ..._loop import EventLoop
 from . import _running
+from ._blocking import GREENLETS
 from ._executor import ThreadExecutor
 
 __all__ = ["GeventDriver", "new_event_loop"]
@@ -298,4 +299,8 @@ def new_event_loop() -> EventLoop:
     # asyncio's own default executor uses threading, which monkey-patching
     # turns into greenlets: a blocking call there would block the hub.
     loop.set_default_executor(ThreadExecutor(thread_name_prefix="protoshim-gevent"))
+    if monkey.is_module_patched("threading"):
+        # Blocking code of the HTTP protocol is cooperative here: run it in
+        # greenlets rather than threads (see _blocking).
+        loop.protoshim_blocking_runner = GREENLETS  # type: ignore[attr-defined]
     return loop
