@@ -275,11 +275,12 @@ class EventLoop(base_events.BaseEventLoop):
         self._check_closed()
         fd = _fileno(fileobj)
         handle = events.Handle(callback, args, self, None)
+        # Watch first: if the driver refuses the fd, nothing is recorded.
+        add(fd, functools.partial(self._run_handle, handle))
         old = table.pop(fd, None)
         if old is not None:
             old.cancel()
         table[fd] = handle
-        add(fd, functools.partial(self._run_handle, handle))
         return handle
 
     def _unwatch(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from asyncio import trsock
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -96,7 +97,7 @@ class StreamTransport(Lifecycle, asyncio.Transport):
         self._buffered = False
         self.set_protocol(protocol)
         if server is not None:
-            server._attach()
+            _attach(server, self)
         stream.attach(self)
         loop.call_soon(self._connection_made)
         loop.call_soon(self._start_reading)
@@ -206,8 +207,26 @@ class StreamTransport(Lifecycle, asyncio.Transport):
 
     def _connection_lost_done(self) -> None:
         if self._server is not None:
-            self._server._detach()
+            _detach(self._server, self)
             self._server = None
+
+
+# asyncio.Server counts its connections; from 3.13 it also keeps them.
+if sys.version_info >= (3, 13):
+
+    def _attach(server: Any, transport: asyncio.BaseTransport) -> None:
+        server._attach(transport)
+
+    def _detach(server: Any, transport: asyncio.BaseTransport) -> None:
+        server._detach(transport)
+
+else:
+
+    def _attach(server: Any, transport: asyncio.BaseTransport) -> None:
+        server._attach()
+
+    def _detach(server: Any, transport: asyncio.BaseTransport) -> None:
+        server._detach()
 
 
 def _feed_buffered(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
