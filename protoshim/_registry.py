@@ -13,8 +13,10 @@ import importlib
 import importlib.metadata
 import importlib.util
 import platform
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "CAPABILITIES",
@@ -22,6 +24,7 @@ __all__ = [
     "UnknownFramework",
     "frameworks",
     "get_adapter",
+    "lazy_exports",
     "new_event_loop",
 ]
 
@@ -138,3 +141,23 @@ def get_adapter(framework: str) -> Adapter:
 def new_event_loop(framework: str = "asyncio") -> asyncio.AbstractEventLoop:
     """Create a new asyncio event loop that runs on ``framework``."""
     return get_adapter(framework).new_event_loop()
+
+
+def lazy_exports(package: str, names: Mapping[str, Iterable[str]]) -> Callable[[str], Any]:
+    """Return a module ``__getattr__`` importing names from submodules on first use.
+
+    ``names`` maps a relative submodule (``"._loop"``) to the names it
+    provides.  An adapter package uses it so that importing the package (as
+    the registry does) never imports the framework.
+    """
+    where = {name: module for module, provided in names.items() for name in provided}
+
+    def __getattr__(name: str) -> Any:
+        module_name = where.get(name)
+        if module_name is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module_name, package), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    return __getattr__

@@ -11,9 +11,9 @@ runs itself.  The loop module is imported lazily, so importing this package
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..._registry import Adapter
+from ..._registry import Adapter, lazy_exports
 
 if TYPE_CHECKING:
     from ._loop import PyuvDriver, PyuvEventLoop, attach, new_event_loop
@@ -29,15 +29,6 @@ ADAPTER = Adapter(
     missing={"subprocess": "not implemented by protoshim's core yet"},
 )
 
-_LAZY = frozenset({"PyuvDriver", "PyuvEventLoop", "attach", "new_event_loop"})
-
-
-def __getattr__(name: str) -> Any:
-    """Import the pyuv-dependent names on first use."""
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module("._loop", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(
+    __name__, {"._loop": ["PyuvDriver", "PyuvEventLoop", "attach", "new_event_loop"]}
+)

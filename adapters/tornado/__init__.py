@@ -11,10 +11,9 @@ Importing this package does not import Tornado; :func:`attach`,
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..._registry import Adapter
+from ..._registry import Adapter, lazy_exports
 
 if TYPE_CHECKING:
     from ._app import AttachedEventLoop, ProtocolServer, attach
@@ -38,20 +37,10 @@ ADAPTER = Adapter(
     missing={"subprocess": "not implemented by protoshim's core yet"},
 )
 
-_LAZY = {
-    "AttachedEventLoop": "._app",
-    "ProtocolServer": "._app",
-    "attach": "._app",
-    "TornadoDriver": "._loop",
-    "new_event_loop": "._loop",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Import the Tornado-dependent names only when they are used."""
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "._app": ["AttachedEventLoop", "ProtocolServer", "attach"],
+        "._loop": ["TornadoDriver", "new_event_loop"],
+    },
+)
