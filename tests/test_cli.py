@@ -95,15 +95,16 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[st
                 stream.close()
 
 
-def test_serve_echoes_and_sigterm_closes_every_connection(
-    server: tuple[subprocess.Popen[str], int],
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_serve_echoes_and_a_signal_closes_every_connection(
+    server: tuple[subprocess.Popen[str], int], sig: signal.Signals
 ) -> None:
     proc, port = server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as idle, \
             socket.create_connection(("127.0.0.1", port), timeout=10) as busy:
         busy.sendall(b"ping")
         assert busy.recv(4) == b"ping"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         # Both connections are closed by the server, not left hanging.
         assert idle.recv(1) == b""
         assert busy.recv(1) == b""

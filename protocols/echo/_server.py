@@ -7,7 +7,7 @@ from typing import Any, cast
 
 
 class EchoServer(asyncio.Protocol):
-    """Write back every byte received, and honour the peer's half-close.
+    """Write back every byte received; close once the peer has sent everything.
 
     Reading pauses while the transport's write buffer is above its high-water
     mark, so a peer that sends without reading cannot grow server memory.
@@ -24,10 +24,8 @@ class EchoServer(asyncio.Protocol):
         self.transport.write(data)
 
     def eof_received(self) -> bool:
-        # Keep the connection open until everything echoed has been flushed.
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        return True
+        # Close: the transport flushes what is still being echoed first.
+        return False
 
     def pause_writing(self) -> None:
         self.transport.pause_reading()
