@@ -289,3 +289,38 @@ def test_protocol_factory_over_a_transport_that_is_not_a_socket():
         return True
 
     assert run_attached(main)
+
+
+def test_protocol_factory_serves_tls_with_asyncios_implementation():
+    trustme = pytest.importorskip("trustme", reason="the TLS test makes certificates with trustme")
+    import ssl
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client_context)
+
+    async def main(loop, reactor):
+        endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        factory = ProtocolFactory(Echo, loop, ssl=server_context)
+        port = await as_future(endpoint.listen(factory))
+        try:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port.getHost().port, ssl=client_context, server_hostname="localhost"
+            )
+            assert writer.get_extra_info("ssl_object") is not None
+            writer.write(b"secret")
+            echoed = await reader.readexactly(6)
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            await as_future(defer.maybeDeferred(port.stopListening))
+        return echoed
+
+    assert run_attached(main) == b"secret"
+
+
+def test_protocol_factory_rejects_a_non_context_ssl():
+    with pytest.raises(TypeError):
+        ProtocolFactory(Echo, ssl=True)

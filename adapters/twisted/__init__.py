@@ -10,9 +10,9 @@ the adapter registry does) never imports Twisted.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..._registry import Adapter
+from ..._registry import Adapter, lazy_exports
 
 if TYPE_CHECKING:
     from ._bridge import ProtocolFactory, as_deferred, as_future
@@ -38,23 +38,11 @@ ADAPTER = Adapter(
     missing={"subprocess": "not implemented by protoshim's core yet"},
 )
 
-_LAZY = {
-    "ProtocolFactory": "._bridge",
-    "as_deferred": "._bridge",
-    "as_future": "._bridge",
-    "attach": "._loop",
-    "new_event_loop": "._loop",
-    "from_twisted": "._migrate",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Import the Twisted-dependent names on first use."""
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module_name, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "._bridge": ["ProtocolFactory", "as_deferred", "as_future"],
+        "._loop": ["attach", "new_event_loop"],
+        "._migrate": ["from_twisted"],
+    },
+)

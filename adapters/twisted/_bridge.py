@@ -12,12 +12,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from twisted.internet import defer, interfaces, protocol
 
-from ..._stream import StreamTransport
 from ._loop import TwistedEventLoop, attach
 from ._stream import StreamProtocol, TwistedStream
 
@@ -70,21 +71,17 @@ class _Host(StreamProtocol):
         driver = loop._driver
         stream = TwistedStream(driver, self.transport, self, None)
         driver.register_stream(stream)
-        driver.run_callback(lambda: self._start(loop, stream))
-
-    def _start(self, loop: TwistedEventLoop, stream: TwistedStream) -> None:
-        try:
-            app_protocol = self._factory.protocol_factory()
-        except Exception as exc:
-            stream.abort()
-            loop.call_exception_handler(
-                {
-                    "message": "Error on transport creation for incoming connection",
-                    "exception": exc,
-                }
+        # Core's accept rules (factory errors, TLS handshake) apply as for
+        # create_server; run them as a loop callback, so asyncio finds its loop.
+        driver.run_callback(
+            functools.partial(
+                loop._serve_stream,
+                stream,
+                protocol_factory=self._factory.protocol_factory,
+                sslcontext=self._factory.ssl,
+                ssl_handshake_timeout=self._factory.ssl_handshake_timeout,
             )
-            return
-        StreamTransport(loop, stream, app_protocol)
+        )
 
 
 class ProtocolFactory(protocol.Factory):
@@ -92,17 +89,27 @@ class ProtocolFactory(protocol.Factory):
 
     ``loop`` must be a Twisted loop on the reactor that accepts the
     connections; by default it is :func:`attach` of the global reactor,
-    looked up when the first connection arrives.
+    looked up when the first connection arrives.  With ``ssl`` (an
+    :class:`ssl.SSLContext`), each connection is TLS with asyncio's own
+    memory-BIO implementation over the plain Twisted transport, as for
+    ``create_server(ssl=...)``.
     """
 
     def __init__(
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
     ) -> None:
         if loop is not None and not isinstance(loop, TwistedEventLoop):
             raise TypeError(f"loop must be a Twisted loop of protoshim, not {loop!r}")
+        if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
+            raise TypeError(f"ssl must be an SSLContext, not {ssl!r}")
         self.protocol_factory = protocol_factory
+        self.ssl = ssl
+        self.ssl_handshake_timeout = ssl_handshake_timeout
         self._loop: TwistedEventLoop | None = loop
 
     def __repr__(self) -> str:
