@@ -241,3 +241,17 @@ def test_twisted_apis_work_with_the_loops_own_reactor():
         await as_future(port.stopListening())
 
     run(main())
+
+
+def test_add_reader_of_a_closed_descriptor_raises_and_leaves_no_watcher():
+    async def main():
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe()
+        os.close(r)
+        os.close(w)
+        with pytest.raises(OSError):
+            loop.add_reader(r, lambda: None)
+        assert loop.driver.watcher(r) is None
+        assert not loop.remove_reader(r)
+
+    run(main())

@@ -250,8 +250,14 @@ class TwistedDriver:
 
     def add_reader(self, fd: int, callback: Callback) -> None:
         watcher = self._watch(fd)
-        watcher.reader = callback
-        self._reactor.addReader(watcher)
+        previous, watcher.reader = watcher.reader, callback
+        try:
+            self._reactor.addReader(watcher)
+        except BaseException:
+            # The reactor refused the fd (EBADF, ...): leave no trace of it.
+            watcher.reader = previous
+            self._forget(fd, watcher)
+            raise
 
     def remove_reader(self, fd: int) -> bool:
         watcher = self._watchers.get(fd)
@@ -264,8 +270,13 @@ class TwistedDriver:
 
     def add_writer(self, fd: int, callback: Callback) -> None:
         watcher = self._watch(fd)
-        watcher.writer = callback
-        self._reactor.addWriter(watcher)
+        previous, watcher.writer = watcher.writer, callback
+        try:
+            self._reactor.addWriter(watcher)
+        except BaseException:
+            watcher.writer = previous
+            self._forget(fd, watcher)
+            raise
 
     def remove_writer(self, fd: int) -> bool:
         watcher = self._watchers.get(fd)
