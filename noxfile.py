@@ -46,7 +46,7 @@ CELLS = [
     # uvloop's known failures (adapters/asyncio) are those of this release;
     # releases before it also report an empty write buffer after a write.
     Cell("uvloop", "0.23.0", "uvloop==0.23.0"),
-    Cell("twisted", "oldest", "twisted==23.8.0"),
+    Cell("twisted", "oldest", "twisted==21.2.0"),
     Cell("twisted", "newest", "twisted"),
     Cell("tornado", "oldest", "tornado==6.0"),
     Cell("tornado", "newest", "tornado"),

@@ -27,7 +27,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_has_only_the_protoshim_package(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names}
-    assert {t for t in top if not t.endswith(".dist-info")} == {"protoshim"}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"protoshim", "twisted"}
+    # Under twisted/ only the twistd drop-in, never a package of ours.
+    assert [n for n in names if n.startswith("twisted/")] == [
+        "twisted/plugins/protoshim_twistd.py"
+    ]
     for expected in (
         "protoshim/py.typed",
         "protoshim/_loop.py",

@@ -23,7 +23,9 @@ import protoshim.adapters.twisted as twisted_adapter
 from protoshim.adapters.twisted._twistd import Options, serviceMaker
 
 ECHO = "protoshim.protocols.echo:EchoServer"
-DROPIN = pathlib.Path(twisted_adapter.__file__).parent / "plugins" / "protoshim_twistd.py"
+# <root>/protoshim/adapters/twisted/__init__.py -> <root>/twisted/plugins/...
+ROOT = pathlib.Path(twisted_adapter.__file__).parents[3]
+DROPIN = ROOT / "twisted" / "plugins" / "protoshim_twistd.py"
 START_TIMEOUT = 30.0
 
 

@@ -3,9 +3,9 @@
 It serves a PEP 3156 protocol factory through a Twisted strports service, on
 the loop attached to twistd's reactor; logging, daemonising, pid files and
 privileges are left to twistd.  Twisted finds plugins only in
-``twisted/plugins`` directories on ``sys.path``; the drop-in module in this
-package's ``plugins`` folder is that plugin (see ``python -m
-protoshim.adapters.twisted``, which makes twistd see it).
+``twisted/plugins`` directories on ``sys.path``; the wheel installs the
+drop-in ``twisted/plugins/protoshim_twistd.py`` next to Twisted's own, and
+``python -m protoshim.adapters.twisted`` finds it in an editable checkout.
 """
 
 from __future__ import annotations
