@@ -157,12 +157,15 @@ class ThreadExecutor(concurrent.futures.ThreadPoolExecutor):
         with self._mutex:
             if self._workers:
                 return
-            done = self._closed and self._async is not None
-            if done:
-                self._async.stop()
-                self._async.close()
-                self._async = None
+            if self._closed and self._async is not None:
+                self._close_watcher()
         self._exited.set()
+
+    def _close_watcher(self) -> None:
+        # In the hub's thread, under the mutex, once no worker can send.
+        self._async.stop()
+        self._async.close()
+        self._async = None
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._mutex:
@@ -174,7 +177,10 @@ class ThreadExecutor(concurrent.futures.ThreadPoolExecutor):
                 wake.release()
             self._idle.clear()
             if self._async is not None:
-                self._async.send()  # _deliver closes the watcher once workers are gone
+                if self._workers == 0 and get_hub_if_exists() is self._hub:
+                    self._close_watcher()
+                else:
+                    self._async.send()  # _deliver closes it once workers are gone
         for future, *_ in dropped:
             future.cancel()
         if wait:

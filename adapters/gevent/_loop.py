@@ -21,14 +21,13 @@ How it runs:
 from __future__ import annotations
 
 import collections
-import socket
 from collections.abc import Callable
 from typing import Any
 
 import gevent  # type: ignore[import-untyped]
 from gevent import getcurrent, monkey
 
-from ..._fdio import FdDriver, FdStream
+from ..._fdio import FdDriver
 from ..._loop import EventLoop
 from . import _running
 from ._blocking import GREENLETS
@@ -89,37 +88,33 @@ class _Timer:
     def __init__(self, driver: GeventDriver, delay: float, callback: Callback) -> None:
         self._driver = driver
         self._callback: Callback | None = callback
-        self._watcher = driver._hub.loop.timer(delay, ref=False)
+        self._watcher: Any = driver._hub.loop.timer(delay, ref=False)
         # update=True: measure the delay from now, not from the hub's cached
         # time of its last poll, or the timer fires early.
         self._watcher.start(self._fired, update=True)
         driver._timers.add(self)
 
     def _fired(self) -> None:
-        self._driver._timers.discard(self)
         self._driver._post(self._run)
 
     def _run(self) -> None:
         callback, self._callback = self._callback, None
+        self._release()
         if callback is not None:
             callback()
 
     def cancel(self) -> None:
         self._callback = None
-        self._driver._timers.discard(self)
-        self._watcher.stop()
+        self._release()
 
-
-class _Stream(FdStream):
-    """An :class:`FdStream` that can tell a :class:`ProtocolHandler` it was released."""
-
-    on_release: Callback | None = None
-
-    def close(self) -> None:
-        super().close()
-        on_release, self.on_release = self.on_release, None
-        if on_release is not None:
-            on_release()
+    def _release(self) -> None:
+        # libuv-based watchers must be closed before their loop is destroyed
+        # (at exit, for the default hub), not left to garbage collection.
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            self._driver._timers.discard(self)
+            watcher.stop()
+            watcher.close()
 
 
 class GeventDriver(FdDriver):
@@ -132,6 +127,9 @@ class GeventDriver(FdDriver):
     def __init__(self) -> None:
         self._hub = gevent.get_hub()
         loop = self._hub.loop
+        # gevent's libuv backend warns about, and rounds up, timers under a
+        # millisecond; a timer that fires early is re-armed by core anyway.
+        self._min_delay = 0.001 if type(loop).__module__.startswith("gevent.libuv") else 0.0
         self._queue: collections.deque[Callback] = collections.deque()
         self._runner: Any = None
         self._parked = False
@@ -148,8 +146,6 @@ class GeventDriver(FdDriver):
         self._threadsafe_queued = False
         self._async = loop.async_(ref=False)
         self._async.start(self._async_fired)
-        #: sockets handed over by a ProtocolHandler -> called when core releases them
-        self._release_hooks: dict[socket.socket, Callback] = {}
 
     @property
     def hub(self) -> Any:
@@ -220,6 +216,8 @@ class GeventDriver(FdDriver):
             soon.popleft()()
 
     def call_later(self, delay: float, callback: Callback) -> _Timer:
+        if 0 < delay < self._min_delay:
+            delay = self._min_delay
         return _Timer(self, delay, callback)
 
     def wakeup_threadsafe(self, callback: Callback) -> None:
@@ -266,11 +264,6 @@ class GeventDriver(FdDriver):
     def remove_writer(self, fd: int) -> bool:
         return self._remove(self._writers, fd)
 
-    def open_stream(self, sock: socket.socket) -> FdStream:
-        stream = _Stream(self, sock)
-        stream.on_release = self._release_hooks.pop(sock, None)
-        return stream
-
     # -- closing ------------------------------------------------------------
 
     def close(self) -> None:
@@ -290,7 +283,6 @@ class GeventDriver(FdDriver):
         self._queue.clear()
         self._soon.clear()
         self._threadsafe.clear()
-        self._release_hooks.clear()
 
 
 def new_event_loop() -> EventLoop:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +20,8 @@ import gevent  # type: ignore[import-untyped]
 from gevent.event import Event  # type: ignore[import-untyped]
 from gevent.server import StreamServer  # type: ignore[import-untyped]
 
+from ..._fdio import FdStream
 from ..._loop import EventLoop
-from ._greenlets import wait_future
 from ._loop import GeventDriver, new_event_loop
 
 __all__ = ["ProtocolHandler", "ProtocolStreamServer"]
@@ -29,36 +30,82 @@ ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 #: Seconds a killed handler waits for its aborted connection to be released.
 ABORT_TIMEOUT = 1.0
+#: How often a waiting handler checks that its loop still exists.
+POLL_INTERVAL = 1.0
+
+
+class _Stream(FdStream):
+    """An :class:`FdStream` that tells its handler greenlet when core releases it."""
+
+    def __init__(self, driver: GeventDriver, sock: socket.socket, released: Any) -> None:
+        super().__init__(driver, sock)
+        self._released = released
+
+    def close(self) -> None:
+        # core calls close or abort (which closes) exactly once
+        super().close()
+        self._released.set()
+
+    def transport(self) -> asyncio.Transport | None:
+        """Return the transport the protocol sees (under TLS, the TLS one)."""
+        sink: Any = self._sink
+        if sink is None:
+            return None
+        protocol = sink.get_protocol()
+        if isinstance(protocol, sslproto.SSLProtocol):
+            app: asyncio.Transport = protocol._app_transport
+            return app
+        transport: asyncio.Transport = sink
+        return transport
 
 
 class _Connection:
-    """One accepted socket on its way through core."""
+    """One accepted socket on its way through core, seen from its handler greenlet."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.stream: _Stream | None = None
+        self.dropped = False  # abandoned before the loop took the socket
         self.released = Event()
 
-    def on_release(self) -> None:
-        # Called by the driver's stream when core closes or aborts it.
-        self.released.set()
+    def start(self, handler: ProtocolHandler, loop: EventLoop) -> None:
+        # In the loop's runner greenlet.
+        if self.dropped:
+            return
+        self.stream = _Stream(_driver_of(loop), self.sock, self.released)
+        # core's own accept rules: factory errors, TLS handshake failures
+        loop._serve_stream(
+            self.stream,
+            protocol_factory=handler._factory,
+            sslcontext=handler._ssl,
+            ssl_handshake_timeout=handler._ssl_handshake_timeout,
+            ssl_shutdown_timeout=handler._ssl_shutdown_timeout,
+        )
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+    def end(self, abort: bool) -> None:
+        # In the loop's runner greenlet.
+        if self.stream is None:
+            self.dropped = True
+            self.sock.close()
+            self.released.set()
+            return
+        transport = self.stream.transport()
+        if transport is None:
+            return
+        if abort:
+            transport.abort()
+        else:
+            transport.close()
 
 
 class ProtocolHandler:
     """Run ``protocol_factory()`` on each connection: a ``handle`` for gevent servers.
 
     Use it as ``StreamServer(listener, ProtocolHandler(factory))``.  Each call
-    takes over the accepted socket, makes a transport for it on ``loop`` (with
-    TLS if ``ssl`` is an :class:`ssl.SSLContext`), and returns when the
-    connection is lost.  If the handler greenlet is killed, the connection is
-    aborted.
+    takes over the accepted socket, runs the protocol on it on ``loop``
+    (over TLS if ``ssl`` is an :class:`ssl.SSLContext`), and returns when
+    the connection is lost.  If the handler greenlet is killed, the
+    connection is aborted.
 
     Without ``loop``, the handler creates a protoshim gevent loop and runs
     it in a greenlet of its own; :meth:`close` then stops and closes it.
@@ -103,55 +150,32 @@ class ProtocolHandler:
     def __call__(self, sock: socket.socket, address: Any) -> None:
         """Serve one accepted connection; return once it is lost."""
         loop = self.loop
-        driver = _driver_of(loop)
-        # Core takes ownership of the descriptor: gevent's server closes its
-        # own socket object when this handler returns, which is now a no-op.
-        raw = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-        conn = _Connection()
+        assert isinstance(loop, EventLoop)
+        # The loop takes the descriptor over: gevent's server closes its own
+        # socket object when this handler returns, which is then a no-op.
+        conn = _Connection(socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach()))
         self._live.add(conn)
         self._idle.clear()
-        driver._release_hooks[raw] = conn.on_release
         try:
-            conn.transport = wait_future(self._connect(loop, raw), loop=loop)
-            if driver._release_hooks.pop(raw, None) is not None:
-                raw.close()  # core never took the socket
+            try:
+                loop.call_soon_threadsafe(conn.start, self, loop)
+            except RuntimeError:  # the loop is closed
+                conn.sock.close()
                 return
-            conn.released.wait()
+            while not conn.released.wait(POLL_INTERVAL):
+                if loop.is_closed():
+                    conn.sock.close()
+                    return
         except BaseException:
             # Killed (a pool's stop), interrupted, or the loop went away.
-            if driver._release_hooks.pop(raw, None) is not None:
-                raw.close()
-            else:
-                with contextlib.suppress(RuntimeError):  # the loop is closed
-                    loop.call_soon_threadsafe(conn.abort)
-                conn.released.wait(ABORT_TIMEOUT)
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(conn.end, True)
+            conn.released.wait(ABORT_TIMEOUT)
             raise
         finally:
             self._live.discard(conn)
             if not self._live:
                 self._idle.set()
-
-    async def _connect(
-        self, loop: asyncio.AbstractEventLoop, raw: socket.socket
-    ) -> asyncio.Transport | None:
-        try:
-            transport, _ = await loop.connect_accepted_socket(
-                self._factory,
-                raw,
-                ssl=self._ssl,
-                ssl_handshake_timeout=self._ssl_handshake_timeout,
-                ssl_shutdown_timeout=self._ssl_shutdown_timeout,
-            )
-        except OSError as exc:
-            # The peer's doing (reset, failed TLS handshake): as asyncio's
-            # servers do, only report it in debug mode.
-            if loop.get_debug():
-                _report(loop, exc, raw)
-            return None
-        except Exception as exc:
-            _report(loop, exc, raw)
-            return None
-        return transport
 
     def close(self, timeout: float | None = None) -> None:
         """Close the open connections, then the loop if the handler created it.
@@ -167,9 +191,9 @@ class ProtocolHandler:
         if loop is None:
             return
         if self._live and not loop.is_closed():
-            loop.call_soon_threadsafe(self._close_all, False)
+            loop.call_soon_threadsafe(self._end_all, False)
             if not self._idle.wait(timeout):
-                loop.call_soon_threadsafe(self._close_all, True)
+                loop.call_soon_threadsafe(self._end_all, True)
                 self._idle.wait(ABORT_TIMEOUT)
         if self._owned:
             if self._runner is not None:
@@ -180,12 +204,9 @@ class ProtocolHandler:
                 loop.run_until_complete(loop.shutdown_default_executor())
                 loop.close()
 
-    def _close_all(self, abort: bool) -> None:
+    def _end_all(self, abort: bool) -> None:
         for conn in list(self._live):
-            if abort:
-                conn.abort()
-            else:
-                conn.close()
+            conn.end(abort)
 
 
 class ProtocolStreamServer(StreamServer):  # type: ignore[misc]
@@ -236,13 +257,3 @@ def _driver_of(loop: asyncio.AbstractEventLoop) -> GeventDriver:
     if not isinstance(driver, GeventDriver):
         raise TypeError(f"a protoshim gevent loop is required, not {loop!r}")
     return driver
-
-
-def _report(loop: asyncio.AbstractEventLoop, exc: BaseException, sock: socket.socket) -> None:
-    loop.call_exception_handler(
-        {
-            "message": "Error on transport creation for incoming connection",
-            "exception": exc,
-            "socket": sock,
-        }
-    )
