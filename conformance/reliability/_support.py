@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import select
@@ -29,6 +30,7 @@ __all__ = [
     "ServeProcess",
     "cpu_seconds",
     "fd_count",
+    "fds_left_open",
     "need_proc",
     "reset",
     "rss",
@@ -64,6 +66,20 @@ def cpu_seconds(pid: int | str = "self") -> float:
 def fd_count(pid: int | str = "self") -> int:
     """Return how many descriptors a process has open."""
     return len(os.listdir(_PROC / str(pid) / "fd"))
+
+
+async def fds_left_open(before: int, settle: float = 2.0) -> int:
+    """Return how many more descriptors are open than ``before``, once closes settle.
+
+    Some frameworks close a descriptor from a later callback, so the count
+    gets ``settle`` seconds (with garbage collection) to come down, as the
+    conformance plugin's own check does.
+    """
+    deadline = time.monotonic() + settle
+    while (extra := fd_count() - before) > 0 and time.monotonic() < deadline:
+        gc.collect()
+        await asyncio.sleep(0.02)
+    return extra
 
 
 def reset(transport: asyncio.WriteTransport) -> None:

@@ -23,7 +23,7 @@ from protoshim.conformance._helpers import Recorder, wait, wait_until
 from protoshim.conformance.http._support import Client, request
 from protoshim.conformance.plugin import RunCoroutine
 from protoshim.conformance.reliability._servers import App, Watched, no_tracebacks, watching
-from protoshim.conformance.reliability._support import fd_count, need_proc
+from protoshim.conformance.reliability._support import fd_count, fds_left_open, need_proc
 
 from .conftest import Figure
 
@@ -216,8 +216,7 @@ def test_tls_fault_is_a_clean_error_and_the_server_keeps_serving(
             good.tr.close()
             await wait(asyncio.shield(good.lost), "the good client to close")
             await served.all_closed()
-            leaked = fd_count() - before
-            return outcome, status, list(served.protocols), leaked
+            return outcome, status, list(served.protocols), await fds_left_open(before)
 
     outcome, status, protocols, leaked = run(main(), timeout=30)
     figure("client saw", outcome, headline=True)
