@@ -288,11 +288,11 @@ class GeventDriver(FdDriver):
 def new_event_loop() -> EventLoop:
     """Create an event loop on the current thread's gevent hub."""
     loop = EventLoop(GeventDriver())
-    # asyncio's own default executor uses threading, which monkey-patching
-    # turns into greenlets: a blocking call there would block the hub.
-    loop.set_default_executor(ThreadExecutor(thread_name_prefix="protoshim-gevent"))
     if monkey.is_module_patched("threading"):
-        # Blocking code of the HTTP protocol is cooperative here: run it in
-        # greenlets rather than threads (see _blocking).
+        # asyncio's default executor would start greenlets, not threads, and
+        # a blocking call there would block the hub.
+        loop.set_default_executor(ThreadExecutor(thread_name_prefix="protoshim-gevent"))
+        # The HTTP protocol's blocking code cooperates here: greenlets, not
+        # threads, run it (see _blocking).
         loop.protoshim_blocking_runner = GREENLETS  # type: ignore[attr-defined]
     return loop
