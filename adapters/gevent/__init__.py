@@ -12,8 +12,12 @@ on first use.
 * :func:`wait_greenlet` -- ``await`` a gevent greenlet from a coroutine;
 * :class:`ProtocolHandler` and :class:`ProtocolStreamServer` -- serve a
   PEP 3156 protocol factory from a :class:`gevent.server.StreamServer`;
-* :class:`ThreadExecutor` -- the default executor: real OS threads, also
-  under ``monkey.patch_all()``.
+* :class:`ThreadExecutor` -- the default executor under
+  ``monkey.patch_all()``: real OS threads, where asyncio's would be greenlets;
+* :class:`GreenletRunner` -- runs the HTTP protocol's blocking code (WSGI
+  applications) in greenlets; the default under ``monkey.patch_all()``.
+
+See docs/adapters/gevent.md.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..._registry import Adapter
 
 if TYPE_CHECKING:
+    from ._blocking import GreenletRunner
     from ._executor import ThreadExecutor
     from ._greenlets import wait_future, wait_greenlet
     from ._loop import GeventDriver, new_event_loop
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADAPTER",
     "GeventDriver",
+    "GreenletRunner",
     "ProtocolHandler",
     "ProtocolStreamServer",
     "ThreadExecutor",
@@ -53,6 +59,7 @@ _LAZY = {
     "GeventDriver": "_loop",
     "new_event_loop": "_loop",
     "ThreadExecutor": "_executor",
+    "GreenletRunner": "_blocking",
     "wait_future": "_greenlets",
     "wait_greenlet": "_greenlets",
     "ProtocolHandler": "_server",

@@ -15,7 +15,10 @@ How it runs:
   greenlets keep running, and the hub keeps queueing events for later;
 * while the asyncio loop is not running, events stay queued (and a readable
   descriptor stops being watched until then), so protocol code runs only
-  inside ``run_forever``, as on every asyncio loop.
+  inside ``run_forever``, as on every asyncio loop;
+* ``asyncio.get_running_loop()`` follows the greenlet (see ``_running``);
+* under ``monkey.patch_all()`` the default executor is :class:`ThreadExecutor`
+  (real threads) and the HTTP protocol's blocking code runs in greenlets.
 """
 
 from __future__ import annotations
