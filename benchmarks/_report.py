@@ -1,0 +1,613 @@
+"""Turn benchmark records into ratios, tables, a chart and the README section.
+
+Every ratio is *paired*: for each repeat, the two servers' figures from that
+repeat (measured one after the other) are divided, and the median of those
+per-repeat ratios is reported, next to the median of each side.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+
+FRAMEWORKS = ("asyncio", "uvloop", "selectors", "twisted", "tornado", "gevent", "pyuv")
+ECHO_TARGET = 0.9
+HTTP_TARGET = 1.0
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One ratio: ``numerator``'s metric over ``denominator``'s, on one workload."""
+
+    group: str
+    framework: str
+    workload: str
+    numerator: str
+    denominator: str
+    where: tuple[tuple[str, Any], ...]
+    metric: str
+    target: float | None = None  # None: reported, no target
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A comparison's measured outcome."""
+
+    comparison: Comparison
+    median: float
+    low: float
+    high: float
+    pairs: int
+    numerator_median: float
+    denominator_median: float
+
+    @property
+    def met(self) -> bool | None:
+        """Tell whether the target is met, or None when there is no target."""
+        target = self.comparison.target
+        if target is None:
+            return None
+        return self.median >= target if self.comparison.higher_is_better else self.median <= target
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the ratio as plain JSON data."""
+        c = self.comparison
+        return {
+            "group": c.group,
+            "framework": c.framework,
+            "workload": c.workload,
+            "numerator": c.numerator,
+            "denominator": c.denominator,
+            "metric": c.metric,
+            "target": c.target,
+            "higher_is_better": c.higher_is_better,
+            "median": self.median,
+            "low": self.low,
+            "high": self.high,
+            "pairs": self.pairs,
+            "numerator_median": self.numerator_median,
+            "denominator_median": self.denominator_median,
+            "met": self.met,
+        }
+
+
+def size_label(size: int) -> str:
+    """Format a message size: ``100 B``, ``64 KiB``."""
+    return f"{size >> 10} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
+
+
+def echo_workload(size: int, conns: int) -> str:
+    """Name an echo workload: ``100 B x10``."""
+    return f"{size_label(size)} x{conns}"
+
+
+def http_workload(path: str) -> str:
+    """Name an HTTP workload by its response."""
+    return "1 MiB" if path == "/1m" else "hello"
+
+
+def _select(
+    records: Iterable[Record], server: str, where: tuple[tuple[str, Any], ...]
+) -> list[Record]:
+    return [r for r in records if r["server"] == server and all(r.get(k) == v for k, v in where)]
+
+
+def measure(records: list[Record], comparison: Comparison) -> Ratio | None:
+    """Pair the two servers' records repeat by repeat; None if either is missing."""
+    num = {
+        r["repeat"]: r[comparison.metric]
+        for r in _select(records, comparison.numerator, comparison.where)
+    }
+    den = {
+        r["repeat"]: r[comparison.metric]
+        for r in _select(records, comparison.denominator, comparison.where)
+    }
+    repeats = sorted(k for k in num.keys() & den.keys() if num[k] is not None and den[k])
+    if not repeats:
+        return None
+    ratios = [num[k] / den[k] for k in repeats]
+    return Ratio(
+        comparison,
+        statistics.median(ratios),
+        min(ratios),
+        max(ratios),
+        len(ratios),
+        statistics.median(num[k] for k in repeats),
+        statistics.median(den[k] for k in repeats),
+    )
+
+
+def comparisons(results: dict[str, Any]) -> list[Comparison]:
+    """List every ratio the results can give, with its target."""
+    settings = results["settings"]
+    records = results["records"]
+    present = {r["server"] for r in records}
+    out: list[Comparison] = []
+
+    def add(c: Comparison) -> None:
+        if c.numerator in present and c.denominator in present:
+            out.append(c)
+
+    for size in settings["echo_sizes"]:
+        for conns in settings["echo_connections"]:
+            where: tuple[tuple[str, Any], ...] = (
+                ("mode", "echo"),
+                ("size", size),
+                ("connections", conns),
+            )
+            workload = echo_workload(size, conns)
+            for fw in FRAMEWORKS:
+                add(
+                    Comparison(
+                        "echo",
+                        fw,
+                        workload,
+                        f"echo/protoshim/{fw}",
+                        f"echo/native/{fw}",
+                        where,
+                        "rounds_per_s",
+                        ECHO_TARGET,
+                    )
+                )
+            for other, target in (("uvloop", ECHO_TARGET), ("asyncio", 1.0)):
+                add(
+                    Comparison(
+                        f"pyuv vs {other}",
+                        "pyuv",
+                        workload,
+                        "echo/protoshim/pyuv",
+                        f"echo/native/{other}",
+                        where,
+                        "rounds_per_s",
+                        target,
+                    )
+                )
+    for path in settings["http_paths"]:
+        where = (("mode", "http"), ("path", path))
+        workload = http_workload(path)
+        for fw in FRAMEWORKS:
+            own = fw if fw in ("asyncio", "uvloop", "twisted", "tornado", "gevent") else "asyncio"
+            # selectors has no stated target: it is reported beside uvicorn all the same.
+            http_target: float | None = None if fw == "selectors" else HTTP_TARGET
+            add(
+                Comparison(
+                    "http vs own WSGI",
+                    fw,
+                    workload,
+                    f"http/protoshim/{fw}",
+                    f"http/wsgi/{own}",
+                    where,
+                    "requests_per_s",
+                    http_target,
+                )
+            )
+            add(
+                Comparison(
+                    "http vs native",
+                    fw,
+                    workload,
+                    f"http/protoshim/{fw}",
+                    f"http/native/{fw}",
+                    where,
+                    "requests_per_s",
+                )
+            )
+    for fw in FRAMEWORKS:
+        for metric in ("p50_us", "p99_us"):
+            add(
+                Comparison(
+                    f"latency {metric[:3]}",
+                    fw,
+                    "fixed rate",
+                    f"echo/protoshim/{fw}",
+                    f"echo/native/{fw}",
+                    (("mode", "rate"),),
+                    metric,
+                    higher_is_better=False,
+                )
+            )
+        add(
+            Comparison(
+                "memory per idle connection",
+                fw,
+                "idle",
+                f"echo/protoshim/{fw}",
+                f"echo/native/{fw}",
+                (("mode", "hold"),),
+                "bytes_per_connection",
+                higher_is_better=False,
+            )
+        )
+    return out
+
+
+def ratios(results: dict[str, Any]) -> list[Ratio]:
+    """Measure every comparison the results allow."""
+    found = (measure(results["records"], c) for c in comparisons(results))
+    return [r for r in found if r is not None]
+
+
+def medians(records: list[Record], metric: str, **where: Any) -> dict[str, float]:
+    """Return each server's median ``metric`` over the records matching ``where``."""
+    values: dict[str, list[float]] = {}
+    for r in records:
+        if all(r.get(k) == v for k, v in where.items()) and r.get(metric) is not None:
+            values.setdefault(r["server"], []).append(r[metric])
+    return {server: statistics.median(v) for server, v in values.items()}
+
+
+# ---- markdown ---------------------------------------------------------------
+
+
+def _mark(ratio: Ratio) -> str:
+    met = ratio.met
+    text = f"{ratio.median:.2f}"
+    if met is None:
+        return text
+    return f"{text} ✓" if met else f"**{text} MISS**"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _grid(found: list[Ratio], group: str, workloads: list[str]) -> str:
+    rows = []
+    for fw in FRAMEWORKS:
+        cells = {
+            r.comparison.workload: r
+            for r in found
+            if r.comparison.group == group and r.comparison.framework == fw
+        }
+        if cells:
+            rows.append([f"`{fw}`", *(_mark(cells[w]) if w in cells else "-" for w in workloads)])
+    return _table(["framework", *workloads], rows)
+
+
+def _workloads(results: dict[str, Any]) -> tuple[list[str], list[str]]:
+    s = results["settings"]
+    echo = [echo_workload(size, c) for size in s["echo_sizes"] for c in s["echo_connections"]]
+    http = [http_workload(p) for p in s["http_paths"]]
+    return echo, http
+
+
+def _machine_line(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    fws = ", ".join(f"{k} {v}" for k, v in m["frameworks"].items())
+    commit = (m.get("protoshim_commit") or "?")[:10]
+    return (
+        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['platform']}; "
+        f"{fws}; uvicorn {m['packages'].get('uvicorn')} (h11); commit {commit}, {m['date']}"
+    )
+
+
+def _scale_table(results: dict[str, Any], found: list[Ratio]) -> str:
+    records = results["records"]
+    p50 = medians(records, "p50_us", mode="rate")
+    p99 = medians(records, "p99_us", mode="rate")
+    mem = medians(records, "bytes_per_connection", mode="hold")
+    rows = []
+    for fw in FRAMEWORKS:
+        native, shim = f"echo/native/{fw}", f"echo/protoshim/{fw}"
+        if native not in p99 and native not in mem:
+            continue
+
+        def cell(
+            table: dict[str, float], scale: float, fmt: str, native: str = native, shim: str = shim
+        ) -> str:
+            if native not in table or shim not in table:
+                return "-"
+            return f"{fmt.format(table[native] / scale)} / {fmt.format(table[shim] / scale)}"
+
+        rows.append(
+            [
+                f"`{fw}`",
+                cell(p50, 1000, "{:.2f}"),
+                cell(p99, 1000, "{:.2f}"),
+                cell(mem, 1024, "{:.1f}"),
+            ]
+        )
+    s = results["settings"]
+    header = [
+        "framework",
+        f"p50 ms at {s['rate']:g}/s (native / protoshim)",
+        "p99 ms (native / protoshim)",
+        f"KiB per idle connection, {s['idle_connections']} open (native / protoshim)",
+    ]
+    c = "echo/c/c"
+    extra = ""
+    if c in p99:
+        extra = (
+            f"\n\nThe C echo server, same load: p50 {p50[c] / 1000:.2f} ms, "
+            f"p99 {p99[c] / 1000:.2f} ms."
+        )
+    return _table(header, rows) + extra
+
+
+def readme_section(results: dict[str, Any], found: list[Ratio]) -> str:
+    """Return the README text between the bench markers."""
+    echo_w, http_w = _workloads(results)
+    missed = [r for r in found if r.met is False]
+    scored = [r for r in found if r.met is not None]
+    parts = [
+        "`nox -s bench` measures protoshim against each framework's native code, side by side "
+        "in one run; [docs/benchmarks.md](docs/benchmarks.md) says how, and what each miss "
+        "costs where. Each figure is the median of per-repeat ratios (higher is better); "
+        f"{len(scored) - len(missed)} of {len(scored)} targets met.",
+        "",
+        f"**Echo**, protoshim's `EchoServer` on protoshim's loop ÷ a native echo on the same "
+        f"framework (rounds/s; target ≥ {ECHO_TARGET}):",
+        "",
+        _grid(found, "echo", echo_w),
+        "",
+        "**pyuv loop** (protoshim `EchoServer`) ÷ other native echoes (target ≥ 0.9 x uvloop, "
+        "> 1.0 x stdlib asyncio):",
+        "",
+        _pyuv_table(found, echo_w),
+        "",
+        "**HTTP** (wrk, 10 keep-alive connections), protoshim's HTTP protocol ÷ the framework's "
+        "own WSGI server, same WSGI app (uvicorn's WSGI interface for asyncio, uvloop, selectors "
+        "and pyuv; target ≥ 1.0, none for selectors):",
+        "",
+        _grid(found, "http vs own WSGI", http_w),
+        "",
+        "**Scale**: latency at a fixed rate (100 B messages over 10 connections, measured from "
+        "the schedule) and memory per idle connection:",
+        "",
+        _scale_table(results, found),
+        "",
+        "![benchmark ratios](docs/benchmarks/ratios.svg)",
+        "",
+        "All numbers, the native HTTP rows and per-server medians: "
+        "[docs/benchmarks/results.md](docs/benchmarks/results.md) "
+        "(raw records in [results.json](docs/benchmarks/results.json)). "
+        f"Measured on {_machine_line(results)}.",
+    ]
+    return "\n".join(parts)
+
+
+def _pyuv_table(found: list[Ratio], workloads: list[str]) -> str:
+    rows = []
+    for group, label in (
+        ("echo", "raw pyuv"),
+        ("pyuv vs uvloop", "uvloop"),
+        ("pyuv vs asyncio", "stdlib asyncio"),
+    ):
+        cells = {
+            r.comparison.workload: r
+            for r in found
+            if r.comparison.group == group and r.comparison.framework == "pyuv"
+        }
+        if cells:
+            rows.append(
+                [f"÷ {label}", *(_mark(cells[w]) if w in cells else "-" for w in workloads)]
+            )
+    return _table(["protoshim pyuv", *workloads], rows)
+
+
+def results_markdown(results: dict[str, Any], found: list[Ratio]) -> str:
+    """Return docs/benchmarks/results.md: every median and every ratio."""
+    records = results["records"]
+    echo_w, http_w = _workloads(results)
+    s = results["settings"]
+    out = [
+        "# Benchmark results",
+        "",
+        "Generated by `python -m benchmarks` (`nox -s bench`); do not edit. "
+        "See [../benchmarks.md](../benchmarks.md) for the method.",
+        "",
+        f"Machine: {_machine_line(results)}.",
+        f"Settings: {json.dumps(s)}; servers pinned to cores {results['pinning']['server']}, "
+        f"clients to {results['pinning']['client']}; run took {results.get('elapsed_seconds')} s.",
+        "",
+        "## Ratios",
+        "",
+        _table(
+            [
+                "group",
+                "framework",
+                "workload",
+                "ratio (median)",
+                "range",
+                "pairs",
+                "numerator",
+                "denominator",
+                "target",
+            ],
+            [
+                [
+                    r.comparison.group,
+                    r.comparison.framework,
+                    r.comparison.workload,
+                    _mark(r),
+                    f"{r.low:.2f}-{r.high:.2f}",
+                    str(r.pairs),
+                    f"`{r.comparison.numerator}` {r.numerator_median:,.0f}",
+                    f"`{r.comparison.denominator}` {r.denominator_median:,.0f}",
+                    "-"
+                    if r.comparison.target is None
+                    else ("≥ " if r.comparison.higher_is_better else "≤ ")
+                    + f"{r.comparison.target}",
+                ]
+                for r in found
+            ],
+        ),
+        "",
+        f"Ratios are of `{'`, `'.join(sorted({r.comparison.metric for r in found}))}`; for "
+        "latency and memory, lower is better.",
+        "",
+        "## Echo: rounds per second (median)",
+        "",
+        "A round is one message sent and all of it echoed back. `client CPU` is the load "
+        "generator's CPU use (1.0 = one core) during the run against that server: it stays "
+        "below what it reaches against the C echo server, so the client is not the limit.",
+        "",
+    ]
+    rows = []
+    servers = sorted({r["server"] for r in records if r["phase"] == "echo"})
+    for server in servers:
+        row = [f"`{server}`"]
+        for size in s["echo_sizes"]:
+            for conns in s["echo_connections"]:
+                where = {"mode": "echo", "size": size, "connections": conns}
+                thr = medians(records, "rounds_per_s", **where).get(server)
+                cpu = medians(records, "client_cpu", **where).get(server)
+                srv = medians(records, "server_cpu", **where).get(server)
+                row.append(
+                    "-" if thr is None else f"{thr:,.0f} (client {cpu:.2f}, server {srv:.2f})"
+                )
+        rows.append(row)
+    out += [_table(["server", *echo_w], rows), ""]
+    out += ["## HTTP: requests per second (median; wrk p50 / p99 ms)", ""]
+    rows = []
+    for server in sorted({r["server"] for r in records if r["phase"] == "http"}):
+        row = [f"`{server}`"]
+        for path in s["http_paths"]:
+            where = {"mode": "http", "path": path}
+            thr = medians(records, "requests_per_s", **where).get(server)
+            p50 = medians(records, "p50_us", **where).get(server)
+            p99 = medians(records, "p99_us", **where).get(server)
+            errors = sum(
+                r["socket_errors"] + r["non_2xx"]
+                for r in records
+                if r["server"] == server and r.get("path") == path
+            )
+            cell = (
+                "-"
+                if thr is None
+                else f"{thr:,.0f} ({(p50 or 0) / 1000:.2f} / {(p99 or 0) / 1000:.2f})"
+            )
+            if errors:
+                cell += f" **{errors} errors**"
+            row.append(cell)
+        rows.append(row)
+    out += [_table(["server", *http_w], rows), ""]
+    out += ["## Scale", "", _scale_table(results, found), ""]
+    late = [r for r in records if r.get("mode") == "rate" and r.get("late_at_end")]
+    if late:
+        out += [
+            f"{len(late)} fixed-rate runs ended with answers outstanding: "
+            + ", ".join(sorted({r["server"] for r in late})),
+            "",
+        ]
+    return "\n".join(out)
+
+
+# ---- chart ------------------------------------------------------------------
+
+
+def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
+    """Draw every ratio as bars, targets as lines, misses hatched; save as SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "protoshim-bench"
+    echo_w, http_w = _workloads(results)
+    panels: list[tuple[str, list[str], list[tuple[str, str]]]] = [
+        ("Echo: protoshim ÷ native (rounds/s)", list(FRAMEWORKS), [("echo", w) for w in echo_w]),
+        (
+            "protoshim pyuv ÷ native echoes (rounds/s)",
+            echo_w,
+            [("echo", "raw pyuv"), ("pyuv vs uvloop", "uvloop"), ("pyuv vs asyncio", "asyncio")],
+        ),
+        (
+            "HTTP: protoshim ÷ own WSGI server, ÷ native server (requests/s)",
+            list(FRAMEWORKS),
+            [("http vs own WSGI", w) for w in http_w] + [("http vs native", w) for w in http_w],
+        ),
+        (
+            "Scale: protoshim ÷ native (lower is better)",
+            list(FRAMEWORKS),
+            [
+                ("latency p50", "fixed rate"),
+                ("latency p99", "fixed rate"),
+                ("memory per idle connection", "idle"),
+            ],
+        ),
+    ]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.3 * len(panels)))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, xs, series) in zip(axes, panels, strict=True):
+        width = 0.8 / len(series)
+        for i, (group, key) in enumerate(series):
+            heights, hatches, positions = [], [], []
+            for j, x in enumerate(xs):
+                if title.startswith("protoshim pyuv"):
+                    match = [
+                        r
+                        for r in found
+                        if r.comparison.group == group
+                        and r.comparison.framework == "pyuv"
+                        and r.comparison.workload == x
+                    ]
+                else:
+                    match = [
+                        r
+                        for r in found
+                        if r.comparison.group == group
+                        and r.comparison.framework == x
+                        and r.comparison.workload == key
+                    ]
+                if match:
+                    positions.append(j + (i - (len(series) - 1) / 2) * width)
+                    heights.append(match[0].median)
+                    hatches.append("//" if match[0].met is False else "")
+            label = key if not group.startswith("http") else f"{key} ({group.split(' vs ')[1]})"
+            if group.startswith(("latency", "memory")):
+                label = group
+            bars = ax.bar(positions, heights, width, label=label, color=colors[i % len(colors)])
+            for bar, hatch in zip(bars, hatches, strict=True):
+                bar.set_hatch(hatch)
+        for target in sorted(
+            {r.comparison.target for r in found if r.comparison.target is not None}
+        ):
+            if not title.startswith("Scale"):
+                ax.axhline(target, color="black", linewidth=0.8, linestyle="--")
+        ax.axhline(1.0, color="grey", linewidth=0.5)
+        ax.set_xticks(range(len(xs)), xs)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, ncol=min(len(series), 6), loc="upper right")
+        ax.set_ylim(0, max([1.3, *(bar.get_height() * 1.15 for bar in ax.patches)]))
+    fig.suptitle("protoshim benchmarks (dashed: targets; hatched: target missed)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, format="svg", metadata={"Date": None})
+    plt.close(fig)
+
+
+# ---- outputs ----------------------------------------------------------------
+
+
+def update_readme(readme: Path, section: str) -> None:
+    """Replace the text between the bench markers of ``readme`` with ``section``."""
+    text = readme.read_text()
+    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} section")
+    replacement = f"{README_START}\n{section}\n{README_END}"
+    readme.write_text(pattern.sub(lambda _: replacement, text, count=1))
+
+
+def write_outputs(results: dict[str, Any], out: Path, readme: Path | None) -> None:
+    """Write results.json, results.md and ratios.svg to ``out``; update ``readme``."""
+    out.mkdir(parents=True, exist_ok=True)
+    found = ratios(results)
+    results = {**results, "ratios": [r.as_dict() for r in found]}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text(results_markdown(results, found) + "\n")
+    draw_chart(found, results, out / "ratios.svg")
+    if readme is not None:
+        update_readme(readme, readme_section(results, found))

@@ -1,0 +1,484 @@
+/*
+ * Load generator and reference echo server for the protoshim benchmarks.
+ *
+ * Built at bench time with `gcc -O2 -o loadgen loadgen.c`.  One process, one
+ * thread, epoll, non-blocking sockets, so it can be pinned to one core and
+ * its own CPU use reported next to each result.
+ *
+ *   loadgen echo   HOST PORT CONNS SIZE SECONDS WARMUP closed loop ping-pong
+ *   loadgen rate   HOST PORT CONNS SIZE RATE SECONDS   open loop, fixed rate
+ *   loadgen hold   HOST PORT CONNS                     open, ping once, wait
+ *   loadgen server PORT                                trivial echo server
+ *
+ * Every mode but `server` prints one JSON object on stdout.
+ *
+ * Echoed bytes are checked: the stream sent on every connection is the
+ * pattern byte(i) = i % 251 of its offset i, and each byte that comes back
+ * must match it, so a server that loses, reorders or invents data fails the
+ * run instead of looking fast.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PATTERN 251
+#define READ_CHUNK (256 * 1024)
+#define MAX_EVENTS 256
+
+static unsigned char pattern[PATTERN + READ_CHUNK];
+static unsigned char readbuf[READ_CHUNK];
+
+static void die(const char *what) {
+    fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static void raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+/* ---- latency samples ---------------------------------------------------- */
+
+typedef struct {
+    double *v;
+    size_t n, cap;
+} samples_t;
+
+static void sample_add(samples_t *s, double x) {
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 65536;
+        s->v = realloc(s->v, s->cap * sizeof(double));
+        if (!s->v) die("realloc");
+    }
+    s->v[s->n++] = x;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double percentile(samples_t *s, double p) {
+    if (s->n == 0) return -1.0;
+    size_t i = (size_t)(p / 100.0 * (double)(s->n - 1) + 0.5);
+    return s->v[i];
+}
+
+/* ---- connections -------------------------------------------------------- */
+
+/* Scheduled sends not yet answered, per connection (rate mode). */
+typedef struct {
+    double *t;
+    uint64_t *end;
+    size_t head, len, cap;
+} fifo_t;
+
+typedef struct {
+    int fd;
+    uint64_t sent;     /* bytes written so far */
+    uint64_t target;   /* bytes that should have been written */
+    uint64_t received; /* bytes read back so far */
+    double round_start;
+    int want_out;
+    fifo_t due;
+} conn_t;
+
+static void fifo_push(fifo_t *f, double t, uint64_t end) {
+    if (f->len == f->cap) {
+        size_t cap = f->cap ? f->cap * 2 : 16;
+        double *t2 = malloc(cap * sizeof(double));
+        uint64_t *e2 = malloc(cap * sizeof(uint64_t));
+        if (!t2 || !e2) die("malloc");
+        for (size_t i = 0; i < f->len; i++) {
+            t2[i] = f->t[(f->head + i) % f->cap];
+            e2[i] = f->end[(f->head + i) % f->cap];
+        }
+        free(f->t);
+        free(f->end);
+        f->t = t2;
+        f->end = e2;
+        f->head = 0;
+        f->cap = cap;
+    }
+    size_t i = (f->head + f->len) % f->cap;
+    f->t[i] = t;
+    f->end[i] = end;
+    f->len++;
+}
+
+static int connect_to(const char *host, int port) {
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+        fprintf(stderr, "loadgen: not an IPv4 address: %s\n", host);
+        exit(2);
+    }
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket");
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+static void set_nonblocking(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) die("fcntl");
+}
+
+/* Write what is due; return -1 when the peer is gone. */
+static int pump_out(conn_t *c) {
+    while (c->sent < c->target) {
+        uint64_t left = c->target - c->sent;
+        size_t n = left > READ_CHUNK ? READ_CHUNK : (size_t)left;
+        ssize_t w = send(c->fd, pattern + c->sent % PATTERN, n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        c->sent += (uint64_t)w;
+    }
+    return 0;
+}
+
+/* Read what is there and check it; return bytes read, -1 on EOF or error. */
+static long pump_in(conn_t *c) {
+    long total = 0;
+    for (;;) {
+        ssize_t r = recv(c->fd, readbuf, sizeof readbuf, 0);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return total;
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (r == 0) return -1;
+        if ((uint64_t)r + c->received > c->sent ||
+            memcmp(readbuf, pattern + c->received % PATTERN, (size_t)r) != 0) {
+            fprintf(stderr, "loadgen: echoed bytes do not match what was sent\n");
+            exit(3);
+        }
+        c->received += (uint64_t)r;
+        total += r;
+        if ((size_t)r < sizeof readbuf) return total;
+    }
+}
+
+static void watch(int ep, conn_t *c, int out) {
+    if (c->want_out == out) return;
+    struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0), .data.ptr = c};
+    if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) < 0) die("epoll_ctl");
+    c->want_out = out;
+}
+
+static conn_t *open_all(const char *host, int port, int nconns, int ep) {
+    conn_t *conns = calloc((size_t)nconns, sizeof(conn_t));
+    if (!conns) die("calloc");
+    for (int i = 0; i < nconns; i++) {
+        conns[i].fd = connect_to(host, port);
+        set_nonblocking(conns[i].fd);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &conns[i]};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, conns[i].fd, &ev) < 0) die("epoll_ctl");
+    }
+    return conns;
+}
+
+static void print_result(const char *mode, int nconns, int size, double seconds, uint64_t rounds,
+                         uint64_t bytes, double cpu, samples_t *lat, uint64_t behind) {
+    qsort(lat->v, lat->n, sizeof(double), cmp_double);
+    printf("{\"mode\": \"%s\", \"connections\": %d, \"size\": %d, \"seconds\": %.6f, "
+           "\"rounds\": %llu, \"rounds_per_s\": %.3f, \"bytes_per_s\": %.1f, "
+           "\"client_cpu\": %.4f, \"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f, "
+           "\"late_at_end\": %llu}\n",
+           mode, nconns, size, seconds, (unsigned long long)rounds, (double)rounds / seconds,
+           (double)bytes / seconds, cpu / seconds, percentile(lat, 50) * 1e6,
+           percentile(lat, 99) * 1e6, lat->n ? lat->v[lat->n - 1] * 1e6 : -1.0,
+           (unsigned long long)behind);
+}
+
+/* ---- echo: closed loop --------------------------------------------------- */
+
+/*
+ * The first WARMUP seconds are not counted: fresh connections start with
+ * small windows and buffers that the kernel grows as data flows, and
+ * counting that ramp would measure it instead of the server.
+ */
+static int run_echo(const char *host, int port, int nconns, int size, double seconds,
+                    double warmup) {
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0) die("epoll_create1");
+    conn_t *conns = open_all(host, port, nconns, ep);
+    samples_t lat = {0};
+    uint64_t rounds = 0, bytes = 0;
+    double start = now(), cpu0 = cpu_seconds(), end = start + warmup + seconds;
+    double measure_from = start + warmup;
+    int counting = warmup <= 0;
+    for (int i = 0; i < nconns; i++) {
+        conns[i].target = (uint64_t)size;
+        conns[i].round_start = start;
+        if (pump_out(&conns[i]) < 0) die("send");
+        watch(ep, &conns[i], conns[i].sent < conns[i].target);
+    }
+    struct epoll_event events[MAX_EVENTS];
+    double t = start;
+    while (t < end) {
+        int timeout = (int)((end - t) * 1000) + 1;
+        if (!counting && timeout > (int)((measure_from - t) * 1000) + 1)
+            timeout = (int)((measure_from - t) * 1000) + 1;
+        int n = epoll_wait(ep, events, MAX_EVENTS, timeout);
+        if (n < 0 && errno != EINTR) die("epoll_wait");
+        t = now();
+        if (!counting && t >= measure_from) {
+            counting = 1;
+            rounds = bytes = 0;
+            lat.n = 0;
+            cpu0 = cpu_seconds();
+            measure_from = t;
+        }
+        for (int k = 0; k < n; k++) {
+            conn_t *c = events[k].data.ptr;
+            if ((events[k].events & EPOLLOUT) && pump_out(c) < 0) die("send");
+            if (events[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                long r = pump_in(c);
+                if (r < 0) {
+                    fprintf(stderr, "loadgen: server closed a connection\n");
+                    return 1;
+                }
+                if (c->received == c->target && t < end) {
+                    rounds++;
+                    bytes += (uint64_t)size;
+                    sample_add(&lat, t - c->round_start);
+                    c->round_start = t;
+                    c->target += (uint64_t)size;
+                    if (pump_out(c) < 0) die("send");
+                }
+            }
+            watch(ep, c, c->sent < c->target);
+        }
+    }
+    double elapsed = now() - measure_from, cpu = cpu_seconds() - cpu0;
+    print_result("echo", nconns, size, elapsed, rounds, bytes, cpu, &lat, 0);
+    return 0;
+}
+
+/* ---- rate: open loop at a fixed request rate ------------------------------ */
+
+/*
+ * Sends are scheduled every 1/RATE seconds, round-robin over the
+ * connections, whether or not earlier ones were answered (messages pipeline
+ * on a connection).  Latency runs from the scheduled time, not the time the
+ * bytes went out, so a server that stalls is charged for the whole wait of
+ * every request scheduled behind the stall (no coordinated omission).
+ */
+static int run_rate(const char *host, int port, int nconns, int size, double rate,
+                    double seconds) {
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0) die("epoll_create1");
+    conn_t *conns = open_all(host, port, nconns, ep);
+    /* A timerfd wakes the loop for the next send with sub-millisecond
+     * precision; epoll_wait's millisecond timeout would either send late
+     * or spin. */
+    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (tfd < 0) die("timerfd_create");
+    struct epoll_event tev = {.events = EPOLLIN, .data.ptr = NULL};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &tev) < 0) die("epoll_ctl");
+    samples_t lat = {0};
+    uint64_t rounds = 0, scheduled = 0, total = (uint64_t)(seconds * rate);
+    double start = now(), cpu0 = cpu_seconds(), end = start + seconds, interval = 1.0 / rate;
+    struct epoll_event events[MAX_EVENTS];
+    double t = start;
+    for (;;) {
+        while (scheduled < total && start + (double)scheduled * interval <= t) {
+            conn_t *c = &conns[scheduled % (uint64_t)nconns];
+            double due = start + (double)scheduled * interval;
+            c->target += (uint64_t)size;
+            fifo_push(&c->due, due, c->target);
+            if (pump_out(c) < 0) die("send");
+            watch(ep, c, c->sent < c->target);
+            scheduled++;
+        }
+        int outstanding = 0;
+        for (int i = 0; i < nconns && !outstanding; i++) outstanding = conns[i].due.len > 0;
+        if (scheduled == total && !outstanding) break;
+        if (t >= end + 10.0) break; /* bounded: give up on answers 10 s late */
+        if (scheduled < total) {
+            double next = start + (double)scheduled * interval;
+            struct itimerspec its = {{0, 0}, {(time_t)next, (long)((next - (double)(time_t)next) * 1e9)}};
+            if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
+            if (timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL) < 0) die("timerfd_settime");
+        }
+        int n = epoll_wait(ep, events, MAX_EVENTS, 100);
+        if (n < 0 && errno != EINTR) die("epoll_wait");
+        t = now();
+        for (int k = 0; k < n; k++) {
+            conn_t *c = events[k].data.ptr;
+            if (c == NULL) {
+                uint64_t expirations;
+                if (read(tfd, &expirations, sizeof expirations) < 0 && errno != EAGAIN) die("read");
+                continue;
+            }
+            if ((events[k].events & EPOLLOUT) && pump_out(c) < 0) die("send");
+            if (events[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                if (pump_in(c) < 0) {
+                    fprintf(stderr, "loadgen: server closed a connection\n");
+                    return 1;
+                }
+                fifo_t *f = &c->due;
+                while (f->len && f->end[f->head] <= c->received) {
+                    sample_add(&lat, t - f->t[f->head]);
+                    rounds++;
+                    f->head = (f->head + 1) % f->cap;
+                    f->len--;
+                }
+            }
+            watch(ep, c, c->sent < c->target);
+        }
+    }
+    uint64_t behind = 0;
+    for (int i = 0; i < nconns; i++) behind += conns[i].due.len;
+    double cpu = cpu_seconds() - cpu0;
+    print_result("rate", nconns, size, seconds, rounds, rounds * (uint64_t)size, cpu, &lat,
+                 behind);
+    return behind ? 4 : 0;
+}
+
+/* ---- hold: many idle connections ----------------------------------------- */
+
+/*
+ * Open CONNS connections one after another, each echoing one byte before the
+ * next is opened (so the server has accepted it and built its protocol),
+ * report, then keep them open, idle, until stdin closes or says anything.
+ */
+static int run_hold(const char *host, int port, int nconns) {
+    int *fds = calloc((size_t)nconns, sizeof(int));
+    if (!fds) die("calloc");
+    double start = now();
+    for (int i = 0; i < nconns; i++) {
+        fds[i] = connect_to(host, port);
+        unsigned char b = (unsigned char)(i % PATTERN), back = 0;
+        if (send(fds[i], &b, 1, MSG_NOSIGNAL) != 1) die("send");
+        if (recv(fds[i], &back, 1, MSG_WAITALL) != 1) die("recv");
+        if (back != b) {
+            fprintf(stderr, "loadgen: wrong byte echoed\n");
+            return 3;
+        }
+    }
+    printf("{\"mode\": \"hold\", \"connections\": %d, \"open_seconds\": %.3f}\n", nconns,
+           now() - start);
+    fflush(stdout);
+    char line[16];
+    if (read(0, line, sizeof line) < 0) die("read");
+    for (int i = 0; i < nconns; i++) close(fds[i]);
+    return 0;
+}
+
+/* ---- server: the trivial C echo server ------------------------------------ */
+
+static int run_server(int port) {
+    int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (ls < 0) die("socket");
+    int one = 1;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(ls, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    if (listen(ls, 4096) < 0) die("listen");
+    socklen_t len = sizeof sa;
+    getsockname(ls, (struct sockaddr *)&sa, &len);
+    printf("%d\n", ntohs(sa.sin_port));
+    fflush(stdout);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = ls};
+    epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
+    struct epoll_event events[MAX_EVENTS];
+    for (;;) {
+        int n = epoll_wait(ep, events, MAX_EVENTS, -1);
+        if (n < 0 && errno != EINTR) die("epoll_wait");
+        for (int k = 0; k < n; k++) {
+            int fd = events[k].data.fd;
+            if (fd == ls) {
+                int c;
+                while ((c = accept4(ls, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+                    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                    struct epoll_event cev = {.events = EPOLLIN, .data.fd = c};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
+                }
+                continue;
+            }
+            ssize_t r = recv(fd, readbuf, sizeof readbuf, 0);
+            if (r <= 0) {
+                if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+                close(fd);
+                continue;
+            }
+            /* Blocking-style flush: the client always reads, so this ends. */
+            ssize_t off = 0;
+            while (off < r) {
+                ssize_t w = send(fd, readbuf + off, (size_t)(r - off), MSG_NOSIGNAL);
+                if (w < 0) {
+                    if (errno == EAGAIN || errno == EINTR) continue;
+                    break;
+                }
+                off += w;
+            }
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    for (size_t i = 0; i < sizeof pattern; i++) pattern[i] = (unsigned char)(i % PATTERN);
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+    if (argc == 8 && strcmp(argv[1], "echo") == 0)
+        return run_echo(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atof(argv[6]),
+                        atof(argv[7]));
+    if (argc == 8 && strcmp(argv[1], "rate") == 0)
+        return run_rate(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atof(argv[6]),
+                        atof(argv[7]));
+    if (argc == 5 && strcmp(argv[1], "hold") == 0)
+        return run_hold(argv[2], atoi(argv[3]), atoi(argv[4]));
+    if (argc == 3 && strcmp(argv[1], "server") == 0) return run_server(atoi(argv[2]));
+    fprintf(stderr,
+            "usage: loadgen echo HOST PORT CONNS SIZE SECONDS WARMUP\n"
+            "       loadgen rate HOST PORT CONNS SIZE RATE SECONDS\n"
+            "       loadgen hold HOST PORT CONNS\n"
+            "       loadgen server PORT\n");
+    return 2;
+}
