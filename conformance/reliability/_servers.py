@@ -39,17 +39,23 @@ PATTERN = bytes(range(256)) * 256
 
 
 class Watched(HTTPServerProtocol):
-    """Record ``connection_made`` and every ``connection_lost`` call."""
+    """Count ``connection_made`` calls and reads; record every ``connection_lost`` call."""
 
     def __init__(self, handler: Any, config: HTTPConfig | None = None) -> None:
         super().__init__(handler, config)
         self.made = 0
+        self.reads = 0
         self.lost_calls: list[Exception | None] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Count, then serve."""
         self.made += 1
         super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        """Count the reads, then parse."""
+        self.reads += 1
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Record the error, then let the protocol clean up."""
