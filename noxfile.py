@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "conformance", "matrix"]
+nox.options.sessions = ["lint", "typecheck", "tests", "conformance", "matrix", "reliability"]
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = False
 
@@ -164,3 +164,38 @@ def _apt_install(programs: dict[str, str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+
+
+RELIABILITY_DIR = ROOT / "build" / "reliability"
+# One release per framework (the newest where the matrix has several): these
+# tests check behaviour under faults and load, not compatibility.
+RELIABILITY_CELLS = list({c.framework: c for c in CELLS if not c.pytest_prefix}.values())
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("cell", RELIABILITY_CELLS, ids=[cell.framework for cell in RELIABILITY_CELLS])
+def reliability(session: nox.Session, cell: Cell) -> None:
+    """Run the reliability tests (faults, load, hostile input) on one framework."""
+    _install_project(session, "http")
+    if cell.requirement:
+        session.install(cell.requirement)
+    if cell.pyuv:
+        _install_pyuv(session)
+    RELIABILITY_DIR.mkdir(parents=True, exist_ok=True)
+    report = RELIABILITY_DIR / f"{cell.framework}.json"
+    report.unlink(missing_ok=True)
+    args = ["conformance/reliability", "--framework", cell.framework]
+    session.run("pytest", *args, "--reliability-report", str(report), *session.posargs)
+    # Once every framework has a report, the README table is regenerated.
+    session.run(
+        "python",
+        "-m",
+        "protoshim.conformance.reliability.table",
+        str(RELIABILITY_DIR),
+        "--readme",
+        "README.md",
+        "--markdown",
+        str(RELIABILITY_DIR / "RELIABILITY.md"),
+        "--expect",
+        str(len(RELIABILITY_CELLS)),
+    )

@@ -98,10 +98,13 @@ def _asked_for(config: pytest.Config) -> bool:
     """Tell whether this run selects the reliability tests explicitly."""
     if config.getoption("markexpr", ""):
         return True
+    pyargs = bool(config.getoption("pyargs", False))
     for arg in config.args:
-        target = Path(str(arg).split("::", 1)[0])
+        target = str(arg).split("::", 1)[0]
+        if pyargs and target.startswith("protoshim.conformance.reliability"):
+            return True
         try:
-            if target.resolve().is_relative_to(HERE):
+            if Path(target).resolve().is_relative_to(HERE):
                 return True
         except OSError:
             continue

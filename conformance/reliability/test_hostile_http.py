@@ -39,8 +39,9 @@ def corpus() -> list[tuple[str, int, bytes]]:
     return cases
 
 
-def test_corpus_is_large_and_well_named() -> None:
+def test_corpus_is_large_and_well_named(figure: Figure) -> None:
     cases = corpus()
+    figure("cases", len(cases), headline=True)
     assert len(cases) >= 40, f"only {len(cases)} cases in {CORPUS}"
     assert {status for _, status, _ in cases} == STATUSES
 
