@@ -227,7 +227,12 @@ class GeventDriver(FdDriver):
     def wakeup_threadsafe(self, callback: Callback) -> None:
         self._threadsafe.append(callback)  # deque.append is atomic
         if not self._closed:
-            self._async.send()
+            try:
+                self._async.send()
+            except TypeError:
+                # Closed by the loop's thread meanwhile: gevent's libuv
+                # watchers raise this once their handle is gone.
+                pass
 
     def _async_fired(self) -> None:
         if not self._threadsafe_queued:
