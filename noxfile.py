@@ -50,7 +50,7 @@ CELLS = [
     Cell("twisted", "newest", "twisted"),
     Cell("tornado", "oldest", "tornado==6.0"),
     Cell("tornado", "newest", "tornado"),
-    Cell("gevent", "oldest", "gevent==22.10.2"),
+    Cell("gevent", "oldest", "gevent==22.10.1"),
     Cell("gevent", "newest", "gevent"),
     Cell(
         "gevent",
@@ -164,6 +164,16 @@ def _apt_install(programs: dict[str, str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+
+
+@nox.session(python=PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmark protoshim against each framework's own code (``-- --quick``: a short check)."""
+    _apt_install({"wrk": "wrk", "gcc": "gcc"})
+    _install_project(session, "all")
+    _install_pyuv(session)
+    session.install("uvicorn", "matplotlib", "py-spy")
+    session.run("python", "-m", "benchmarks", *session.posargs)
 
 
 RELIABILITY_DIR = ROOT / "build" / "reliability"

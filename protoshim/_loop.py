@@ -27,7 +27,6 @@ import os
 import signal
 import socket
 import stat
-import threading
 from asyncio import base_events, events, sslproto
 from collections.abc import Callable
 from contextvars import Context
@@ -667,17 +666,24 @@ class EventLoop(base_events.BaseEventLoop):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("signal handlers can only be added in the main thread")
-        self._wake_on_signals()
+        # The signal module checks the OS thread itself.  threading cannot be
+        # asked: monkey-patched (gevent), its current_thread() is the current
+        # greenlet, and a loop run by a spawned greenlet of the main thread
+        # would be refused.
+        try:
+            self._wake_on_signals()
+        except RuntimeError:
+            raise RuntimeError("signal handlers can only be added in the main thread") from None
         self._signal_handlers[sig] = events.Handle(callback, args, self, None)
         try:
             signal.signal(sig, self._on_signal)
             signal.siginterrupt(sig, False)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             del self._signal_handlers[sig]
             if not self._signal_handlers:
                 self._stop_waking_on_signals()
+            if isinstance(exc, ValueError):  # not the main OS thread
+                raise RuntimeError("signal handlers can only be added in the main thread") from None
             if exc.errno == errno.EINVAL:
                 raise RuntimeError(f"sig {sig:d} cannot be caught") from None
             raise
