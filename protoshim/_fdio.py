@@ -13,7 +13,7 @@ import collections
 import errno
 import logging
 import socket
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ._primitives import Address, Cancellable, DatagramSink, Driver, OnStream, StreamSink
 
@@ -21,28 +21,29 @@ __all__ = ["FdDatagram", "FdDriver", "FdListener", "FdStream"]
 
 logger = logging.getLogger("protoshim")
 
+SinkT = TypeVar("SinkT", StreamSink, DatagramSink)
+
 READ_SIZE = 256 * 1024
 #: Seconds to stop accepting after running out of descriptors, as asyncio does.
 ACCEPT_RETRY_DELAY = 1.0
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-class FdStream:
-    """Move a stream socket's bytes with non-blocking calls and fd watchers."""
+class _Watched(Generic[SinkT]):
+    """Own a non-blocking socket, its sink, and its read watcher."""
 
     def __init__(self, driver: Driver, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._driver = driver
         self._sock = sock
         self._fd = sock.fileno()
-        self._sink: StreamSink | None = None
+        self._sink: SinkT | None = None
         self._reading = False
-        self._buffer = bytearray()
 
     def __repr__(self) -> str:
-        return f"<FdStream fd={self._fd}>"
+        return f"<{type(self).__name__} fd={self._fd}>"
 
-    def attach(self, sink: StreamSink) -> None:
+    def attach(self, sink: SinkT) -> None:
         self._sink = sink
 
     def start_reading(self) -> None:
@@ -54,6 +55,20 @@ class FdStream:
         if self._reading:
             self._reading = False
             self._driver.remove_reader(self._fd)
+
+    def _read_ready(self) -> None:
+        raise NotImplementedError
+
+    def socket(self) -> socket.socket:
+        return self._sock
+
+
+class FdStream(_Watched[StreamSink]):
+    """Move a stream socket's bytes with non-blocking calls and fd watchers."""
+
+    def __init__(self, driver: Driver, sock: socket.socket) -> None:
+        super().__init__(driver, sock)
+        self._buffer = bytearray()
 
     def _read_ready(self) -> None:
         assert self._sink is not None
@@ -118,35 +133,14 @@ class FdStream:
     def abort(self) -> None:
         self.close()
 
-    def socket(self) -> socket.socket:
-        return self._sock
 
-
-class FdDatagram:
+class FdDatagram(_Watched[DatagramSink]):
     """Move a datagram socket's packets with non-blocking calls and fd watchers."""
 
     def __init__(self, driver: Driver, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self._driver = driver
-        self._sock = sock
-        self._fd = sock.fileno()
-        self._sink: DatagramSink | None = None
-        self._reading = False
+        super().__init__(driver, sock)
         self._queue: collections.deque[tuple[bytes, Address | None]] = collections.deque()
         self._queued = 0
-
-    def attach(self, sink: DatagramSink) -> None:
-        self._sink = sink
-
-    def start_reading(self) -> None:
-        if not self._reading:
-            self._reading = True
-            self._driver.add_reader(self._fd, self._read_ready)
-
-    def stop_reading(self) -> None:
-        if self._reading:
-            self._reading = False
-            self._driver.remove_reader(self._fd)
 
     def _read_ready(self) -> None:
         assert self._sink is not None
@@ -208,9 +202,6 @@ class FdDatagram:
 
     def abort(self) -> None:
         self.close()
-
-    def socket(self) -> socket.socket:
-        return self._sock
 
 
 class FdListener:
