@@ -61,13 +61,13 @@ class Settings:
     rate: float = 5000.0
     rate_connections: int = 10
     rate_size: int = 100
-    rate_seconds: float = 3.0
+    rate_seconds: float = 2.0
     idle_connections: int = 10000
     idle_repeats: int = 1
     #: A run during which others used more than this many cores on ours is
     #: run again, up to ``attempts`` times in all; the quietest one is kept.
     quiet_threshold: float = 0.05
-    attempts: int = 3
+    attempts: int = 2
 
 
 QUICK = Settings(

@@ -514,20 +514,29 @@ def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     plt.rcParams["svg.hashsalt"] = "protoshim-bench"
     echo_w, http_w = _workloads(results)
-    panels: list[tuple[str, list[str], list[tuple[str, str]]]] = [
-        ("Echo: protoshim ÷ native (rounds/s)", list(FRAMEWORKS), [("echo", w) for w in echo_w]),
+    # (title, x labels, series as (group, workload or label), target lines)
+    panels: list[tuple[str, list[str], list[tuple[str, str]], tuple[float, ...]]] = [
+        (
+            "Echo: protoshim ÷ native (rounds/s)",
+            list(FRAMEWORKS),
+            [("echo", w) for w in echo_w],
+            (ECHO_TARGET,),
+        ),
         (
             "protoshim pyuv ÷ native echoes (rounds/s)",
             echo_w,
             [("echo", "raw pyuv"), ("pyuv vs uvloop", "uvloop"), ("pyuv vs asyncio", "asyncio")],
+            (ECHO_TARGET, 1.0),
         ),
         (
             "HTTP: protoshim ÷ own WSGI server, ÷ native server (requests/s)",
             list(FRAMEWORKS),
             [("http vs own WSGI", w) for w in http_w] + [("http vs native", w) for w in http_w],
+            (HTTP_TARGET,),
         ),
         (
             "Scale: protoshim ÷ native (lower is better)",
@@ -537,51 +546,51 @@ def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
                 ("latency p99", "fixed rate"),
                 ("memory per idle connection", "idle"),
             ],
+            (),
         ),
     ]
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.3 * len(panels)))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (title, xs, series) in zip(axes, panels, strict=True):
+    for ax, (title, xs, series, targets) in zip(axes, panels, strict=True):
         width = 0.8 / len(series)
+        handles, labels = [], []
         for i, (group, key) in enumerate(series):
             heights, hatches, positions = [], [], []
             for j, x in enumerate(xs):
-                if title.startswith("protoshim pyuv"):
-                    match = [
-                        r
-                        for r in found
-                        if r.comparison.group == group
-                        and r.comparison.framework == "pyuv"
-                        and r.comparison.workload == x
-                    ]
+                if (group == "echo" and key == "raw pyuv") or group.startswith("pyuv vs"):
+                    fw, workload = "pyuv", x
                 else:
-                    match = [
-                        r
-                        for r in found
-                        if r.comparison.group == group
-                        and r.comparison.framework == x
-                        and r.comparison.workload == key
-                    ]
+                    fw, workload = x, key
+                match = [
+                    r
+                    for r in found
+                    if r.comparison.group == group
+                    and r.comparison.framework == fw
+                    and r.comparison.workload == workload
+                ]
                 if match:
                     positions.append(j + (i - (len(series) - 1) / 2) * width)
                     heights.append(match[0].median)
                     hatches.append("//" if match[0].met is False else "")
-            label = key if not group.startswith("http") else f"{key} ({group.split(' vs ')[1]})"
-            if group.startswith(("latency", "memory")):
-                label = group
-            bars = ax.bar(positions, heights, width, label=label, color=colors[i % len(colors)])
+            color = colors[i % len(colors)]
+            bars = ax.bar(positions, heights, width, color=color)
             for bar, hatch in zip(bars, hatches, strict=True):
                 bar.set_hatch(hatch)
-        for target in sorted(
-            {r.comparison.target for r in found if r.comparison.target is not None}
-        ):
-            if not title.startswith("Scale"):
-                ax.axhline(target, color="black", linewidth=0.8, linestyle="--")
+            if group.startswith(("latency", "memory")):
+                label = group
+            elif group.startswith("http"):
+                label = f"{key} ({group.split(' vs ')[1]})"
+            else:
+                label = key
+            handles.append(Patch(color=color))
+            labels.append(label)
+        for target in targets:
+            ax.axhline(target, color="black", linewidth=0.8, linestyle="--")
         ax.axhline(1.0, color="grey", linewidth=0.5)
         ax.set_xticks(range(len(xs)), xs)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7, ncol=min(len(series), 6), loc="upper right")
-        ax.set_ylim(0, max([1.3, *(bar.get_height() * 1.15 for bar in ax.patches)]))
+        ax.legend(handles, labels, fontsize=7, ncol=min(len(series), 6), loc="upper right")
+        ax.set_ylim(0, max([1.3, *(bar.get_height() * 1.2 for bar in ax.patches)]))
     fig.suptitle("protoshim benchmarks (dashed: targets; hatched: target missed)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, format="svg", metadata={"Date": None})
