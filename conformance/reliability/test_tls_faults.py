@@ -32,15 +32,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.requires("tcp", "tls")]
 #: the server's (and the stalled client's) handshake timeout
 HANDSHAKE_TIMEOUT = 1.0
 GOOD_HOST = "localhost"
-EXPIRED_HOST = "expired.test"
 
 
 @dataclass(frozen=True)
 class Certificates:
-    """A server context (SNI picks an expired certificate for EXPIRED_HOST) and a client's."""
+    """Server contexts (a valid and an expired certificate) and client contexts."""
 
     server: ssl.SSLContext
+    expired_server: ssl.SSLContext
     client: ssl.SSLContext
+    #: checks nothing: shows that the server with the expired certificate still serves
+    unverifying_client: ssl.SSLContext
 
 
 @functools.cache
@@ -53,19 +55,16 @@ def certificates() -> Certificates:
     ca.issue_cert(GOOD_HOST, "127.0.0.1").configure_cert(server)
     expired = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(
-        EXPIRED_HOST,
+        GOOD_HOST,
         not_before=now - datetime.timedelta(days=30),
         not_after=now - datetime.timedelta(days=1),
     ).configure_cert(expired)
-
-    def by_name(tls: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
-        if name == EXPIRED_HOST:
-            tls.context = expired
-
-    server.sni_callback = by_name
     client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ca.configure_trust(client)
-    return Certificates(server, client)
+    unverifying = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    unverifying.check_hostname = False
+    unverifying.verify_mode = ssl.CERT_NONE
+    return Certificates(server, expired, client, unverifying)
 
 
 def _client_hello() -> bytes:
@@ -133,8 +132,8 @@ async def client_stalls(loop: asyncio.AbstractEventLoop, port: int) -> str:
 
 
 async def expired_certificate(loop: asyncio.AbstractEventLoop, port: int) -> str:
-    """Connect to a name the server presents an expired certificate for."""
-    exc = await _tls_client(loop, port, EXPIRED_HOST)
+    """Connect to a server whose certificate has expired."""
+    exc = await _tls_client(loop, port, GOOD_HOST)
     assert isinstance(exc, ssl.SSLCertVerificationError), repr(exc)
     assert "expired" in exc.verify_message, exc.verify_message
     return str(exc.verify_message)
@@ -190,12 +189,18 @@ def test_tls_fault_is_a_clean_error_and_the_server_keeps_serving(
 ) -> None:
     need_proc()
     app = App()
+    tls = certificates()
+    expired = fault == "expired-certificate"
+    # Afterwards a good client must be served; a server whose certificate
+    # has expired is asked by a client that checks nothing.
+    server_context = tls.expired_server if expired else tls.server
+    good_context = tls.unverifying_client if expired else tls.client
 
     async def main() -> tuple[str, int, list[Watched], int]:
         async with watching(
             loop,
             lambda: Watched(app),
-            ssl=certificates().server,
+            ssl=server_context,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
         ) as served:
             before = fd_count()
@@ -205,7 +210,7 @@ def test_tls_fault_is_a_clean_error_and_the_server_keeps_serving(
                     functools.partial(Client, loop),
                     "127.0.0.1",
                     served.port,
-                    ssl=certificates().client,
+                    ssl=good_context,
                     server_hostname=GOOD_HOST,
                 ),
                 "a good TLS client",
