@@ -28,9 +28,6 @@ import protoshim
 HERE = Path(__file__).resolve().parent
 SUITE = HERE.parent
 
-#: (framework, test id) -> reason, for bugs found and not yet fixed; the
-#: test id is the one of the report (``reliability/test_x::test_y[param]``).
-#: A framework of ``"*"`` marks the test on every framework.
 _CUT = "reliability/test_shutdown::test_requests_past_the_grace_are_cut_and_the_process_exits_0"
 _RESET = "reliability/test_disconnects::test_reset_is_reported_once_and_leaks_nothing"
 _EXECUTOR = (
@@ -41,6 +38,9 @@ _TWISTED_RESET = (
     "issue 9c: a reset read by the Twisted adapter is reported as eof_received() then "
     "connection_lost(None)"
 )
+#: (framework, test id) -> reason, for bugs found and not yet fixed; the
+#: test id is the one of the report (``reliability/test_x::test_y[param]``).
+#: A framework of ``"*"`` marks the test on every framework.
 KNOWN_BUGS: dict[tuple[str, str], str] = {
     ("*", _CUT): _EXECUTOR,
     ("uvloop", _CUT): _EXECUTOR
