@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -83,9 +84,10 @@ class _Connections:
 
         return tracked
 
-    async def close_all(self, timeout: float) -> None:
+    async def close_all(self, timeout: float) -> bool:
+        """Close every connection; return True if some had to be aborted."""
         if not self.open:
-            return
+            return False
         self.idle = asyncio.Event()
         for transport, protocol in list(self.open.items()):
             hook = getattr(protocol, SHUTDOWN_HOOK, None)
@@ -97,8 +99,13 @@ class _Connections:
             await asyncio.wait_for(self.idle.wait(), timeout)
         except TimeoutError:
             for transport in list(self.open):
-                if isinstance(transport, asyncio.WriteTransport):
-                    transport.abort()
+                # Not an isinstance check: uvloop's transports do not
+                # inherit from asyncio's classes.
+                abort = getattr(transport, "abort", None)
+                if callable(abort):
+                    abort()
+            return True
+        return False
 
 
 async def _serve(
@@ -108,7 +115,7 @@ async def _serve(
     label: str,
     framework: str,
     grace: float,
-) -> None:
+) -> bool:
     loop = asyncio.get_running_loop()
     connections = _Connections()
     try:
@@ -130,8 +137,9 @@ async def _serve(
             loop.remove_signal_handler(sig)
         print("protoshim: shutting down", flush=True)
         server.close()
-        await connections.close_all(grace)
+        forced = await connections.close_all(grace)
         await server.wait_closed()
+    return forced
 
 
 def _format(address: Any) -> str:
@@ -148,7 +156,20 @@ def _run_server(
         raise CliError(f"--grace must be >= 0, got {args.grace}")
     adapter = get_adapter(args.framework)
     with asyncio.Runner(loop_factory=adapter.new_event_loop) as runner:
-        runner.run(_serve(factory, args.host, args.port, label, args.framework, args.grace))
+        forced = runner.run(
+            _serve(factory, args.host, args.port, label, args.framework, args.grace)
+        )
+        if forced:
+            # Work that outlived the grace period may still hold executor
+            # threads, which no one can stop and the interpreter would wait
+            # for at exit: the connections are gone, so leave now.
+            print(
+                "protoshim: connections outlived the grace period and were aborted",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.stdout.flush()
+            os._exit(0)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:

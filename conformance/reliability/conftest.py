@@ -28,12 +28,7 @@ import protoshim
 HERE = Path(__file__).resolve().parent
 SUITE = HERE.parent
 
-_CUT = "reliability/test_shutdown::test_requests_past_the_grace_are_cut_and_the_process_exits_0"
 _RESET = "reliability/test_disconnects::test_reset_is_reported_once_and_leaks_nothing"
-_EXECUTOR = (
-    "issue 9a: protoshim serve exits only when the WSGI worker thread returns, not when "
-    "--grace ends (asyncio.Runner waits for the default executor)"
-)
 _TWISTED_RESET = (
     "issue 9c: a reset read by the Twisted adapter is reported as eof_received() then "
     "connection_lost(None)"
@@ -42,16 +37,12 @@ _TWISTED_RESET = (
 #: test id is the one of the report (``reliability/test_x::test_y[param]``).
 #: A framework of ``"*"`` marks the test on every framework.
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("*", _CUT): _EXECUTOR,
-    ("uvloop", _CUT): _EXECUTOR
-    + "; issue 9b: at the end of --grace uvloop connections are not aborted "
-    "(protoshim serve checks isinstance(transport, asyncio.WriteTransport))",
     (
         "uvloop",
         "reliability/test_fd_exhaustion::test_server_backs_off_when_out_of_descriptors_and_recovers",
     ): (
-        "issue 9d: out of descriptors, uvloop (libuv) accepts and resets waiting connections "
-        "and logs nothing, instead of backing off"
+        "issue 9 (descriptor exhaustion), a uvloop difference: out of descriptors, libuv "
+        "accepts and resets waiting connections and logs nothing, instead of backing off"
     ),
     ("twisted", f"{_RESET}[request]"): _TWISTED_RESET,
     ("twisted", f"{_RESET}[websocket-frame]"): _TWISTED_RESET,
