@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -217,12 +218,32 @@ class TwistedStream:
     def _eof(self) -> None:
         if self._released or self._dead or self._eof_seen:
             return
+        # Twisted's epoll reactor reads a reset as a clean end of input; the
+        # socket's pending error tells the two apart, as asyncio's recv does.
+        error = self._pending_error()
+        if error is not None:
+            # Core answers with abort(), which releases the Twisted transport.
+            self._notify(lambda sink: sink._on_error(error))
+            return
         self._eof_seen = True
         if not self._reading or self._held:
             self._eof_held = True
             return
         self._reading = False
         self._notify(lambda sink: sink._on_eof())
+
+    def _pending_error(self) -> OSError | None:
+        if self._sock is None:
+            return None
+        try:
+            code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            return None
+        if code in (0, errno.EAGAIN):
+            return None
+        # The peer's RST surfaces as EPIPE or ECONNRESET depending on what
+        # the kernel saw last; either way the connection was reset.
+        return ConnectionResetError(errno.ECONNRESET, os.strerror(code))
 
     def _schedule_delivery(self) -> None:
         if not self._delivery_scheduled:

@@ -28,11 +28,6 @@ import protoshim
 HERE = Path(__file__).resolve().parent
 SUITE = HERE.parent
 
-_RESET = "reliability/test_disconnects::test_reset_is_reported_once_and_leaks_nothing"
-_TWISTED_RESET = (
-    "issue 9c: a reset read by the Twisted adapter is reported as eof_received() then "
-    "connection_lost(None)"
-)
 #: (framework, test id) -> reason, for bugs found and not yet fixed; the
 #: test id is the one of the report (``reliability/test_x::test_y[param]``).
 #: A framework of ``"*"`` marks the test on every framework.
@@ -44,8 +39,6 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {
         "issue 9 (descriptor exhaustion), a uvloop difference: out of descriptors, libuv "
         "accepts and resets waiting connections and logs nothing, instead of backing off"
     ),
-    ("twisted", f"{_RESET}[request]"): _TWISTED_RESET,
-    ("twisted", f"{_RESET}[websocket-frame]"): _TWISTED_RESET,
 }
 
 Figure = Callable[..., None]
