@@ -173,6 +173,7 @@ def bench(session: nox.Session) -> None:
     _install_project(session, "all")
     _install_pyuv(session)
     session.install("uvicorn", "matplotlib", "py-spy")
+    session.run("python", "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

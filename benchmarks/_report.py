@@ -37,6 +37,7 @@ class Comparison:
     metric: str
     target: float | None = None  # None: reported, no target
     higher_is_better: bool = True
+    strictly: bool = False  # "ahead of": equal is not enough
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class Ratio:
         target = self.comparison.target
         if target is None:
             return None
+        if self.comparison.strictly:
+            return self.median > target
         return self.median >= target if self.comparison.higher_is_better else self.median <= target
 
     def as_dict(self) -> dict[str, Any]:
@@ -71,6 +74,7 @@ class Ratio:
             "metric": c.metric,
             "target": c.target,
             "higher_is_better": c.higher_is_better,
+            "strictly": c.strictly,
             "median": self.median,
             "low": self.low,
             "high": self.high,
@@ -170,6 +174,7 @@ def comparisons(results: dict[str, Any]) -> list[Comparison]:
                         where,
                         "rounds_per_s",
                         target,
+                        strictly=other == "asyncio",
                     )
                 )
     for path in settings["http_paths"]:
@@ -261,6 +266,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _target_text(c: Comparison) -> str:
+    if c.target is None:
+        return "-"
+    if c.strictly:
+        return f"> {c.target}"
+    return ("≥ " if c.higher_is_better else "≤ ") + f"{c.target}"
 
 
 def _grid(found: list[Ratio], group: str, workloads: list[str]) -> str:
@@ -436,10 +449,7 @@ def results_markdown(results: dict[str, Any], found: list[Ratio]) -> str:
                     str(r.pairs),
                     f"`{r.comparison.numerator}` {r.numerator_median:,.0f}",
                     f"`{r.comparison.denominator}` {r.denominator_median:,.0f}",
-                    "-"
-                    if r.comparison.target is None
-                    else ("≥ " if r.comparison.higher_is_better else "≤ ")
-                    + f"{r.comparison.target}",
+                    _target_text(r.comparison),
                 ]
                 for r in found
             ],

@@ -1,0 +1,124 @@
+"""Check the benchmark tooling's pure parts: parsing, pairing, the README splice.
+
+Run with ``python -m pytest benchmarks`` (``nox -s bench`` does, first).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks._harness import parse_wrk
+from benchmarks._profile import summarize
+from benchmarks._report import (
+    Comparison,
+    measure,
+    update_readme,
+)
+
+WRK_OUTPUT = """\
+Running 2s test @ http://127.0.0.1:40000/
+  1 threads and 10 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.90ms    1.02ms  12.03ms   85.11%
+    Req/Sec     3.44k   210.55     3.70k    80.00%
+  Latency Distribution
+     50%    2.75ms
+     75%    3.10ms
+     90%    3.80ms
+     99%  812.00us
+  6880 requests in 2.01s, 1.02MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   3422.89
+Transfer/sec:    519.74KB
+"""
+
+
+def test_parse_wrk_reads_rate_latency_and_errors() -> None:
+    record = parse_wrk(WRK_OUTPUT)
+    assert record["requests_per_s"] == pytest.approx(3422.89)
+    assert record["requests"] == 6880
+    assert record["seconds"] == pytest.approx(2.01)
+    assert record["p50_us"] == pytest.approx(2750.0)
+    assert record["p99_us"] == pytest.approx(812.0)
+    assert record["socket_errors"] == 3
+    assert record["non_2xx"] == 4
+
+
+def test_parse_wrk_refuses_output_without_a_rate() -> None:
+    with pytest.raises(ValueError, match="Requests/sec"):
+        parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def _record(server: str, repeat: int, value: float) -> dict[str, Any]:
+    return {"server": server, "repeat": repeat, "mode": "echo", "rounds_per_s": value}
+
+
+def test_ratio_is_the_median_of_per_repeat_ratios() -> None:
+    records = [
+        _record("a", 0, 90.0),
+        _record("b", 0, 100.0),  # 0.9
+        _record("a", 1, 60.0),
+        _record("b", 1, 30.0),  # 2.0
+        _record("a", 2, 50.0),
+        _record("b", 2, 100.0),  # 0.5
+        _record("a", 3, 1.0),  # no partner in repeat 3: left out
+    ]
+    comparison = Comparison("echo", "fw", "w", "a", "b", (("mode", "echo"),), "rounds_per_s", 0.9)
+    ratio = measure(records, comparison)
+    assert ratio is not None
+    assert ratio.pairs == 3
+    assert ratio.median == pytest.approx(0.9)
+    assert ratio.low == pytest.approx(0.5)
+    assert ratio.high == pytest.approx(2.0)
+    assert ratio.numerator_median == 60.0
+    assert ratio.met is True
+
+
+def test_lower_is_better_ratios_meet_a_target_from_below() -> None:
+    records = [_record("a", 0, 3.0), _record("b", 0, 2.0)]
+    comparison = Comparison(
+        "latency", "fw", "w", "a", "b", (), "rounds_per_s", 1.0, higher_is_better=False
+    )
+    ratio = measure(records, comparison)
+    assert ratio is not None
+    assert ratio.met is False
+
+
+def test_ratio_without_both_sides_is_none() -> None:
+    comparison = Comparison("echo", "fw", "w", "a", "b", (), "rounds_per_s")
+    assert measure([_record("a", 0, 1.0)], comparison) is None
+
+
+def test_update_readme_replaces_only_the_bench_section(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\n"
+        "<!-- other:start -->\nkeep\n<!-- other:end -->\n"
+    )
+    update_readme(readme, "new table")
+    assert readme.read_text() == (
+        "intro\n<!-- bench:start -->\nnew table\n<!-- bench:end -->\n"
+        "<!-- other:start -->\nkeep\n<!-- other:end -->\n"
+    )
+
+
+def test_update_readme_without_markers_fails(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="bench:start"):
+        update_readme(readme, "x")
+
+
+def test_summarize_counts_self_and_inclusive_time() -> None:
+    raw = "main (a.py:1);loop (a.py:5);write (b.py:9) 3\nmain (a.py:1);loop (a.py:6) 1\n"
+    text = summarize(raw, top=5)
+    assert text.startswith("4 samples")
+    self_part, inclusive_part = text.split("inclusive time:")
+    assert "75.0%  write (b.py:9)" in self_part
+    assert "25.0%  loop (a.py:6)" in self_part
+    # Lines of one function add up in the inclusive view.
+    assert "100.0%  loop (a.py)" in inclusive_part
