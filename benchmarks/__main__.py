@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -211,12 +212,19 @@ def run_idle(
 ) -> Iterator[Record]:
     """Measure memory per idle connection, each server fresh and alone."""
     specs = _echo_specs(frameworks)
-    _progress(f"idle: {settings.idle_connections} connections per server")
+    # Client and server each hold one descriptor per connection, and may
+    # raise their soft limit only as far as the hard one.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    conns = settings.idle_connections
+    if hard != resource.RLIM_INFINITY and hard - 100 < conns:
+        conns = max(hard - 100, 100)
+        print(f"benchmarks: RLIMIT_NOFILE allows {conns} idle connections", file=sys.stderr)
+    _progress(f"idle: {conns} connections per server")
     for repeat in range(settings.idle_repeats):
         for position, spec in enumerate(_rotated(specs, repeat)):
             with Servers([spec], loadgen, pinning, logs) as servers:
                 server = servers.running[spec]
-                record = measure_idle_memory(server, loadgen, pinning, settings.idle_connections)
+                record = measure_idle_memory(server, loadgen, pinning, conns)
             yield _tag(record, spec, repeat, position)
 
 

@@ -333,11 +333,15 @@ def _scale_table(results: dict[str, Any], found: list[Ratio]) -> str:
             ]
         )
     s = results["settings"]
+    held = max(
+        (r["connections"] for r in records if r.get("mode") == "hold"),
+        default=s["idle_connections"],
+    )
     header = [
         "framework",
         f"p50 ms at {s['rate']:g}/s (native / protoshim)",
         "p99 ms (native / protoshim)",
-        f"KiB per idle connection, {s['idle_connections']} open (native / protoshim)",
+        f"KiB per idle connection, {held} open (native / protoshim)",
     ]
     c = "echo/c/c"
     extra = ""
