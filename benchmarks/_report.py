@@ -509,6 +509,14 @@ def results_markdown(results: dict[str, Any], found: list[Ratio]) -> str:
         rows.append(row)
     out += [_table(["server", *http_w], rows), ""]
     out += ["## Scale", "", _scale_table(results, found), ""]
+    watched = [r for r in records if "foreign_cpu" in r]
+    disturbed = [r for r in watched if r["foreign_cpu"] > s.get("quiet_threshold", 0.05)]
+    out += [
+        f"{len(disturbed)} of {len(watched)} runs lost more than "
+        f"{s.get('quiet_threshold', 0.05):.0%} of a core to other processes "
+        f"(after {sum(r.get('attempts', 1) > 1 for r in watched)} runs were made again).",
+        "",
+    ]
     late = [r for r in records if r.get("mode") == "rate" and r.get("late_at_end")]
     if late:
         out += [
