@@ -51,7 +51,35 @@ def release_socket(sock: socket.socket) -> None:
     sock.detach()
 
 
-class UvStream:
+class _Closing:
+    """Close a libuv handle and release its socket: the same for every handle."""
+
+    _closed: bool
+    _reading: bool
+    _driver: PyuvDriver
+    _fd: int
+    _handle: Any
+    _sock: socket.socket
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._reading = False
+        self._driver._forget(self._fd)
+        # uv_close closes the descriptor now and cancels queued writes; the
+        # handle object lives on in pyuv until its close callback has run.
+        self._handle.close()
+        release_socket(self._sock)
+
+    def abort(self) -> None:
+        self.close()
+
+    def socket(self) -> socket.socket:
+        return self._sock
+
+
+class UvStream(_Closing):
     """Move the bytes of one connected socket through a TCP or Pipe handle."""
 
     __slots__ = (
@@ -161,27 +189,8 @@ class UvStream:
             assert self._sink is not None
             self._sink._on_error(uv_error(error))
 
-    # -- closing ------------------------------------------------------------
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._reading = False
-        self._driver._forget(self._fd)
-        # uv_close closes the descriptor now and cancels queued writes; the
-        # handle object lives on in pyuv until its close callback has run.
-        self._handle.close()
-        release_socket(self._sock)
-
-    def abort(self) -> None:
-        self.close()
-
-    def socket(self) -> socket.socket:
-        return self._sock
-
-
-class UvDatagram:
+class UvDatagram(_Closing):
     """Move the packets of one IPv4 or IPv6 datagram socket through a UDP handle."""
 
     __slots__ = (
@@ -275,18 +284,3 @@ class UvDatagram:
     def queued(self) -> int:
         size: int = self._handle.send_queue_size
         return size
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._reading = False
-        self._driver._forget(self._fd)
-        self._handle.close()
-        release_socket(self._sock)
-
-    def abort(self) -> None:
-        self.close()
-
-    def socket(self) -> socket.socket:
-        return self._sock
