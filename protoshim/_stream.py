@@ -168,16 +168,25 @@ class StreamTransport(Lifecycle, asyncio.Transport):
     # -- writing ------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(
-                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
-            )
+        # The hot path: bytes on an open transport below its high-water mark
+        # costs two primitive calls and no other method call.
+        if type(data) is not bytes:
+            if not isinstance(data, (bytearray, memoryview)):
+                raise TypeError(
+                    f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+                )
+            data = bytes(data)
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if not data or self._dropped_write("send"):
+        if not data:
             return
-        self._stream.write(data if type(data) is bytes else bytes(data))
-        self._maybe_pause_protocol()
+        if self._closing:
+            self._dropped_write("send")
+            return
+        stream = self._stream
+        stream.write(data)
+        if not self._protocol_paused and stream.queued() > self._high_water:
+            self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
