@@ -43,12 +43,14 @@ COLOURS = {
 
 @dataclass(frozen=True)
 class Column:
-    """The results of one conformance run."""
+    """The results of one conformance or reliability run, read from its report."""
 
     name: str
     framework: str
     version: str
-    results: dict[str, dict[str, str]]
+    results: dict[str, dict[str, Any]]
+    machine: str = "?"
+    python: str = "?"
 
     @property
     def title(self) -> str:
@@ -59,13 +61,15 @@ def load_columns(directory: Path) -> list[Column]:
     """Read every report in ``directory``, ordered by file name."""
     columns = []
     for path in sorted(directory.glob("*.json")):
-        data: dict[str, Any] = json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         columns.append(
             Column(
                 name=path.stem,
                 framework=str(data.get("framework", path.stem)),
                 version=str(data.get("version", "?")),
                 results=dict(data.get("results", {})),
+                machine=str(data.get("machine", "?")),
+                python=str(data.get("python", "?")),
             )
         )
     return columns

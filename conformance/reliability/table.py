@@ -14,13 +14,14 @@ Run as ``python -m protoshim.conformance.reliability.table REPORT_DIR
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .. import matrix
+from ..matrix import Column
 
 __all__ = ["Column", "load_columns", "main", "render_details", "render_table", "replace_section"]
 
@@ -31,42 +32,14 @@ ORDER = ("asyncio", "uvloop", "selectors", "twisted", "tornado", "gevent", "pyuv
 OUTCOMES = {"failed": "FAIL", "error": "ERROR", "xpassed": "XPASS", "skipped": "skip"}
 
 
-@dataclass(frozen=True)
-class Column:
-    """The results of one framework's reliability run."""
-
-    framework: str
-    version: str
-    machine: str
-    python: str
-    results: dict[str, dict[str, Any]]
-
-    @property
-    def title(self) -> str:
-        """Return the column heading."""
-        return f"{self.framework} {self.version}"
-
-
 def load_columns(directory: Path) -> list[Column]:
     """Read every report in ``directory``, in the usual framework order."""
-    columns = []
-    for path in sorted(directory.glob("*.json")):
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        columns.append(
-            Column(
-                framework=str(data.get("framework", path.stem)),
-                version=str(data.get("version", "?")),
-                machine=str(data.get("machine", "?")),
-                python=str(data.get("python", "?")),
-                results=dict(data.get("results", {})),
-            )
-        )
 
     def rank(column: Column) -> tuple[int, str]:
         known = column.framework in ORDER
         return (ORDER.index(column.framework) if known else len(ORDER), column.framework)
 
-    return sorted(columns, key=rank)
+    return sorted(matrix.load_columns(directory), key=rank)
 
 
 def _tests(columns: Sequence[Column]) -> list[str]:
@@ -144,7 +117,7 @@ def render_table(columns: Sequence[Column]) -> str:
     """Return the Markdown table of headline figures, with what each row measures."""
     tests = _tests(columns)
     lines = [
-        "| test | figure | " + " | ".join(c.title for c in columns) + " |",
+        "| test | figure | " + " | ".join(f"{c.framework} {c.version}" for c in columns) + " |",
         "|---|---|" + "---:|" * len(columns),
     ]
     for test in tests:
@@ -174,7 +147,8 @@ def render_details(columns: Sequence[Column]) -> str:
             )
             outcome = str(result.get("outcome", ""))
             reason = f" ({result.get('reason')})" if result.get("reason") else ""
-            lines.append(f"- **{column.title}**: {outcome}{reason}; {shown or 'no figures'}")
+            heading = f"{column.framework} {column.version}"
+            lines.append(f"- **{heading}**: {outcome}{reason}; {shown or 'no figures'}")
         lines.append("")
     return "\n".join(lines)
 
