@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "CAPABILITIES",
+    "CORE_MISSING",
     "Adapter",
     "UnknownFramework",
     "frameworks",
@@ -42,6 +43,13 @@ CAPABILITIES: Mapping[str, str] = {
     "fd_watchers": "add_reader / add_writer and the sock_* coroutines",
     "threads": "run_in_executor and call_soon_threadsafe",
     "subprocess": "subprocess transports",
+}
+
+
+#: What protoshim's core does not provide yet, so no adapter built on it can:
+#: adapters on :class:`protoshim.EventLoop` pass this as (part of) ``missing``.
+CORE_MISSING: Mapping[str, str] = {
+    "subprocess": "not implemented by protoshim's core yet",
 }
 
 
