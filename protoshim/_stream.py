@@ -55,15 +55,11 @@ def socket_extra(sock: socket.socket | None) -> dict[str, Any]:
     if sock is None:
         return extra
     extra["socket"] = trsock.TransportSocket(sock)
-    try:
-        extra["sockname"] = sock.getsockname()
-    except OSError:
-        extra["sockname"] = None
-    if "peername" not in extra:
+    for key, query in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
         try:
-            extra["peername"] = sock.getpeername()
+            extra[key] = query()
         except OSError:
-            extra["peername"] = None
+            extra[key] = None
     return extra
 
 
