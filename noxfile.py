@@ -104,6 +104,9 @@ def tests(session: nox.Session) -> None:
     _install_project(session, "all")
     _install_pyuv(session)
     session.run("pytest", "tests", *session.posargs, success_codes=[0])
+    # The conformance plugin's own checks (not named test_*, so the suite
+    # never collects them as conformance tests).
+    session.run("pytest", "conformance/check_plugin.py", success_codes=[0])
 
 
 @nox.session(python=PYTHON)
