@@ -26,38 +26,11 @@ from gevent.pool import Pool  # type: ignore[import-untyped]
 from gevent.pywsgi import WSGIServer  # type: ignore[import-untyped]
 
 from protoshim.adapters.gevent import ProtocolStreamServer, wait_future
+from protoshim.examples.shout import Shout, ask
 
 __all__ = ["Shout", "ask", "main", "make_app", "start"]
 
 StartResponse = Callable[..., Any]
-
-
-class Shout(asyncio.Protocol):
-    """Send back every byte upper-cased; close when the peer has finished sending."""
-
-    transport: asyncio.Transport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data.upper())
-
-    def eof_received(self) -> None:
-        self.transport.close()
-
-
-async def ask(host: str, port: int, text: bytes) -> bytes:
-    """Send ``text`` to a :class:`Shout` server and return its whole reply."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(text)
-        writer.write_eof()
-        return await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 def make_app(

@@ -22,49 +22,9 @@ import tornado.web
 from tornado.netutil import bind_sockets
 
 from protoshim.adapters.tornado import ProtocolServer, attach
+from protoshim.examples.shout import Shout, ask
 
 __all__ = ["Running", "Shout", "main", "start"]
-
-
-class Shout(asyncio.Protocol):
-    """Send back every byte upper-cased; close when the peer has finished sending."""
-
-    transport: asyncio.Transport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data.upper())
-
-
-class _Collect(asyncio.Protocol):
-    """Gather a whole reply, until the server closes."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    def data_received(self, data: bytes) -> None:
-        self.data += data
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.done.done():
-            return
-        if exc is None:
-            self.done.set_result(bytes(self.data))
-        else:
-            self.done.set_exception(exc)
-
-
-async def ask(host: str, port: int, text: bytes) -> bytes:
-    """Send ``text`` to a :class:`Shout` server and return its whole reply."""
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_connection(_Collect, host, port)
-    transport.write(text)
-    transport.write_eof()
-    return await protocol.done
 
 
 class HomeHandler(tornado.web.RequestHandler):

@@ -14,7 +14,6 @@ Run it with ``python -m protoshim.examples.twisted_app``, then try
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from twisted.internet import defer, protocol
@@ -22,36 +21,12 @@ from twisted.internet import endpoints as _endpoints
 from twisted.protocols.basic import LineReceiver
 
 from protoshim.adapters.twisted import ProtocolFactory, as_deferred, as_future, attach
+from protoshim.examples.shout import Shout, ask
 
 __all__ = ["Relay", "RelayFactory", "Shout", "ask", "main", "start"]
 
 # Twisted's endpoints and LineReceiver are not fully annotated.
 endpoints: Any = _endpoints
-
-
-class Shout(asyncio.Protocol):
-    """Send back every byte upper-cased; close when the peer has finished sending."""
-
-    transport: asyncio.Transport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data.upper())
-
-
-async def ask(host: str, port: int, text: bytes) -> bytes:
-    """Send ``text`` to a :class:`Shout` server and return its whole reply."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(text)
-        writer.write_eof()
-        return await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 class Relay(LineReceiver):
