@@ -201,9 +201,11 @@ class EventLoop(base_events.BaseEventLoop):
 
     def _call_soon(self, callback: Any, args: Any, context: Any) -> events.Handle:
         handle = events.Handle(callback, args, self, context)
-        traceback = getattr(handle, "_source_traceback", None)
-        if traceback:
-            del traceback[-1]
+        if self._debug:
+            # Point the recorded traceback at the caller, as asyncio does.
+            traceback = getattr(handle, "_source_traceback", None)
+            if traceback:
+                del traceback[-1]
         self._ready.append(handle)
         if not self._tick_pending:
             self._request_tick()
