@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
@@ -98,51 +99,51 @@ def test_streams_are_twisted_tcp_transports():
     run(main())
 
 
-def test_queued_counts_twisteds_buffer_and_drains_to_zero():
-    async def main():
-        loop = asyncio.get_running_loop()
-        lsock = socket.socket()
+@contextlib.asynccontextmanager
+async def raw_peer():
+    """Connect a Recorder client to a plain blocking socket; yield both ends."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as lsock:
         lsock.bind(("127.0.0.1", 0))
         lsock.listen()
-        with lsock:
-            transport, client = await loop.create_connection(Recorder, *lsock.getsockname())
-            conn, _ = lsock.accept()
-            with conn:
-                conn.setblocking(False)
-                chunk = b"x" * 65536
-                written = 0
-                while transport.get_write_buffer_size() == 0 and written < 256 * 2**20:
-                    transport.write(chunk)
-                    written += len(chunk)
-                twisted_transport = transport._stream.transport
-                queued = (
-                    len(twisted_transport.dataBuffer)
-                    - twisted_transport.offset
-                    + twisted_transport._tempDataLen
-                )
-                assert transport.get_write_buffer_size() == queued > 0
-                received = 0
-                while received < written:
-                    try:
-                        received += len(conn.recv(1 << 20))
-                    except BlockingIOError:
-                        await asyncio.sleep(0.001)
-                assert transport.get_write_buffer_size() == 0
-                transport.close()
-                await client.lost
+        transport, client = await loop.create_connection(Recorder, *lsock.getsockname())
+        conn, _ = lsock.accept()
+        with conn:
+            yield transport, client, conn
+
+
+def test_queued_counts_twisteds_buffer_and_drains_to_zero():
+    async def main():
+        async with raw_peer() as (transport, client, conn):
+            conn.setblocking(False)
+            chunk = b"x" * 65536
+            written = 0
+            while transport.get_write_buffer_size() == 0 and written < 256 * 2**20:
+                transport.write(chunk)
+                written += len(chunk)
+            twisted_transport = transport._stream.transport
+            queued = (
+                len(twisted_transport.dataBuffer)
+                - twisted_transport.offset
+                + twisted_transport._tempDataLen
+            )
+            assert transport.get_write_buffer_size() == queued > 0
+            received = 0
+            while received < written:
+                try:
+                    received += len(conn.recv(1 << 20))
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+            assert transport.get_write_buffer_size() == 0
+            transport.close()
+            await client.lost
 
     run(main())
 
 
 def test_peer_reset_is_connection_reset_error():
     async def main():
-        loop = asyncio.get_running_loop()
-        lsock = socket.socket()
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen()
-        with lsock:
-            _, client = await loop.create_connection(Recorder, *lsock.getsockname())
-            conn, _ = lsock.accept()
+        async with raw_peer() as (_, client, conn):
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
             exc = await asyncio.wait_for(client.lost, WAIT)
@@ -153,19 +154,12 @@ def test_peer_reset_is_connection_reset_error():
 
 def test_abort_ends_with_fin_and_connection_lost_none():
     async def main():
-        loop = asyncio.get_running_loop()
-        lsock = socket.socket()
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen()
-        with lsock:
-            transport, client = await loop.create_connection(Recorder, *lsock.getsockname())
-            conn, _ = lsock.accept()
-            with conn:
-                transport.abort()
-                assert await asyncio.wait_for(client.lost, WAIT) is None
-                conn.settimeout(WAIT)
-                # Twisted's abortConnection would reset; asyncio's abort closes.
-                assert conn.recv(10) == b""
+        async with raw_peer() as (transport, client, conn):
+            transport.abort()
+            assert await asyncio.wait_for(client.lost, WAIT) is None
+            conn.settimeout(WAIT)
+            # Twisted's abortConnection would reset; asyncio's abort closes.
+            assert conn.recv(10) == b""
 
     run(main())
 
