@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import ssl
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -44,6 +45,19 @@ def _tls_pair(
         client_ssl=tls.client,
         server_hostname=tls.hostname,
         **kwargs,
+    )
+
+
+def _connect(
+    loop: asyncio.AbstractEventLoop, port: int, context: ssl.SSLContext
+) -> Awaitable[tuple[asyncio.Transport, Recorder]]:
+    """Open a TLS client connection to the local test server."""
+    return loop.create_connection(
+        lambda: Recorder(loop),
+        "127.0.0.1",
+        port,
+        ssl=context,
+        server_hostname=tls_material().hostname,
     )
 
 
@@ -138,13 +152,7 @@ def test_tls_handshake_failure_with_an_untrusted_certificate(
             baseline = open_fds()
             with pytest.raises(ssl.SSLError) as failure:
                 await wait(
-                    loop.create_connection(
-                        lambda: Recorder(loop),
-                        "127.0.0.1",
-                        port,
-                        ssl=tls.wrong_client,
-                        server_hostname=tls.hostname,
-                    ),
+                    _connect(loop, port, tls.wrong_client),
                     "the failing handshake",
                 )
             assert isinstance(failure.value, ssl.SSLCertVerificationError)
@@ -177,23 +185,11 @@ def test_tls_server_keeps_serving_after_a_failed_handshake(
             port = pair.server.sockets[0].getsockname()[1]
             with pytest.raises(ssl.SSLError):
                 await wait(
-                    loop.create_connection(
-                        lambda: Recorder(loop),
-                        "127.0.0.1",
-                        port,
-                        ssl=tls.wrong_client,
-                        server_hostname=tls.hostname,
-                    ),
+                    _connect(loop, port, tls.wrong_client),
                     "the failing handshake",
                 )
             transport, client = await wait(
-                loop.create_connection(
-                    lambda: Recorder(loop),
-                    "127.0.0.1",
-                    port,
-                    ssl=tls.client,
-                    server_hostname=tls.hostname,
-                ),
+                _connect(loop, port, tls.client),
                 "a good handshake afterwards",
             )
             try:
