@@ -59,7 +59,9 @@ async def _until_refused(loop: asyncio.AbstractEventLoop, port: int, within: flo
     while loop.time() - start < within:
         try:
             late = await _connect(loop, port)
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
+            # A connect racing the close can reach the backlog first; closing
+            # the listener then resets it unaccepted, which is a refusal too.
             return loop.time() - start
         late.tr.abort()
         await wait(asyncio.shield(late.lost), "the late connection to close")
