@@ -6,11 +6,15 @@ import asyncio
 import pathlib
 import threading
 
+import h11
 import pytest
 
 from protoshim.protocols.http import (
     LOOP_ATTRIBUTE,
+    Handler,
     HTTPConfig,
+    HTTPExchange,
+    HTTPServerProtocol,
     StaticFiles,
     ThreadRunner,
     blocking_runner_for,
@@ -188,3 +192,88 @@ def test_thread_runner_call_passes_a_timeout_error_through():
     finally:
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
+
+
+class WriteRecorder(asyncio.Transport):
+    """Keep every object written, to see what was copied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert isinstance(data, bytes)
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def serve_one(handler: Handler, head: bytes = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n") -> list[bytes]:
+    """Run ``handler`` on one request over a recording transport; return the writes."""
+
+    async def main() -> list[bytes]:
+        transport = WriteRecorder()
+        protocol = HTTPServerProtocol(handler)
+        protocol.connection_made(transport)
+        protocol.data_received(head)
+        while protocol.requests_in_flight:
+            await asyncio.sleep(0)
+        return transport.writes
+
+    return asyncio.run(main())
+
+
+def parse_response(data: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "a")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    response = conn.next_event()
+    assert isinstance(response, h11.Response)
+    body = b""
+    while isinstance(event := conn.next_event(), h11.Data):
+        body += event.data
+    assert isinstance(event, h11.EndOfMessage)
+    return list(response.headers), body
+
+
+BIG = bytes(range(256)) * 4096
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_large_body_reaches_the_transport_uncopied(chunked: bool) -> None:
+    async def handler(exchange: HTTPExchange) -> None:
+        headers = [] if chunked else [(b"Content-Length", str(len(BIG)).encode())]
+        exchange.start_response(200, headers)
+        await exchange.end(BIG)
+
+    writes = serve_one(handler)
+    assert any(piece is BIG for piece in writes)
+    assert len(writes) == (3 if chunked else 2)  # head (+ chunk size), body (, last chunk)
+    headers, body = parse_response(b"".join(writes))
+    assert body == BIG
+    assert ((b"transfer-encoding", b"chunked") in headers) == chunked
+
+
+def test_a_small_response_is_one_write() -> None:
+    async def handler(exchange: HTTPExchange) -> None:
+        exchange.start_response(200, [])  # chunked: head, size, data, CRLF, last chunk
+        await exchange.end(b"small")
+
+    writes = serve_one(handler)
+    assert len(writes) == 1
+    assert parse_response(writes[0])[1] == b"small"

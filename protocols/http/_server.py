@@ -79,6 +79,10 @@ def _reason(status: int) -> bytes:
         return b""
 
 
+#: body pieces this large are written alone rather than copied into a join
+_JOIN_LIMIT = 16 * 1024
+
+
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode("latin-1")
 
@@ -175,11 +179,8 @@ class HTTPExchange:
         if not self._sent_continue and not self._started:
             self._sent_continue = True
             if self._conn.they_are_waiting_for_100_continue:
-                self._protocol._write(
-                    self._conn.send(
-                        h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-                    )
-                )
+                interim = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                self._protocol._write([self._conn.send(interim)])
         while not self._body:
             if self._body_error is not None:
                 raise self._body_error
@@ -247,35 +248,63 @@ class HTTPExchange:
         try:
             return self._conn.send(event) or b""
         except h11.LocalProtocolError as exc:
-            # Most likely more or fewer bytes than Content-Length promised.
             self._finished = True
-            self._protocol._abandon(self, abort=isinstance(event, h11.Data))
+            self._protocol._abandon(self, abort=False)
             raise ResponseError(str(exc)) from None
 
-    def _frame(self, data: bytes | bytearray | memoryview) -> bytes:
+    def _frame(self, chunks: Iterable[bytes | bytearray | memoryview]) -> list[bytes]:
+        """Return the pending head and ``chunks`` framed, each body chunk uncopied."""
         if not self._started:
             raise RuntimeError("start_response() must be called first")
         if self._finished:
             raise RuntimeError("the response is already complete")
-        out = self._pending_head
+        pieces = [self._pending_head] if self._pending_head else []
         self._pending_head = b""
-        if data and self.method != "HEAD":
-            out += self._send(h11.Data(data=bytes(data)))
-        return out
+        if self.method != "HEAD":
+            for data in chunks:
+                if data:
+                    pieces += self._send_data(bytes(data))
+        return pieces
+
+    def _send_data(self, data: bytes) -> list[bytes]:
+        # The passthrough keeps ``data`` as one of the pieces (with the chunk
+        # framing around it), where send() would copy it into a new bytes.
+        try:
+            return self._conn.send_with_data_passthrough(h11.Data(data=data)) or []
+        except h11.LocalProtocolError as exc:
+            # More bytes than Content-Length promised.
+            self._finished = True
+            self._protocol._abandon(self, abort=True)
+            raise ResponseError(str(exc)) from None
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send part of the body (with the head if not sent yet) and wait for room."""
-        out = self._frame(data)
-        if out:
-            self._protocol._write(out)
+        pieces = self._frame((data,))
+        if pieces:
+            self._protocol._write(pieces)
         await self._protocol._drain()
 
     async def end(self, data: bytes | bytearray | memoryview = b"") -> None:
         """Send the last part of the body and end the response."""
-        out = self._frame(data)
-        out += self._send(h11.EndOfMessage())
+        await self._end((data,))
+
+    async def _end(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Send the head if pending, every chunk and the end of the response, in one go."""
+        pieces = self._frame(chunks)
+        try:
+            tail = self._conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            # Fewer bytes than Content-Length promised: the peer gets what
+            # there is, as if it had been written piece by piece, then a close.
+            self._finished = True
+            if pieces and not self._protocol.lost:
+                self._protocol._write(pieces)
+            self._protocol._abandon(self, abort=False)
+            raise ResponseError(str(exc)) from None
+        if tail:
+            pieces.append(tail)
         self._finished = True
-        self._protocol._write(out)
+        self._protocol._write(pieces)
         self._protocol._response_done(self)
         await self._protocol._drain()
 
@@ -512,10 +541,30 @@ class HTTPServerProtocol(asyncio.Protocol):
 
     # -- writing -----------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
-        if self.lost or self.transport is None or self.transport.is_closing():
+    def _write(self, pieces: list[bytes]) -> None:
+        """Write ``pieces`` in order: small ones joined, large ones as they are.
+
+        Joining saves a system call per piece, but copying a large body costs
+        more than a second ``write`` (and most loops' ``writelines`` join).
+        """
+        transport = self.transport
+        if self.lost or transport is None or transport.is_closing():
             raise ConnectionResetError("connection closed")
-        self.transport.write(data)
+        if len(pieces) <= 1:
+            if pieces:
+                transport.write(pieces[0])
+            return
+        small: list[bytes] = []
+        for piece in pieces:
+            if len(piece) < _JOIN_LIMIT:
+                small.append(piece)
+                continue
+            if small:
+                transport.write(b"".join(small))
+                small.clear()
+            transport.write(piece)
+        if small:
+            transport.write(b"".join(small))
 
     async def _drain(self) -> None:
         if self.lost:
@@ -812,7 +861,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         self, exchange: HTTPExchange, response: bytes, protocol: asyncio.BaseProtocol
     ) -> None:
         assert self.transport is not None
-        self._write(response)
+        self._write([response])
         self._cancel_timer()
         self._stopped = True
         self._exchanges.clear()
