@@ -13,13 +13,16 @@ import json
 import sys
 import threading
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import h11
 import pytest
 
+from protoshim.conformance._helpers import wait_until
 from protoshim.conformance.http._support import (
     CountingRunner,
     Environ,
+    Response,
     StartResponse,
     request,
     serving,
@@ -362,6 +365,7 @@ def test_configured_blocking_runner_is_used(
         return [repr(environ["wsgi.multithread"]).encode()]
 
     async def main() -> bytes:
+        # validated(): its wrapper is an iterable, so the worker calls back into the loop.
         factory = http_server(wsgi_app=validated(app), config=small_config(blocking_runner=runner))
         async with serving(loop, factory) as served:
             return (await served.exchange(request())).body
@@ -369,6 +373,226 @@ def test_configured_blocking_runner_is_used(
     assert run(main()) == b"False"
     assert runner.runs == 1
     assert runner.calls >= 1
+
+
+def serve_counted(
+    loop: asyncio.AbstractEventLoop,
+    run: RunCoroutine,
+    app: WSGIApp,
+    data: bytes,
+    method: str = "GET",
+) -> tuple[CountingRunner, Response]:
+    """Serve ``app`` through a :class:`CountingRunner`; return it and the response."""
+    runner = CountingRunner()
+
+    async def main() -> Response:
+        factory = http_server(wsgi_app=app, config=small_config(blocking_runner=runner))
+        async with serving(loop, factory) as served:
+            return await served.exchange(data, method)
+
+    return runner, run(main())
+
+
+# Not validated below: the validator's wrapper hides that the body is a list.
+
+
+@pytest.mark.parametrize(
+    ("body", "length"),
+    [
+        pytest.param([b"Hello, World!"], True, id="own-content-length"),
+        pytest.param((b"Hello, ", b"World!"), True, id="tuple-own-content-length"),
+        pytest.param([b"Hello, World!"], False, id="computed-content-length"),
+        pytest.param([], False, id="empty"),
+    ],
+)
+def test_list_body_is_sent_without_waiting_for_the_loop(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, body: list[bytes], length: bool
+) -> None:
+    whole = b"".join(body)
+    headers = [*TEXT, ("Content-Length", str(len(whole)))] if length else TEXT
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", headers)
+        return body
+
+    runner, response = serve_counted(loop, run, app, request())
+    assert (response.status, response.body) == (200, whole)
+    assert response.header("content-length") == str(len(whole))
+    assert response.header("transfer-encoding") is None
+    assert runner.runs == 1
+    assert runner.calls == 0  # the worker never waited on the loop
+
+
+def test_list_of_several_items_without_length_is_chunked(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[Any]:
+        start_response("200 OK", TEXT)
+        return [b"one ", b"", bytearray(b"two "), b"three"]  # bytes-like items are accepted
+
+    runner, response = serve_counted(loop, run, app, request())
+    assert (response.status, response.body) == (200, b"one two three")
+    assert response.header("transfer-encoding") == "chunked"
+    assert response.header("content-length") is None
+    assert runner.calls == 0
+
+
+def test_generator_body_is_iterated_in_the_worker(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    threads: list[int] = []
+    closed = threading.Event()
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", TEXT)
+        try:
+            for part in (b"one ", b"two ", b"three"):
+                threads.append(threading.get_ident())
+                yield part
+        finally:
+            closed.set()
+
+    runner, response = serve_counted(loop, run, app, request())
+    assert (response.status, response.body) == (200, b"one two three")
+    assert response.header("transfer-encoding") == "chunked"
+    assert closed.is_set()
+    assert threading.get_ident() not in threads
+    assert runner.calls == 4  # each chunk waits for the loop, then the end
+
+
+def test_list_with_close_is_closed_after_its_response(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    received = threading.Event()
+    seen: list[tuple[bool, int]] = []
+
+    class Body(list[bytes]):
+        def close(self) -> None:
+            # Blocks the response if called before it is sent.
+            seen.append((received.wait(5), threading.get_ident()))
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [*TEXT, ("Content-Length", "5")])
+        return Body([b"hello"])
+
+    runner = CountingRunner()
+
+    async def main() -> Response:
+        factory = http_server(wsgi_app=app, config=small_config(blocking_runner=runner))
+        async with serving(loop, factory) as served:
+            response = await served.exchange(request())
+            received.set()
+            await wait_until(lambda: bool(seen), "close() to be called")
+            return response
+
+    response = run(main())
+    assert (response.status, response.body) == (200, b"hello")
+    assert seen[0][0], "close() was called before the response was sent"
+    assert seen[0][1] != threading.get_ident()  # in the worker, not on the loop
+    assert runner.calls == 1  # the whole response in one round trip, then close()
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["own-content-length", "computed"])
+def test_head_request_with_a_list_body(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, length: bool
+) -> None:
+    headers = [*TEXT, ("Content-Length", "11")] if length else TEXT
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", headers)
+        return [b"hello world"]
+
+    async def main() -> tuple[Response, Response]:
+        async with serving(loop, wsgi_app=app) as served:
+            client = await served.connect()
+            client.send(request("HEAD") + request("GET"))
+            return await client.response("HEAD"), await client.response("GET")
+
+    head, get = run(main())
+    assert (head.status, head.header("content-length"), head.body) == (200, "11", b"")
+    assert (get.status, get.header("content-length"), get.body) == (200, "11", b"hello world")
+
+
+@pytest.mark.parametrize("shape", ["list", "list-chunked", "generator"])
+def test_one_mebibyte_body_arrives_intact(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, shape: str
+) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if shape == "list":
+            start_response("200 OK", [*TEXT, ("Content-Length", str(len(payload)))])
+            return [payload]
+        start_response("200 OK", TEXT)
+        if shape == "list-chunked":
+            return [payload[:100], payload[100:]]
+        return iter([payload[:100], payload[100:]])
+
+    response = run_fetch_response(loop, run, app)
+    assert response.status == 200
+    assert hashlib.sha256(response.body).digest() == hashlib.sha256(payload).digest()
+    chunked = response.header("transfer-encoding") == "chunked"
+    assert chunked == (shape != "list")
+
+
+def run_fetch_response(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, app: WSGIApp
+) -> Response:
+    """Serve ``app`` and return the response to one GET."""
+
+    async def main() -> Response:
+        async with serving(loop, wsgi_app=app, config=small_config()) as served:
+            return await served.exchange(request())
+
+    return run(main())
+
+
+def test_list_body_shorter_than_content_length_closes_the_connection(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [*TEXT, ("Content-Length", "10")])
+        return [b"123", b"45"]
+
+    async def main() -> bytes:
+        async with serving(loop, wsgi_app=app) as served:
+            client = await served.connect()
+            client.send(request() + request(target="/second"))
+            with pytest.raises(h11.RemoteProtocolError):
+                await client.response()
+            return bytes(client.data)
+
+    received = run(main())
+    assert received.endswith(b"\r\n\r\n12345")  # what there was, then a close
+    assert received.count(b"HTTP/1.1") == 1
+
+
+def test_list_body_longer_than_content_length_is_not_sent(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [*TEXT, ("Content-Length", "3")])
+        return [b"12345"]
+
+    async def main() -> bytes:
+        async with serving(loop, wsgi_app=app) as served:
+            client = await served.connect()
+            client.send(request())
+            await client.closed()
+            return bytes(client.data)
+
+    assert b"12345" not in run(main())
+
+
+def test_list_item_that_is_not_bytes_gives_500(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[Any]:
+        start_response("200 OK", TEXT)
+        return [b"fine", "not bytes"]
+
+    status, _, _ = fetch(loop, run, app, request())
+    assert status == 500
 
 
 def test_validator_accepts_the_echo_test_flask_page(

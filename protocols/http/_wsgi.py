@@ -4,7 +4,9 @@ The application blocks, so it runs through the server's
 :class:`~protoshim.protocols.http.BlockingRunner` (threads by default).  Every
 interaction with the connection — reading ``wsgi.input``, sending the head,
 sending each body chunk — is a coroutine run on the loop while the worker
-waits for it, so a paused transport pauses the application itself.
+waits for it, so a paused transport pauses the application itself.  A body
+returned as a list or tuple is complete already: the worker hands it back
+and the loop sends the whole response, with no waiting in between.
 """
 
 from __future__ import annotations
@@ -201,16 +203,24 @@ class _Call:
         self.headers = list(headers)
         return self.write
 
-    async def _send(self, data: bytes, end: bool) -> None:
+    def _start(self) -> None:
         exchange = self.exchange
         if not exchange.response_started:
             assert self.status is not None
             code, reason = self.status
             exchange.start_response(code, self.headers, reason)
+
+    async def _send(self, data: bytes, end: bool) -> None:
+        self._start()
         if end:
-            await exchange.end(data)
+            await self.exchange.end(data)
         else:
-            await exchange.write(data)
+            await self.exchange.write(data)
+
+    async def send_whole(self, body: list[bytes]) -> None:
+        """Send the head, every item of ``body`` and the end, in one write if small."""
+        self._start()
+        await self.exchange._end(body)
 
     def write(self, data: bytes) -> None:
         """Send ``data`` now (the PEP 3333 ``write`` callable, and each chunk)."""
@@ -221,31 +231,44 @@ class _Call:
         self.headers_sent = True
         self.wait(self._send(data, end=False))
 
-    def run(self) -> None:
+    def _whole_body(self, result: Iterable[bytes]) -> list[bytes] | None:
+        """Return the body if ``result`` holds all of it and nothing was sent yet."""
+        if not isinstance(result, list | tuple) or self.status is None or self.headers_sent:
+            return None
+        body = [bytes(item) for item in result]
+        if len(body) <= 1 and not any(name.lower() == "content-length" for name, _ in self.headers):
+            # PEP 3333 lets the server compute it from a single-item body.
+            self.headers.append(("Content-Length", str(len(body[0]) if body else 0)))
+        self.headers_sent = True
+        return body
+
+    def run(self) -> list[bytes] | None:
+        """Run the application; return the body if the loop should send all of it.
+
+        A list or tuple returned after ``start_response`` (with no ``write()``
+        before) is the whole response: it goes back to the loop, which sends
+        it without the worker waiting for a single round trip.  Anything else
+        is iterated here, each chunk waiting for the loop, so a paused
+        transport pauses the application.
+        """
         result = self.app(self.environ, self.start_response)
+        close = getattr(result, "close", None)
         try:
-            if (
-                isinstance(result, list | tuple)
-                and len(result) <= 1
-                and self.status is not None
-                and not any(name.lower() == "content-length" for name, _ in self.headers)
-                and not self.headers_sent
-            ):
-                # PEP 3333 lets the server compute it when the whole body is known;
-                # the response then goes out in a single write.
-                body = bytes(result[0]) if result else b""
-                self.headers.append(("Content-Length", str(len(body))))
-                self.headers_sent = True
-                self.wait(self._send(body, end=True))
-                return
+            body = self._whole_body(result)
+            if body is not None:
+                if close is None:
+                    return body
+                # close() must follow the response, in this thread: one round trip.
+                self.wait(self.send_whole(body))
+                return None
             for chunk in result:
                 self.write(chunk)
             if self.status is None:
                 raise AssertionError("the application returned without start_response()")
             self.headers_sent = True
             self.wait(self._send(b"", end=True))
+            return None
         finally:
-            close = getattr(result, "close", None)
             if close is not None:
                 close()
 
@@ -266,7 +289,9 @@ class WSGIHandler:
         runner = exchange.blocking
         call = _Call(self.app, exchange, runner, build_environ(exchange, runner))
         try:
-            await runner.run(exchange.loop, call.run)
+            body = await runner.run(exchange.loop, call.run)
+            if body is not None:
+                await call.send_whole(body)
         except asyncio.CancelledError:
             raise
         except RequestBodyError:
