@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 from ._datagram import DatagramTransport
 from ._primitives import Cancellable, Driver, Stream
 from ._stream import StreamTransport
+from ._subprocess import make_subprocess_transport, read_pipe_transport, write_pipe_transport
 
 __all__ = ["EventLoop"]
 
@@ -308,6 +309,19 @@ class EventLoop(base_events.BaseEventLoop):
     def remove_writer(self, fd: Any) -> bool:
         return self._unwatch(self._writers, self._driver.remove_writer, fd)
 
+    # asyncio's pipe transports watch their descriptors through these.
+    def _add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> events.Handle:
+        return self._watch(self._readers, self._driver.add_reader, fd, callback, args)
+
+    def _remove_reader(self, fd: Any) -> bool:
+        return self.remove_reader(fd)
+
+    def _add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> events.Handle:
+        return self._watch(self._writers, self._driver.add_writer, fd, callback, args)
+
+    def _remove_writer(self, fd: Any) -> bool:
+        return self.remove_writer(fd)
+
     async def _wait_fd(self, sock: socket.socket, *, write: bool) -> None:
         fut: asyncio.Future[None] = self.create_future()
         fd = sock.fileno()
@@ -461,6 +475,40 @@ class EventLoop(base_events.BaseEventLoop):
             server=server,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+
+    def _make_read_pipe_transport(
+        self,
+        pipe: Any,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> asyncio.ReadTransport:
+        return read_pipe_transport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(
+        self,
+        pipe: Any,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> asyncio.WriteTransport:
+        return write_pipe_transport(self, pipe, protocol, waiter, extra)
+
+    async def _make_subprocess_transport(
+        self,
+        protocol: asyncio.BaseProtocol,
+        args: Any,
+        shell: bool,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        bufsize: int,
+        extra: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> asyncio.SubprocessTransport:
+        return await make_subprocess_transport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
         )
 
     def _make_datagram_transport(

@@ -48,9 +48,8 @@ CAPABILITIES: Mapping[str, str] = {
 
 #: What protoshim's core does not provide yet, so no adapter built on it can:
 #: adapters on :class:`protoshim.EventLoop` pass this as (part of) ``missing``.
-CORE_MISSING: Mapping[str, str] = {
-    "subprocess": "not implemented by protoshim's core yet",
-}
+#: Empty today; kept so that such adapters lose a capability in one place.
+CORE_MISSING: Mapping[str, str] = {}
 
 
 class UnknownFramework(LookupError):

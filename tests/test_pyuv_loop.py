@@ -99,11 +99,11 @@ async def tcp_pair(*, server_paused: bool = False) -> Any:
 # -- the registry --------------------------------------------------------------
 
 
-def test_adapter_is_registered_and_lacks_only_subprocesses() -> None:
+def test_adapter_is_registered_and_lacks_nothing() -> None:
     adapter = protoshim.get_adapter("pyuv")
     assert adapter.available()
     assert adapter.version() == pyuv.__version__
-    assert dict(adapter.missing) == {"subprocess": "not implemented by protoshim's core yet"}
+    assert dict(adapter.missing) == {}
     loop = protoshim.new_event_loop("pyuv")
     try:
         assert isinstance(loop, PyuvEventLoop)
