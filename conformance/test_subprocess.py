@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
+from subprocess import PIPE
 from typing import Any
 
 import pytest
@@ -23,6 +23,10 @@ UPPER = (
     "sys.stderr.write('bye')\n"
     "sys.exit(3)\n"
 )
+
+
+async def _python(code: str, **pipes: Any) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, "-c", code, **pipes)
 
 
 def _file(fd: int, mode: str) -> Any:
@@ -188,14 +192,7 @@ def test_subprocess_exec_streams_round_trip(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine
 ) -> None:
     async def main() -> None:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            UPPER,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        process = await _python(UPPER, stdin=PIPE, stdout=PIPE, stderr=PIPE)
         out, err = await wait(process.communicate(b"shout it"), "the child to finish")
         assert (out, err) == (b"SHOUT IT", b"bye")
         assert process.returncode == 3
@@ -212,9 +209,9 @@ def test_subprocess_protocol_sees_pipes_and_exit_before_connection_lost(
             sys.executable,
             "-c",
             UPPER,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdin=PIPE,
+            stdout=PIPE,
+            stderr=PIPE,
         )
         try:
             stdin: Any = transport.get_pipe_transport(0)
@@ -242,9 +239,7 @@ def test_subprocess_shell_runs_through_the_shell(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine
 ) -> None:
     async def main() -> None:
-        process = await asyncio.create_subprocess_shell(
-            "echo $((6 * 7)); exit 5", stdout=subprocess.PIPE
-        )
+        process = await asyncio.create_subprocess_shell("echo $((6 * 7)); exit 5", stdout=PIPE)
         out, _ = await wait(process.communicate(), "the shell to finish")
         assert out == b"42\n"
         assert process.returncode == 5
@@ -256,12 +251,7 @@ def test_subprocess_terminate_reports_the_signal(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine
 ) -> None:
     async def main() -> None:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "import sys, time; print('up', flush=True); time.sleep(60)",
-            stdout=subprocess.PIPE,
-        )
+        process = await _python("import time; print('up', flush=True); time.sleep(60)", stdout=PIPE)
         assert process.stdout is not None
         assert await wait(process.stdout.readline(), "the child to start") == b"up\n"
         process.terminate()

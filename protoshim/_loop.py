@@ -477,39 +477,10 @@ class EventLoop(base_events.BaseEventLoop):
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
 
-    def _make_read_pipe_transport(
-        self,
-        pipe: Any,
-        protocol: asyncio.BaseProtocol,
-        waiter: asyncio.Future[None] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> asyncio.ReadTransport:
-        return read_pipe_transport(self, pipe, protocol, waiter, extra)
-
-    def _make_write_pipe_transport(
-        self,
-        pipe: Any,
-        protocol: asyncio.BaseProtocol,
-        waiter: asyncio.Future[None] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> asyncio.WriteTransport:
-        return write_pipe_transport(self, pipe, protocol, waiter, extra)
-
-    async def _make_subprocess_transport(
-        self,
-        protocol: asyncio.BaseProtocol,
-        args: Any,
-        shell: bool,
-        stdin: Any,
-        stdout: Any,
-        stderr: Any,
-        bufsize: int,
-        extra: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> asyncio.SubprocessTransport:
-        return await make_subprocess_transport(
-            self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
-        )
+    # asyncio's own pipe and subprocess transports, as methods.
+    _make_read_pipe_transport = read_pipe_transport
+    _make_write_pipe_transport = write_pipe_transport
+    _make_subprocess_transport = make_subprocess_transport
 
     def _make_datagram_transport(
         self,

@@ -33,8 +33,8 @@ def read_pipe_transport(
     loop: asyncio.AbstractEventLoop,
     pipe: Any,
     protocol: asyncio.BaseProtocol,
-    waiter: asyncio.Future[None] | None,
-    extra: dict[str, Any] | None,
+    waiter: asyncio.Future[None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> asyncio.ReadTransport:
     transport: asyncio.ReadTransport = _ReadPipe(loop, pipe, protocol, waiter, extra)
     return transport
@@ -44,8 +44,8 @@ def write_pipe_transport(
     loop: asyncio.AbstractEventLoop,
     pipe: Any,
     protocol: asyncio.BaseProtocol,
-    waiter: asyncio.Future[None] | None,
-    extra: dict[str, Any] | None,
+    waiter: asyncio.Future[None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> asyncio.WriteTransport:
     transport: asyncio.WriteTransport = _WritePipe(loop, pipe, protocol, waiter, extra)
     return transport
@@ -60,7 +60,7 @@ async def make_subprocess_transport(
     stdout: Any,
     stderr: Any,
     bufsize: int,
-    extra: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> asyncio.SubprocessTransport:
     """Start the child, watch it, and return once its pipes are connected."""
