@@ -17,9 +17,13 @@ driver keeps it honest at every crossing:
 * code called *by* Tornado into protoshim (ticks, timers, fd handlers,
   stream events) runs with the protoshim loop as the running loop, and its
   async generator hooks installed;
-* Tornado APIs called *from* protoshim (creating IOStreams, TCPServer,
-  ``add_callback``) run with the IOLoop's own asyncio loop as the running
-  loop, exactly as Tornado expects when it looks up ``IOLoop.current()``.
+* Tornado APIs called *from* protoshim (IOStream calls, TCPServer) run
+  with the IOLoop's own asyncio loop as the running loop, exactly as
+  Tornado expects when it looks up ``IOLoop.current()``.
+
+Crossings cost system calls on CPython 3.11, so the driver avoids the ones
+it can: it knows when it is inside protoshim's context, and callbacks and
+timers go straight to the IOLoop's asyncio loop.
 
 The protoshim loop is also registered as an alias of its IOLoop, so
 ``IOLoop.current()`` inside a protocol callback or a task returns the IOLoop
@@ -56,19 +60,6 @@ _READ = IOLoop.READ
 _WRITE = IOLoop.WRITE
 
 
-class _Timeout:
-    """A cancellable ``IOLoop.call_later`` timer."""
-
-    __slots__ = ("_handle", "_io_loop")
-
-    def __init__(self, io_loop: IOLoop, handle: object) -> None:
-        self._io_loop = io_loop
-        self._handle = handle
-
-    def cancel(self) -> None:
-        self._io_loop.remove_timeout(self._handle)
-
-
 class TornadoDriver:
     """Run a protoshim loop's callbacks, timers and I/O on a Tornado ``IOLoop``.
 
@@ -86,6 +77,8 @@ class TornadoDriver:
         self._owned = owned
         self._loop: EventLoop | None = None
         self._hooks: tuple[Any, Any] = (None, None)
+        #: whether the driver made the protoshim loop the running loop
+        self._inside = False
         # fd -> [reader, writer]; one IOLoop handler per fd carries both
         self._fds: dict[int, list[Callback | None]] = {}
         self._closed = False
@@ -116,40 +109,75 @@ class TornadoDriver:
             self._native.set_exception_handler(_forward_exceptions(loop))
 
     # -- crossing between the two asyncio loops -----------------------------
+    #
+    # CPython 3.11 calls getpid() in _get_running_loop() and
+    # _set_running_loop() whenever a loop is set, so a crossing costs system
+    # calls.  The driver remembers whether it made the protoshim loop the
+    # running one (``_inside``), so it only asks when it cannot know.
 
     def in_protoshim(self, fn: Callable[..., object], *args: Any) -> None:
         """Call ``fn(*args)`` with the protoshim loop as the running loop."""
+        if self._inside:
+            fn(*args)
+            return
         loop = self._loop
         previous = events._get_running_loop()
         if previous is loop or loop is None:
             fn(*args)
             return
+        self._cross(previous, fn, args)
+
+    def enter(self, fn: Callable[..., object], *args: Any) -> None:
+        """Call ``fn(*args)`` in protoshim's context, from a callback of the IOLoop's asyncio loop.
+
+        Such a callback runs inside that loop's ``run_forever``, so the
+        running loop is known to be the IOLoop's and need not be looked up.
+        """
+        if self._inside or self._loop is None:
+            fn(*args)
+            return
+        self._cross(self._native, fn, args)
+
+    def _cross(
+        self, previous: asyncio.AbstractEventLoop | None, fn: Callable[..., object], args: Any
+    ) -> None:
         hooks = sys.get_asyncgen_hooks()
-        events._set_running_loop(loop)
+        events._set_running_loop(self._loop)
         sys.set_asyncgen_hooks(*self._hooks)
+        self._inside = True
         try:
             fn(*args)
         finally:
+            self._inside = False
             sys.set_asyncgen_hooks(*hooks)
             events._set_running_loop(previous)
 
     def in_tornado(self, fn: Callable[..., T], *args: Any) -> T:
         """Return ``fn(*args)``, called with the IOLoop's asyncio loop as the running loop."""
-        previous = events._get_running_loop()
-        if previous is self._native:
-            return fn(*args)
+        inside = self._inside
+        if inside:
+            previous: asyncio.AbstractEventLoop | None = self._loop
+        else:
+            previous = events._get_running_loop()
+            if previous is self._native:
+                return fn(*args)
         events._set_running_loop(self._native)
+        self._inside = False
         try:
             return fn(*args)
         finally:
+            self._inside = inside
             events._set_running_loop(previous)
 
     def add_callback(self, fn: Callable[..., object], *args: Any) -> None:
         """Call ``fn(*args)`` on the IOLoop's next iteration, in protoshim's context."""
-        # Tornado takes its cheap same-thread path only when its own loop is
-        # the running one; from protoshim code it would wake itself through
-        # its self-pipe on every call.
-        self.in_tornado(self._io_loop.add_callback, self.in_protoshim, fn, *args)
+        # On its own thread IOLoop.add_callback is this call_soon, plus a
+        # running-loop lookup (getpid) and a wrapper that logs exceptions;
+        # the protoshim loop reports its callbacks' exceptions itself.
+        try:
+            self._native.call_soon(self.enter, fn, *args)
+        except RuntimeError:
+            pass  # the IOLoop is closed; add_callback drops the callback too
 
     # -- running ------------------------------------------------------------
 
@@ -178,15 +206,16 @@ class TornadoDriver:
     def call_soon(self, callback: Callback) -> None:
         self.add_callback(callback)
 
-    def call_later(self, delay: float, callback: Callback) -> _Timeout:
-        handle = self._io_loop.call_later(delay, self.in_protoshim, callback)
-        return _Timeout(self._io_loop, handle)
+    def call_later(self, delay: float, callback: Callback) -> asyncio.TimerHandle:
+        # What IOLoop.call_later does, without its wrapper; remove_timeout()
+        # is the handle's cancel().
+        return self._native.call_later(delay, self.enter, callback)
 
     def wakeup_threadsafe(self, callback: Callback) -> None:
         # From another thread Tornado itself picks call_soon_threadsafe,
         # which wakes the poller through the asyncio loop's self-pipe.  On
         # the loop's thread (a signal handler) core's wakeup fd already did.
-        self._io_loop.add_callback(self.in_protoshim, callback)
+        self._io_loop.add_callback(self.enter, callback)
 
     # -- descriptors --------------------------------------------------------
 
@@ -213,10 +242,10 @@ class TornadoDriver:
     def _dispatch(self, fd: int, events_mask: int) -> None:
         entry = self._fds.get(fd)
         if entry is not None and events_mask & _READ and entry[0] is not None:
-            self.in_protoshim(entry[0])
+            self.enter(entry[0])
         entry = self._fds.get(fd)  # the reader may have removed the watcher
         if entry is not None and events_mask & _WRITE and entry[1] is not None:
-            self.in_protoshim(entry[1])
+            self.enter(entry[1])
 
     def add_reader(self, fd: int, callback: Callback) -> None:
         self._watch(fd, 0, callback)
