@@ -14,8 +14,10 @@ exactly those, and nothing else:
 * there is no way to take back a pending read: :meth:`HalfCloseIOStream.cancel_read`
   drops it, so ``stop_reading`` really stops reading.
 
-Everything else (buffers, the write path, Tornado's error handling) is
-Tornado's own.
+It also reports to its owner without per-call futures (see the class), so
+that a message costs one crossing into protoshim's loop and no extra loop
+iteration.  Everything else (buffers, the socket reads and writes,
+Tornado's error handling) is Tornado's own.
 """
 
 from __future__ import annotations
@@ -48,15 +50,29 @@ READ_SIZE = 256 * 1024
 
 
 class HalfCloseIOStream(IOStream):
-    """An ``IOStream`` that survives the peer's EOF and can stop reading."""
+    """An ``IOStream`` that survives the peer's EOF and can stop reading.
+
+    It also tells its owner about events without futures: :meth:`send` is
+    ``write`` without the Future that ``write`` creates and resolves (with a
+    callback of its own) on every call, and the owner learns that a read
+    completed or the buffer shrank through :attr:`on_events`, called once
+    after each IOLoop event, instead of through a future's done callback one
+    loop iteration later.
+    """
 
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
         self.peer_eof = False
         #: whether the owner wants data; IOStream may then read ahead one chunk
         self.reads_wanted = False
-        #: called after the write buffer shrank or a write failed
-        self.on_write_progress: Callable[[], None] | None = None
+        #: set when the write buffer shrank or a write failed; the owner clears it
+        self.wrote = False
+        #: called after each IOLoop event on the stream, in Tornado's context
+        self.on_events: Callable[[], None] | None = None
+        #: called when the stream is closed anywhere but in an IOLoop event
+        self.on_close: Callable[[], None] | None = None
+        self._in_events = False
+        self._native_loop = cast(BaseAsyncIOLoop, self.io_loop).asyncio_loop
 
     def read_from_fd(self, buf: bytearray | memoryview) -> int | None:
         read = super().read_from_fd(buf)
@@ -73,9 +89,30 @@ class HalfCloseIOStream(IOStream):
             return 0 if self._read_buffer_size == 0 else None
         return pos
 
+    def _start_read(self) -> asyncio.Future[Any]:
+        if self._read_future is not None:
+            return super()._start_read()  # raises Tornado's own error
+        # Future() would look up the running loop (a getpid() on CPython
+        # 3.11), and the owner starts reads from protoshim's context: name
+        # the IOLoop's loop, the one Tornado would have found.
+        future: asyncio.Future[Any] = asyncio.Future(loop=self._native_loop)
+        self._read_future = future
+        return future
+
     def _handle_events(self, fd: Any, events: int) -> None:
-        super()._handle_events(fd, events)
-        self._unwatch_idle()
+        self._in_events = True
+        try:
+            super()._handle_events(fd, events)
+            self._unwatch_idle()
+        finally:
+            self._in_events = False
+            if self.on_events is not None:
+                self.on_events()
+
+    def _signal_closed(self) -> None:
+        super()._signal_closed()
+        if not self._in_events and self.on_close is not None:
+            self.on_close()
 
     def _unwatch_idle(self) -> None:
         # IOStream re-adds READ interest whenever it goes idle: harmless
@@ -96,13 +133,28 @@ class HalfCloseIOStream(IOStream):
         self._read_partial = False
         self._unwatch_idle()
 
+    def send(self, data: bytes) -> None:
+        """Queue ``data`` and send what the socket takes now, as ``write`` does, without a Future.
+
+        :attr:`wrote` is left alone when only ``data`` itself went out: the
+        caller reads :meth:`queued` afterwards and sees that for itself.
+        """
+        self._check_closed()
+        wrote = self.wrote
+        backlog = self._total_write_index - self._total_write_done_index
+        self._write_buffer.append(data)
+        self._total_write_index += len(data)
+        self._handle_write()
+        if not backlog and not self.closed():
+            self.wrote = wrote
+        if self._write_buffer:  # None once closed
+            self._add_io_state(IOLoop.WRITE)
+
     def _handle_write(self) -> None:
         before = self._total_write_done_index
         super()._handle_write()
-        if self.on_write_progress is not None and (
-            self._total_write_done_index != before or self.closed()
-        ):
-            self.on_write_progress()
+        if self._total_write_done_index != before or self.closed():
+            self.wrote = True
 
     def queued(self) -> int:
         """Return the bytes accepted by ``write`` and not yet sent."""
@@ -136,7 +188,14 @@ def adopt(stream: IOStream) -> HalfCloseIOStream:
 
 
 class TornadoStream:
-    """The :class:`~protoshim.Stream` primitive on a :class:`HalfCloseIOStream`."""
+    """The :class:`~protoshim.Stream` primitive on a :class:`HalfCloseIOStream`.
+
+    Events reach core in one crossing into protoshim's context per IOLoop
+    event (:meth:`_deliver`): the completed read, then the write progress.
+    A read that completes, or a stream that closes, inside a call core made
+    (``start_reading``, ``write``...) is delivered on the IOLoop's next
+    iteration instead, as a future's callback would have been.
+    """
 
     def __init__(self, driver: TornadoDriver, stream: HalfCloseIOStream) -> None:
         self._driver = driver
@@ -147,11 +206,11 @@ class TornadoStream:
         self._read_fut: asyncio.Future[bytes] | None = None
         # A read that finished after stop_reading, kept for start_reading.
         self._held: asyncio.Future[bytes] | None = None
-        self._in_call = False
-        self._notify_pending = False
+        self._deliver_pending = False
         self._failed = False
         self._released = False
-        stream.on_write_progress = self._write_progress
+        stream.on_events = self._on_events
+        stream.on_close = self._deliver_soon
 
     @classmethod
     def from_socket(cls, driver: TornadoDriver, sock: socket.socket) -> TornadoStream:
@@ -169,6 +228,34 @@ class TornadoStream:
 
     def attach(self, sink: StreamSink) -> None:
         self._sink = sink
+
+    # -- events -------------------------------------------------------------
+
+    def _on_events(self) -> None:
+        # Called by the IOStream after an IOLoop event, in Tornado's context.
+        fut = self._read_fut
+        if (fut is not None and fut.done()) or self._ios.wrote:
+            self._driver.enter(self._deliver)
+
+    def _deliver_soon(self) -> None:
+        if not self._deliver_pending and not self._released:
+            self._deliver_pending = True
+            self._driver.add_callback(self._deliver_later)
+
+    def _deliver_later(self) -> None:
+        self._deliver_pending = False
+        self._deliver()
+
+    def _deliver(self) -> None:
+        if self._released:
+            return
+        fut = self._read_fut
+        if fut is not None and fut.done():
+            self._read_fut = None
+            self._read_done(fut)
+        if self._ios.wrote:
+            self._ios.wrote = False
+            self._notify_written()
 
     # -- reading ------------------------------------------------------------
 
@@ -192,30 +279,26 @@ class TornadoStream:
         fut, self._read_fut = self._read_fut, None
         if fut is None:
             self._ios.cancel_read()  # drops any read-ahead watch
-            return
-        fut.remove_done_callback(self._on_read_future)
-        if fut.done():
+        elif fut.done():
             self._held = fut
         else:
             self._ios.cancel_read()
             fut.cancel()
 
     def _read(self) -> None:
-        if self._ios.closed():
-            self._fail_soon(self._ios.error)
+        ios = self._ios
+        if ios.closed():
+            self._fail_soon(ios.error)
             return
+        # Called from protoshim's context: the IOStream's read path looks up
+        # no running loop (HalfCloseIOStream._start_read names its loop).
         # read_bytes is typed as returning an Awaitable; it is a Future.
-        fut = cast(
-            "asyncio.Future[bytes]", self._driver.in_tornado(self._ios.read_bytes, READ_SIZE, True)
-        )
+        fut = cast("asyncio.Future[bytes]", ios.read_bytes(READ_SIZE, True))
         self._read_fut = fut
-        fut.add_done_callback(self._on_read_future)
-
-    def _on_read_future(self, fut: asyncio.Future[bytes]) -> None:
-        # A Tornado future: its callbacks run in Tornado's context.
-        if fut is self._read_fut:
-            self._read_fut = None
-            self._driver.in_protoshim(self._read_done, fut)
+        if fut.done():
+            # Completed from the buffer or the socket at once: never call the
+            # sink from here, and let other connections have their turn first.
+            self._deliver_soon()
 
     def _read_done(self, fut: asyncio.Future[bytes]) -> None:
         sink = self._sink
@@ -241,30 +324,24 @@ class TornadoStream:
     # -- writing ------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._ios.closed():
-            self._fail_soon(self._ios.error)
+        ios = self._ios
+        if ios.closed():
+            self._fail_soon(ios.error)
             return
-        self._in_call = True
-        try:
-            self._driver.in_tornado(self._ios.write, data)
-        finally:
-            self._in_call = False
+        # Like _read, safe in protoshim's context: send() creates no Future.
+        ios.send(data)
+        if ios.wrote:
+            # Bytes queued earlier went out, or the write failed: tell core
+            # afterwards, so a queue that emptied here still resumes the protocol.
+            self._deliver_soon()
 
     def queued(self) -> int:
-        return self._ios.queued()
-
-    def _write_progress(self) -> None:
-        if self._in_call:
-            # Bytes went out inside write(): tell core afterwards, so a
-            # queue that emptied here still resumes the protocol.
-            if not self._notify_pending:
-                self._notify_pending = True
-                self._driver.add_callback(self._notify_written)
-        else:
-            self._driver.in_protoshim(self._notify_written)
+        ios = self._ios
+        if ios.closed():
+            return 0
+        return ios._total_write_index - ios._total_write_done_index
 
     def _notify_written(self) -> None:
-        self._notify_pending = False
         if self._sink is None or self._released:
             return
         if self._ios.closed():
@@ -296,7 +373,7 @@ class TornadoStream:
             return
         self._released = True
         self._sink = None
-        self._ios.on_write_progress = None
+        self._ios.on_events = self._ios.on_close = None
         self.stop_reading()
         self._held = None
         self._driver.in_tornado(self._ios.close)

@@ -17,13 +17,15 @@ driver keeps it honest at every crossing:
 * code called *by* Tornado into protoshim (ticks, timers, fd handlers,
   stream events) runs with the protoshim loop as the running loop, and its
   async generator hooks installed;
-* Tornado APIs called *from* protoshim (IOStream calls, TCPServer) run
-  with the IOLoop's own asyncio loop as the running loop, exactly as
-  Tornado expects when it looks up ``IOLoop.current()``.
+* Tornado APIs called *from* protoshim (creating and closing IOStreams,
+  TCPServer) run with the IOLoop's own asyncio loop as the running loop,
+  exactly as Tornado expects when it looks up ``IOLoop.current()``.
 
-Crossings cost system calls on CPython 3.11, so the driver avoids the ones
-it can: it knows when it is inside protoshim's context, and callbacks and
-timers go straight to the IOLoop's asyncio loop.
+Crossings cost system calls on CPython 3.11, so the hot paths avoid them:
+each IOLoop event on a stream is one crossing, whatever the protocol does
+in it; callbacks and timers go straight to the IOLoop's asyncio loop; and
+a stream's reads and writes, which look up no running loop, are made from
+protoshim's context without crossing back (see ``_iostream``).
 
 The protoshim loop is also registered as an alias of its IOLoop, so
 ``IOLoop.current()`` inside a protocol callback or a task returns the IOLoop
