@@ -44,9 +44,10 @@ __all__ = ["HalfCloseIOStream", "PausingTCPServer", "TornadoListener", "TornadoS
 
 logger = logging.getLogger("protoshim")
 
-#: Bytes asked for per read; IOStream reads ``read_chunk_size`` at a time
-#: from the socket until it has this much or the socket is drained.
-READ_SIZE = 256 * 1024
+#: Bytes asked for per read, and the ``read_chunk_size`` of the adapter's
+#: own streams: IOStream allocates (and zeroes) a chunk for every socket
+#: read, so this is Tornado's default rather than asyncio's 256 KiB.
+READ_SIZE = 64 * 1024
 
 
 class HalfCloseIOStream(IOStream):
