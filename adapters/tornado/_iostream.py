@@ -127,6 +127,25 @@ class HalfCloseIOStream(IOStream):
             self._state = state & ~IOLoop.READ
             self.io_loop.update_handler(self.fileno(), self._state)
 
+    def read_partial(self, num_bytes: int) -> asyncio.Future[bytes]:
+        """Return ``read_bytes(num_bytes, partial=True)``, without trying the socket at once.
+
+        ``read_bytes`` tries the socket before returning.  Right after a
+        read that try mostly ends in EAGAIN (a zeroed chunk and an exception
+        for nothing), and data that did arrive would only be delivered on
+        the next iteration anyway.  Here the read is satisfied from the
+        buffer, or waits for the IOLoop to report the socket readable.
+        """
+        future: asyncio.Future[bytes] = self._start_read()
+        self._read_bytes = num_bytes
+        self._read_partial = True
+        pos = self._find_read_pos()
+        if pos is not None:
+            self._read_from_buffer(pos)
+        elif not self.closed():
+            self._add_io_state(IOLoop.READ)
+        return future
+
     def cancel_read(self) -> None:
         """Forget the pending read; data already buffered stays for the next one."""
         self._read_future = None
@@ -291,14 +310,13 @@ class TornadoStream:
         if ios.closed():
             self._fail_soon(ios.error)
             return
-        # Called from protoshim's context: the IOStream's read path looks up
-        # no running loop (HalfCloseIOStream._start_read names its loop).
-        # read_bytes is typed as returning an Awaitable; it is a Future.
-        fut = cast("asyncio.Future[bytes]", ios.read_bytes(READ_SIZE, True))
+        # Called from protoshim's context: this path looks up no running
+        # loop (HalfCloseIOStream._start_read names its loop).
+        fut = ios.read_partial(READ_SIZE)
         self._read_fut = fut
         if fut.done():
-            # Completed from the buffer or the socket at once: never call the
-            # sink from here, and let other connections have their turn first.
+            # Completed from the buffer: never call the sink from here, and
+            # let other connections have their turn first.
             self._deliver_soon()
 
     def _read_done(self, fut: asyncio.Future[bytes]) -> None:
