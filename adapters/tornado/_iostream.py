@@ -127,15 +127,19 @@ class HalfCloseIOStream(IOStream):
             self._state = state & ~IOLoop.READ
             self.io_loop.update_handler(self.fileno(), self._state)
 
-    def read_partial(self, num_bytes: int) -> asyncio.Future[bytes]:
-        """Return ``read_bytes(num_bytes, partial=True)``, without trying the socket at once.
+    def read_partial(self, num_bytes: int, *, try_socket: bool) -> asyncio.Future[bytes]:
+        """Return ``read_bytes(num_bytes, partial=True)``, trying the socket at once only if asked.
 
         ``read_bytes`` tries the socket before returning.  Right after a
         read that try mostly ends in EAGAIN (a zeroed chunk and an exception
         for nothing), and data that did arrive would only be delivered on
-        the next iteration anyway.  Here the read is satisfied from the
-        buffer, or waits for the IOLoop to report the socket readable.
+        the next iteration anyway.  Without ``try_socket`` the read is
+        satisfied from the buffer, or waits for the IOLoop to report the
+        socket readable.
         """
+        if try_socket:
+            # read_bytes is typed as returning an Awaitable; it is a Future.
+            return cast("asyncio.Future[bytes]", self.read_bytes(num_bytes, True))
         future: asyncio.Future[bytes] = self._start_read()
         self._read_bytes = num_bytes
         self._read_partial = True
@@ -312,7 +316,11 @@ class TornadoStream:
             return
         # Called from protoshim's context: this path looks up no running
         # loop (HalfCloseIOStream._start_read names its loop).
-        fut = ios.read_partial(READ_SIZE)
+        # With nothing else queued the IOLoop polls and sleeps next; trying
+        # the socket first, as read_bytes does, measurably cuts the round
+        # trip of a lone connection on loopback.  Under load it only wastes
+        # a read, and races the events the loop already polled.
+        fut = ios.read_partial(READ_SIZE, try_socket=self._driver.native_idle())
         self._read_fut = fut
         if fut.done():
             # Completed from the buffer: never call the sink from here, and

@@ -38,7 +38,7 @@ import asyncio
 import socket
 import sys
 from asyncio import events
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any, TypeVar
 
 import tornado
@@ -81,6 +81,9 @@ class TornadoDriver:
         self._hooks: tuple[Any, Any] = (None, None)
         #: whether the driver made the protoshim loop the running loop
         self._inside = False
+        # The callbacks BaseEventLoop runs in its current iteration, if the
+        # asyncio loop is one (private, but stable since Python 3.4).
+        self._native_ready: Sized | None = getattr(self._native, "_ready", None)
         # fd -> [reader, writer]; one IOLoop handler per fd carries both
         self._fds: dict[int, list[Callback | None]] = {}
         self._closed = False
@@ -180,6 +183,15 @@ class TornadoDriver:
             self._native.call_soon(self.enter, fn, *args)
         except RuntimeError:
             pass  # the IOLoop is closed; add_callback drops the callback too
+
+    def native_idle(self) -> bool:
+        """Return whether no other callback is queued on the IOLoop's asyncio loop.
+
+        Called from one of that loop's callbacks: the loop then polls next,
+        and sleeps if no descriptor is ready.  False when it cannot tell.
+        """
+        ready = self._native_ready
+        return ready is not None and not ready
 
     # -- running ------------------------------------------------------------
 
