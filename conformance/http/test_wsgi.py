@@ -457,7 +457,39 @@ def test_generator_body_is_iterated_in_the_worker(
     assert response.header("transfer-encoding") == "chunked"
     assert closed.is_set()
     assert threading.get_ident() not in threads
-    assert runner.calls == 4  # each chunk waits for the loop, then the end
+    assert runner.calls == 1  # chunks go to the loop without waiting; the end waits
+
+
+def test_a_client_that_stops_reading_pauses_a_streaming_application(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    chunk, count = b"x" * 65536, 256  # 16 MiB: more than loopback buffers hold
+    produced: list[int] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", TEXT)
+        for i in range(count):
+            produced.append(i)
+            yield chunk
+
+    async def main() -> tuple[int, int, Response]:
+        async with serving(loop, wsgi_app=validated(app), config=small_config()) as served:
+            client = await served.connect()
+            client.tr.pause_reading()
+            client.send(request())
+            await wait_until(lambda: len(produced) > 0, "the application to start")
+            stalled = -1
+            while stalled != len(produced):  # until the application stops advancing
+                stalled = len(produced)
+                await asyncio.sleep(0.2)
+            client.tr.resume_reading()
+            response = await client.response()
+            return stalled, len(produced), response
+
+    stalled, total, response = run(main())
+    assert stalled < count, "the application ran to the end while the client read nothing"
+    assert total == count
+    assert response.body == chunk * count
 
 
 def test_list_with_close_is_closed_after_its_response(

@@ -284,6 +284,18 @@ class HTTPExchange:
             self._protocol._write(pieces)
         await self._protocol._drain()
 
+    def write_nowait(self, data: bytes | bytearray | memoryview) -> None:
+        """Send part of the body like :meth:`write`, without waiting for room.
+
+        The caller is then responsible for not outrunning a paused transport
+        (see :attr:`HTTPServerProtocol.writing_paused`).
+        """
+        if self._protocol.lost:
+            raise ConnectionResetError("connection lost")
+        pieces = self._frame((data,))
+        if pieces:
+            self._protocol._write(pieces)
+
     async def end(self, data: bytes | bytearray | memoryview = b"") -> None:
         """Send the last part of the body and end the response."""
         await self._end((data,))

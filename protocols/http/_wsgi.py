@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
 import urllib.parse
 from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
@@ -33,6 +34,8 @@ StartResponse = Callable[..., Callable[[bytes], None]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _READ_SIZE = 64 * 1024
+#: body bytes a worker may hand to the loop before it waits for them to be sent
+_POST_LIMIT = 64 * 1024
 
 
 class _Errors:
@@ -178,6 +181,11 @@ class _Call:
         self.status: tuple[int, str] | None = None
         self.headers: list[tuple[str, str]] = []
         self.headers_sent = False
+        # Chunks handed to the loop and not yet sent, and the first error
+        # sending one of them (raised in the worker at its next write).
+        self._lock = threading.Lock()
+        self._posted = 0
+        self._failure: BaseException | None = None
 
     def wait(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.runner.call(self.loop, coro)
@@ -211,6 +219,8 @@ class _Call:
             exchange.start_response(code, self.headers, reason)
 
     async def _send(self, data: bytes, end: bool) -> None:
+        if self._failure is not None:
+            raise self._failure
         self._start()
         if end:
             await self.exchange.end(data)
@@ -223,13 +233,42 @@ class _Call:
         await self.exchange._end(body)
 
     def write(self, data: bytes) -> None:
-        """Send ``data`` now (the PEP 3333 ``write`` callable, and each chunk)."""
+        """Send ``data`` (the PEP 3333 ``write`` callable, and each chunk).
+
+        The chunk is handed to the loop without waiting while the connection
+        has room; once the transport is paused, or ``_POST_LIMIT`` bytes are
+        on their way, the worker waits for them to be sent, so a slow client
+        still pauses the application.
+        """
         if self.status is None:
             raise AssertionError("write() before start_response()")
         if not data:
             return  # PEP 3333: the head waits for the first non-empty chunk
         self.headers_sent = True
-        self.wait(self._send(data, end=False))
+        if self._failure is not None:
+            raise self._failure
+        if self._posted >= _POST_LIMIT or self.exchange._protocol.writing_paused:
+            self.wait(self._send(data, end=False))
+            return
+        data = bytes(data)
+        with self._lock:
+            self._posted += len(data)
+        try:
+            self.loop.call_soon_threadsafe(self._deliver, data)
+        except RuntimeError as exc:  # the loop is closed
+            raise ConnectionAbortedError("the event loop is closed") from exc
+
+    def _deliver(self, data: bytes) -> None:
+        """Send a chunk handed over by :meth:`write` (on the loop)."""
+        with self._lock:
+            self._posted -= len(data)
+        if self._failure is not None:
+            return
+        try:
+            self._start()
+            self.exchange.write_nowait(data)
+        except Exception as exc:
+            self._failure = exc
 
     def _whole_body(self, result: Iterable[bytes]) -> list[bytes] | None:
         """Return the body if ``result`` holds all of it and nothing was sent yet."""
