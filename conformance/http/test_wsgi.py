@@ -255,15 +255,17 @@ def test_body_shorter_than_content_length_closes_the_connection(
     assert received.count(b"HTTP/1.1") == 1  # the second request was not answered
 
 
+@pytest.mark.parametrize("as_list", [False, True], ids=["iterable", "list"])
 def test_body_longer_than_content_length_is_not_sent(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, as_list: bool
 ) -> None:
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         start_response("200 OK", [*TEXT, ("Content-Length", "3")])
-        return iter([b"12345"])
+        return [b"12345"] if as_list else iter([b"12345"])
 
     async def main() -> bytes:
-        async with serving(loop, wsgi_app=validated(app)) as served:
+        # Not validated as a list: the validator's wrapper hides that the body is one.
+        async with serving(loop, wsgi_app=app if as_list else validated(app)) as served:
             client = await served.connect()
             client.send(request())
             await client.closed()
@@ -597,23 +599,6 @@ def test_list_body_shorter_than_content_length_closes_the_connection(
     received = run(main())
     assert received.endswith(b"\r\n\r\n12345")  # what there was, then a close
     assert received.count(b"HTTP/1.1") == 1
-
-
-def test_list_body_longer_than_content_length_is_not_sent(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
-) -> None:
-    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        start_response("200 OK", [*TEXT, ("Content-Length", "3")])
-        return [b"12345"]
-
-    async def main() -> bytes:
-        async with serving(loop, wsgi_app=app) as served:
-            client = await served.connect()
-            client.send(request())
-            await client.closed()
-            return bytes(client.data)
-
-    assert b"12345" not in run(main())
 
 
 def test_list_item_that_is_not_bytes_gives_500(
