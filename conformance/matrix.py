@@ -75,8 +75,19 @@ def load_columns(directory: Path) -> list[Column]:
     return columns
 
 
-def _tests(columns: Sequence[Column]) -> list[str]:
+def all_tests(columns: Sequence[Column]) -> list[str]:
+    """Return every test that any column reports, sorted."""
     return sorted({test for column in columns for test in column.results})
+
+
+def failing(columns: Sequence[Column]) -> list[tuple[Column, str]]:
+    """Return each (column, test) whose outcome was not expected."""
+    return [
+        (column, test)
+        for column in columns
+        for test, result in column.results.items()
+        if result.get("outcome") in ("failed", "error", "xpassed")
+    ]
 
 
 def render_markdown(columns: Sequence[Column]) -> str:
@@ -91,7 +102,7 @@ def render_markdown(columns: Sequence[Column]) -> str:
         "| test | " + " | ".join(c.title for c in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
-    for test in _tests(columns):
+    for test in all_tests(columns):
         cells = []
         for column in columns:
             result = column.results.get(test)
@@ -123,7 +134,7 @@ def render_markdown(columns: Sequence[Column]) -> str:
 
 def render_svg(columns: Sequence[Column]) -> str:
     """Return the grid as an SVG picture, one coloured square per result."""
-    tests = _tests(columns)
+    tests = all_tests(columns)
     cell, label_width, header = 14, 420, 150
     width = label_width + cell * len(columns) + 10
     height = header + cell * len(tests) + 30
@@ -181,16 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.markdown.write_text(render_markdown(columns))
     args.svg.parent.mkdir(parents=True, exist_ok=True)
     args.svg.write_text(render_svg(columns))
-    failing = [
-        f"{column.name}: {test}"
-        for column in columns
-        for test, result in column.results.items()
-        if result.get("outcome") in ("failed", "error", "xpassed")
-    ]
-    print(f"matrix: {len(columns)} columns, {len(_tests(columns))} tests -> {args.markdown}")
-    for line in failing:
-        print(f"matrix: failing {line}", file=sys.stderr)
-    return 1 if failing else 0
+    failures = failing(columns)
+    print(f"matrix: {len(columns)} columns, {len(all_tests(columns))} tests -> {args.markdown}")
+    for column, test in failures:
+        print(f"matrix: failing {column.name}: {test}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -42,10 +42,6 @@ def load_columns(directory: Path) -> list[Column]:
     return sorted(matrix.load_columns(directory), key=rank)
 
 
-def _tests(columns: Sequence[Column]) -> list[str]:
-    return sorted({test for column in columns for test in column.results})
-
-
 #: short row labels for tests whose module holds several; others use the module name
 ROWS = {
     "test_http_requests_split_anywhere_mean_the_same": "HTTP requests",
@@ -115,7 +111,7 @@ def _headline_name(columns: Sequence[Column], test: str) -> str:
 
 def render_table(columns: Sequence[Column]) -> str:
     """Return the Markdown table of headline figures, with what each row measures."""
-    tests = _tests(columns)
+    tests = matrix.all_tests(columns)
     lines = [
         "| test | figure | " + " | ".join(f"{c.framework} {c.version}" for c in columns) + " |",
         "|---|---|" + "---:|" * len(columns),
@@ -134,7 +130,7 @@ def render_table(columns: Sequence[Column]) -> str:
 def render_details(columns: Sequence[Column]) -> str:
     """Return every figure of every test, per framework, as Markdown."""
     lines = ["# Reliability figures", "", render_table(columns)]
-    for test in _tests(columns):
+    for test in matrix.all_tests(columns):
         lines += [f"## `{test}`", ""]
         for column in columns:
             result = column.results.get(test)
@@ -193,16 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown is not None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(render_details(columns), encoding="utf-8")
-    failing = [
-        f"{column.framework}: {test}"
-        for column in columns
-        for test, result in column.results.items()
-        if result.get("outcome") in ("failed", "error", "xpassed")
-    ]
-    print(f"reliability table: {len(columns)} frameworks, {len(_tests(columns))} tests")
+    print(f"reliability table: {len(columns)} frameworks, {len(matrix.all_tests(columns))} tests")
     # Listed, not fatal: each framework's own session already failed on them.
-    for line in failing:
-        print(f"reliability table: failing {line}", file=sys.stderr)
+    for column, test in matrix.failing(columns):
+        print(f"reliability table: failing {column.framework}: {test}", file=sys.stderr)
     return 0
 
 
