@@ -255,6 +255,20 @@ def _client_run(argv: list[str], pinning: Pinning, timeout: float) -> tuple[str,
     return done.stdout, cpu
 
 
+def _measure_loadgen(
+    server: Server, loadgen: Path, pinning: Pinning, args: list[str], seconds: float
+) -> Record:
+    """Run the load generator with ``args`` against ``server``; return its record."""
+    argv = [str(loadgen), args[0], HOST, str(server.port), *args[1:]]
+    with Interference(server, pinning) as watch:
+        out, client_cpu = _client_run(argv, pinning, timeout=seconds + 120)
+    record: Record = json.loads(out)
+    # Over the whole run, warm-up included: /proc has no finer clock.
+    record["server_cpu"] = watch.server_cpu / watch.wall
+    watch.annotate(record, client_cpu)
+    return record
+
+
 def measure_echo(
     server: Server,
     loadgen: Path,
@@ -265,16 +279,8 @@ def measure_echo(
     warmup: float,
 ) -> Record:
     """Run closed-loop ping-pong against ``server``; return the load generator's record."""
-    argv = [str(loadgen), "echo", HOST, str(server.port), str(conns), str(size)]
-    with Interference(server, pinning) as watch:
-        out, client_cpu = _client_run(
-            [*argv, str(seconds), str(warmup)], pinning, timeout=seconds + 120
-        )
-    record: Record = json.loads(out)
-    # Over the whole run, warm-up included: /proc has no finer clock.
-    record["server_cpu"] = watch.server_cpu / watch.wall
-    watch.annotate(record, client_cpu)
-    return record
+    args = ["echo", str(conns), str(size), str(seconds), str(warmup)]
+    return _measure_loadgen(server, loadgen, pinning, args, seconds)
 
 
 def measure_rate(
@@ -287,15 +293,8 @@ def measure_rate(
     seconds: float,
 ) -> Record:
     """Send at a fixed rate against ``server``; return latencies from the schedule."""
-    argv = [str(loadgen), "rate", HOST, str(server.port), str(conns), str(size)]
-    with Interference(server, pinning) as watch:
-        out, client_cpu = _client_run(
-            [*argv, str(rate), str(seconds)], pinning, timeout=seconds + 120
-        )
-    record: Record = json.loads(out)
-    record["server_cpu"] = watch.server_cpu / watch.wall
-    watch.annotate(record, client_cpu)
-    return record
+    args = ["rate", str(conns), str(size), str(rate), str(seconds)]
+    return _measure_loadgen(server, loadgen, pinning, args, seconds)
 
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
