@@ -283,12 +283,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.repeats:
         settings = Settings(**{**asdict(settings), "repeats": args.repeats})
     frameworks = [f for f in args.frameworks.split(",") if f] if args.frameworks else []
+    phases = [p for p in args.phases.split(",") if p] or list(PHASES)
+    for kind, given, known in (("framework", frameworks, FRAMEWORKS), ("phase", phases, PHASES)):
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            names, choices = ", ".join(unknown), ", ".join(known)
+            print(f"benchmarks: unknown {kind} {names} (choose from {choices})", file=sys.stderr)
+            return 2
     installed = set(_installed_frameworks())
     frameworks = [f for f in (frameworks or FRAMEWORKS) if f in installed]
     missing = sorted(set(FRAMEWORKS) - installed)
     if missing:
         print(f"benchmarks: not installed, left out: {', '.join(missing)}", file=sys.stderr)
-    phases = args.phases.split(",")
     if "http" in phases and shutil.which("wrk") is None:
         raise SystemExit("benchmarks: wrk is needed for the HTTP phase (apt-get install wrk)")
     out = args.out or (DEFAULT_OUT if not args.quick else Path(tempfile.mkdtemp(prefix="bench-")))

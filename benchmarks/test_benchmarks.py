@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.__main__ import main
 from benchmarks._harness import parse_wrk
 from benchmarks._profile import summarize
 from benchmarks._report import (
@@ -122,3 +123,19 @@ def test_summarize_counts_self_and_inclusive_time() -> None:
     assert "25.0%  loop (a.py:6)" in self_part
     # Lines of one function add up in the inclusive view.
     assert "100.0%  loop (a.py)" in inclusive_part
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--phases", "echo,latency", "unknown phase latency (choose from echo, http, idle)"),
+        ("--frameworks", "trio", "unknown framework trio (choose from asyncio,"),
+    ],
+)
+def test_unknown_names_are_a_one_line_usage_error(
+    capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    assert main([option, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
