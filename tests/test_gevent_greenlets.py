@@ -16,19 +16,10 @@ from gevent.event import Event
 import protoshim
 from protoshim.adapters.gevent import wait_future, wait_greenlet
 
+FRAMEWORK = "gevent"  # for the ``loop`` fixture
 WAIT = 5.0
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
-
-
-@pytest.fixture
-def loop():
-    new_loop = protoshim.new_event_loop("gevent")
-    try:
-        yield new_loop
-    finally:
-        new_loop.run_until_complete(new_loop.shutdown_default_executor())
-        new_loop.close()
 
 
 class Echo(asyncio.Protocol):

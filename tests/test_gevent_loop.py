@@ -13,20 +13,10 @@ pytest.importorskip("gevent", reason="the gevent adapter needs gevent installed"
 import gevent
 from gevent.event import AsyncResult
 
-import protoshim
 from protoshim.adapters.gevent import ThreadExecutor
 
+FRAMEWORK = "gevent"  # for the ``loop`` fixture
 WAIT = 5.0
-
-
-@pytest.fixture
-def loop():
-    new_loop = protoshim.new_event_loop("gevent")
-    try:
-        yield new_loop
-    finally:
-        new_loop.run_until_complete(new_loop.shutdown_default_executor())
-        new_loop.close()
 
 
 def test_callbacks_run_in_the_greenlet_that_runs_the_loop(loop):

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,16 +26,7 @@ from protoshim.adapters.pyuv._handles import UvDatagram, UvStream  # noqa: E402
 
 #: Seconds any single expected event may take.
 WAIT = 5.0
-
-
-@pytest.fixture
-def loop() -> Iterator[PyuvEventLoop]:
-    loop = new_event_loop()
-    try:
-        yield loop
-    finally:
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
+FRAMEWORK = "pyuv"  # for the ``loop`` fixture
 
 
 class Peer(asyncio.Protocol):
