@@ -308,7 +308,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
 
 
-def _reason(report: pytest.TestReport) -> str:
+def failure_line(report: pytest.TestReport) -> str:
     """Return one stable line: the skip reason or the first line of the failure."""
     longrepr = report.longrepr
     if isinstance(longrepr, tuple):  # a skip: (path, line, "Skipped: reason")
@@ -331,18 +331,18 @@ def _fold(previous: _Result | None, report: pytest.TestReport) -> _Result | None
         return _fold_call(report, wasxfail)
     # teardown: an error here spoils a pass, but a failure stays a failure
     if report.failed and (previous is None or previous.outcome in ("passed", "skipped")):
-        return _Result("error", _reason(report))
+        return _Result("error", failure_line(report))
     return None
 
 
 def _fold_setup(report: pytest.TestReport, wasxfail: str | None) -> _Result | None:
     if report.failed:
-        return _Result("error", _reason(report))
+        return _Result("error", failure_line(report))
     if not report.skipped:
         return None
     if wasxfail is not None:
         return _Result("xfailed", wasxfail)
-    return _Result("skipped", _reason(report))
+    return _Result("skipped", failure_line(report))
 
 
 def _fold_call(report: pytest.TestReport, wasxfail: str | None) -> _Result:
@@ -352,9 +352,9 @@ def _fold_call(report: pytest.TestReport, wasxfail: str | None) -> _Result:
         text = str(report.longrepr)
         if text.startswith("[XPASS(strict)]"):  # how xfail_strict reports a pass
             return _Result("xpassed", text.removeprefix("[XPASS(strict)]").strip())
-        return _Result("failed", _reason(report))
+        return _Result("failed", failure_line(report))
     return _Result(
-        "skipped" if report.skipped else "passed", _reason(report) if report.skipped else ""
+        "skipped" if report.skipped else "passed", failure_line(report) if report.skipped else ""
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 import protoshim
+from protoshim.conformance.plugin import failure_line
 
 HERE = Path(__file__).resolve().parent
 SUITE = HERE.parent
@@ -156,11 +157,11 @@ class _Report:
         wasxfail = getattr(report, "wasxfail", None)
         if report.skipped:
             entry.outcome = "xfailed" if wasxfail is not None else "skipped"
-            entry.reason = wasxfail if wasxfail is not None else _first_line(report)
+            entry.reason = wasxfail if wasxfail is not None else failure_line(report)
         elif report.failed:
             if entry.outcome in ("passed", "skipped", "xfailed"):
                 entry.outcome = "failed" if report.when == "call" else "error"
-                entry.reason = _first_line(report)
+                entry.reason = failure_line(report)
         elif report.when == "call" and wasxfail is not None:
             entry.outcome, entry.reason = "xpassed", wasxfail
 
@@ -183,15 +184,3 @@ class _Report:
 
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _first_line(report: pytest.TestReport) -> str:
-    longrepr = report.longrepr
-    if isinstance(longrepr, tuple):
-        text = str(longrepr[2]).removeprefix("Skipped: ")
-    else:
-        crash = getattr(longrepr, "reprcrash", None)
-        message = getattr(crash, "message", None)
-        text = message if isinstance(message, str) else str(longrepr)
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else ""
