@@ -20,7 +20,6 @@ from typing import Any
 
 __all__ = [
     "CAPABILITIES",
-    "CORE_MISSING",
     "Adapter",
     "UnknownFramework",
     "frameworks",
@@ -44,12 +43,6 @@ CAPABILITIES: Mapping[str, str] = {
     "threads": "run_in_executor and call_soon_threadsafe",
     "subprocess": "subprocess transports",
 }
-
-
-#: What protoshim's core does not provide yet, so no adapter built on it can:
-#: adapters on :class:`protoshim.EventLoop` pass this as (part of) ``missing``.
-#: Empty today; kept so that such adapters lose a capability in one place.
-CORE_MISSING: Mapping[str, str] = {}
 
 
 class UnknownFramework(LookupError):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ..._registry import CORE_MISSING, Adapter
+from ..._registry import Adapter
 
 if TYPE_CHECKING:
     from ._blocking import GreenletRunner
@@ -52,7 +52,6 @@ ADAPTER = Adapter(
     requires="gevent",
     distribution="gevent",
     description="asyncio on the gevent hub's loop, next to the application's greenlets",
-    missing=CORE_MISSING,
 )
 
 _LAZY = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..._registry import CORE_MISSING, Adapter, lazy_exports
+from ..._registry import Adapter, lazy_exports
 
 if TYPE_CHECKING:
     from ._loop import PyuvDriver, PyuvEventLoop, attach, new_event_loop
@@ -26,7 +26,6 @@ ADAPTER = Adapter(
     requires="pyuv",
     distribution="pyuv",
     description="protoshim's core on a pyuv (libuv) loop, with libuv's TCP, Pipe and UDP handles",
-    missing=CORE_MISSING,
 )
 
 __getattr__ = lazy_exports(

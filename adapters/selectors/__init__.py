@@ -5,7 +5,7 @@ smallest complete example of the primitive interface for third-party
 adapters: a driver of about a hundred lines, everything else inherited.
 """
 
-from ..._registry import CORE_MISSING, Adapter
+from ..._registry import Adapter
 
 __all__ = ["ADAPTER"]
 
@@ -15,5 +15,4 @@ ADAPTER = Adapter(
     requires="selectors",
     distribution="python",
     description="protoshim's core on the stdlib selectors module",
-    missing=CORE_MISSING,
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..._registry import CORE_MISSING, Adapter, lazy_exports
+from ..._registry import Adapter, lazy_exports
 
 if TYPE_CHECKING:
     from ._app import AttachedEventLoop, ProtocolServer, attach
@@ -34,7 +34,6 @@ ADAPTER = Adapter(
     requires="tornado",
     distribution="tornado",
     description="protoshim's core on a Tornado IOLoop, with IOStream transports",
-    missing=CORE_MISSING,
 )
 
 __getattr__ = lazy_exports(

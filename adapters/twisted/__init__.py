@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..._registry import CORE_MISSING, Adapter, lazy_exports
+from ..._registry import Adapter, lazy_exports
 
 if TYPE_CHECKING:
     from ._bridge import ProtocolFactory, as_deferred, as_future
@@ -35,7 +35,6 @@ ADAPTER = Adapter(
     requires="twisted.internet",
     distribution="twisted",
     description="protoshim's core on a private Twisted reactor, with Twisted's TCP transports",
-    missing=CORE_MISSING,
 )
 
 __getattr__ = lazy_exports(
