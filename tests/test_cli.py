@@ -189,3 +189,19 @@ def test_negative_grace_is_a_usage_error() -> None:
     result = protoshim_cmd("serve", "--grace", "-1", ECHO)
     assert result.returncode == 2
     assert "--grace must be >= 0" in result.stderr
+
+
+def test_a_reader_that_goes_away_is_not_an_error() -> None:
+    # `protoshim frameworks | head -1`: the pipe is closed before the listing is written.
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    with os.fdopen(write_fd, "wb") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "protoshim", "frameworks"],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert (done.returncode, done.stderr) == (0, "")
