@@ -1,0 +1,1 @@
+"""CPython's own asyncio test mixins, run on the loop under test."""
