@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 __all__ = ["DatagramTransport"]
 
 
-class DatagramTransport(Lifecycle, asyncio.DatagramTransport):
+class DatagramTransport(Lifecycle, asyncio.Transport, asyncio.DatagramTransport):
     """Drive one datagram protocol over one adapter :class:`Datagram`."""
+
+    # The stdlib's datagram transports are also stream-shaped Transports
+    # (they share a base with its socket transports); code checks for that.
 
     def __init__(
         self,
