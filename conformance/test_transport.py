@@ -268,6 +268,25 @@ def test_writes_after_close_are_dropped(loop: asyncio.AbstractEventLoop, run: Ru
     run(main())
 
 
+def test_writes_after_close_are_sent_while_the_buffer_drains(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    # close() only ends the connection once the buffer is empty; until then
+    # the connection is alive and a write joins the queue, as in asyncio.
+    async def main() -> None:
+        async with tcp_pair(loop) as pair:
+            total = await _buffered_writer(pair)
+            pair.peer.tr.close()
+            pair.peer.tr.write(b"tail")
+            pair.client.tr.resume_reading()
+            data = await pair.client.received(total + 4, f"all {total + 4} bytes")
+            assert len(data) == total + 4
+            assert data.endswith(b"tail")
+            assert await wait(asyncio.shield(pair.peer.lost), "connection_lost") is None
+
+    run(main(), timeout=20)
+
+
 def test_fifth_write_after_close_logs_a_warning(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -8,7 +8,9 @@ Streams and datagram endpoints end the same way, so the rules live here once:
   primitive is released after it, so the socket is still open inside it;
 * an OSError is the peer's doing and goes to ``connection_lost`` only; any
   other fatal error is also reported to the loop's exception handler;
-* writes after close are dropped, with a warning from the fifth on.
+* writes after ``close()`` are still sent while the buffer drains, as in
+  asyncio; once ``connection_lost`` is on its way they are dropped, with a
+  warning from the fifth on.
 """
 
 from __future__ import annotations
@@ -74,8 +76,12 @@ class Lifecycle(FlowControl):
         self._force_close(None)
 
     def _dropped_write(self, what: str) -> bool:
-        """Count a write that arrives while closing; return True if it is dropped."""
-        if not self._closing:
+        """Count a write that arrives while closing; return True if it is dropped.
+
+        A closing transport whose buffer has not drained yet still sends: only
+        once ``connection_lost`` is scheduled is the connection gone.
+        """
+        if not self._lost_scheduled:
             return False
         self._lost_writes += 1
         if self._lost_writes >= WARN_AFTER_LOST_WRITES:

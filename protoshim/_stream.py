@@ -14,7 +14,8 @@ and these rules, whatever framework moves the bytes:
   ``connection_lost(None)``;
 * ``write_eof()`` shuts the write side once the buffer has drained, is
   idempotent, and makes a later ``write()`` raise RuntimeError;
-* writes after close are dropped, with a warning from the fifth on;
+* writes after close are sent while the buffer drains, and dropped once
+  ``connection_lost`` is on its way, with a warning from the fifth on;
 * an exception from a protocol callback reaches the loop's exception handler.
 """
 
@@ -176,8 +177,7 @@ class StreamTransport(Lifecycle, asyncio.Transport):
             raise RuntimeError("Cannot call write() after write_eof()")
         if not data:
             return
-        if self._closing:
-            self._dropped_write("send")
+        if self._closing and self._dropped_write("send"):
             return
         stream = self._stream
         stream.write(data)
