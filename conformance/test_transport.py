@@ -77,6 +77,34 @@ def test_connection_made_comes_before_data(
     run(main())
 
 
+def test_create_connection_returns_before_data_received(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    # Data already waiting on the socket is delivered after the task awaiting
+    # create_connection() has resumed: a protocol may use what it returned.
+    async def main() -> None:
+        ours, theirs = socket.socketpair()
+        returned: list[bool] = []
+        seen: list[bool] = []
+
+        class Client(Recorder):
+            def data_received(self, data: bytes) -> None:
+                seen.append(bool(returned))
+                super().data_received(data)
+
+        try:
+            theirs.sendall(b"waiting")
+            _, client = await loop.create_connection(lambda: Client(loop), sock=ours)
+            returned.append(True)
+            assert await client.received(7) == b"waiting"
+            assert seen and all(seen), "data_received ran before create_connection() returned"
+            await close_and_wait(client)
+        finally:
+            theirs.close()
+
+    run(main())
+
+
 def test_pause_reading_inside_connection_made_is_honoured(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine
 ) -> None:

@@ -97,9 +97,15 @@ class StreamTransport(Lifecycle, asyncio.Transport):
             _attach(server, self)
         stream.attach(self)
         loop.call_soon(self._connection_made)
-        loop.call_soon(self._start_reading)
-        if waiter is not None:
+        if waiter is None:
+            loop.call_soon(self._start_reading)
+        else:
             loop.call_soon(_set_result_unless_cancelled, waiter)
+            # asyncio queues the first read events behind the task that awaits
+            # the waiter, so ``create_connection()`` has returned before any
+            # data_received.  Frameworks deliver I/O at once: start reading
+            # only once that task has run.
+            loop.call_soon(loop.call_soon, self._start_reading)
 
     def __repr__(self) -> str:
         state = "closed" if self._released else "closing" if self._closing else "open"

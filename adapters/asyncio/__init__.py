@@ -32,6 +32,10 @@ UVLOOP = Adapter(
         "test_transport::test_pause_reading_inside_connection_made_is_honoured": (
             "pause_reading() inside connection_made() is ignored"
         ),
+        "test_transport::test_create_connection_returns_before_data_received": (
+            "data already on the socket reaches data_received before the task "
+            "awaiting create_connection() resumes"
+        ),
         "test_transport::test_fifth_write_after_close_logs_a_warning": (
             "writes to a closed stream transport are dropped silently"
         ),
