@@ -13,6 +13,7 @@ Two ways to get a loop:
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import sys
 import threading
@@ -44,6 +45,31 @@ __all__ = [
 ]
 
 Callback = Callable[[], None]
+
+
+def _unwatch(reactor: Any, watcher: _Watcher, *, read: bool) -> None:
+    """Remove one interest of ``watcher``, even if its descriptor was closed.
+
+    epoll forgets a closed descriptor by itself, but Twisted's epoll reactor
+    still asks it to, and the EBADF would leave the descriptor in the
+    reactor's tables for ever (and a reused number never watched again).
+    asyncio's selectors ignore that error, so the watch goes away here too.
+    """
+    try:
+        if read:
+            reactor.removeReader(watcher)
+        else:
+            reactor.removeWriter(watcher)
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
+        fd = watcher.fileno()
+        primary, other = (reactor._reads, reactor._writes)
+        if not read:
+            primary, other = other, primary
+        primary.discard(fd)
+        if fd not in other:
+            reactor._selectables.pop(fd, None)
 
 
 def new_reactor() -> ReactorBase:
@@ -264,7 +290,7 @@ class TwistedDriver:
         if watcher is None or watcher.reader is None:
             return False
         watcher.reader = None
-        self._reactor.removeReader(watcher)
+        _unwatch(self._reactor, watcher, read=True)
         self._forget(fd, watcher)
         return True
 
@@ -283,7 +309,7 @@ class TwistedDriver:
         if watcher is None or watcher.writer is None:
             return False
         watcher.writer = None
-        self._reactor.removeWriter(watcher)
+        _unwatch(self._reactor, watcher, read=False)
         self._forget(fd, watcher)
         return True
 
@@ -317,8 +343,8 @@ class TwistedDriver:
         self._closed = True
         reactor: Any = self._reactor
         for watcher in list(self._watchers.values()):
-            reactor.removeReader(watcher)
-            reactor.removeWriter(watcher)
+            _unwatch(reactor, watcher, read=True)
+            _unwatch(reactor, watcher, read=False)
         self._watchers.clear()
         for stream in list(self._streams):
             stream.release()
