@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import stat
+import weakref
 from asyncio import base_events, events, sslproto
 from collections.abc import Callable
 from contextvars import Context
@@ -44,6 +45,17 @@ Ts = TypeVarTuple("Ts")
 
 # As in asyncio: rebuild the heap once cancelled timers are half of it.
 _MIN_SCHEDULED_TO_COMPACT = 100
+
+
+def _registered_fd(table: dict[int, tuple[events.Handle, Any]], fileobj: Any) -> int:
+    """Return the fd of ``fileobj``, or of the registration made with it if it is closed."""
+    try:
+        return _fileno(fileobj)
+    except ValueError:
+        for fd, (_, registered) in table.items():
+            if registered is fileobj:
+                return fd
+        raise
 
 
 def _fileno(fileobj: Any) -> int:
@@ -82,8 +94,13 @@ class EventLoop(base_events.BaseEventLoop):
         self._timer: Cancellable | None = None
         self._timer_when: float | None = None
         self._exit_exc: BaseException | None = None
-        self._readers: dict[int, events.Handle] = {}
-        self._writers: dict[int, events.Handle] = {}
+        # fd -> (handle, the file object it was registered with)
+        self._readers: dict[int, tuple[events.Handle, Any]] = {}
+        self._writers: dict[int, tuple[events.Handle, Any]] = {}
+        # fd -> the transport that owns it, as asyncio keeps them
+        self._transports: weakref.WeakValueDictionary[int, asyncio.BaseTransport] = (
+            weakref.WeakValueDictionary()
+        )
         self._listeners: dict[socket.socket, Any] = {}
         self._signal_handlers: dict[int, events.Handle] = {}
         self._signal_socks: tuple[socket.socket, socket.socket] | None = None
@@ -268,7 +285,7 @@ class EventLoop(base_events.BaseEventLoop):
 
     def _watch(
         self,
-        table: dict[int, events.Handle],
+        table: dict[int, tuple[events.Handle, Any]],
         add: Callable[[int, Callable[[], None]], None],
         fileobj: Any,
         callback: Callable[..., object],
@@ -281,32 +298,57 @@ class EventLoop(base_events.BaseEventLoop):
         add(fd, functools.partial(self._run_handle, handle))
         old = table.pop(fd, None)
         if old is not None:
-            old.cancel()
-        table[fd] = handle
+            old[0].cancel()
+        table[fd] = (handle, fileobj)
         return handle
 
     def _unwatch(
-        self, table: dict[int, events.Handle], remove: Callable[[int], bool], fileobj: Any
+        self,
+        table: dict[int, tuple[events.Handle, Any]],
+        remove: Callable[[int], bool],
+        fileobj: Any,
     ) -> bool:
-        fd = _fileno(fileobj)
-        handle = table.pop(fd, None)
-        if handle is None:
+        if self._closed:
             return False
-        handle.cancel()
-        if not self._closed:
-            remove(fd)
+        fd = _registered_fd(table, fileobj)
+        entry = table.pop(fd, None)
+        if entry is None:
+            return False
+        entry[0].cancel()
+        remove(fd)
         return True
 
+    def _ensure_fd_no_transport(self, fileobj: Any) -> None:
+        # A watcher on a transport's descriptor would steal its events.  A
+        # closed socket object (fileno -1) passes: it owns nothing any more.
+        fd = fileobj
+        if not isinstance(fd, int):
+            try:
+                fd = int(fd.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fileobj!r}") from None
+        transport = self._transports.get(fd)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fileobj!r} is used by transport {transport!r}")
+
+    def _own(self, sock: socket.socket | None, transport: asyncio.BaseTransport) -> None:
+        if sock is not None:
+            self._transports[sock.fileno()] = transport
+
     def add_reader(self, fd: Any, callback: Callable[[*Ts], Any], *args: *Ts) -> None:
+        self._ensure_fd_no_transport(fd)
         self._watch(self._readers, self._driver.add_reader, fd, callback, args)
 
     def remove_reader(self, fd: Any) -> bool:
+        self._ensure_fd_no_transport(fd)
         return self._unwatch(self._readers, self._driver.remove_reader, fd)
 
     def add_writer(self, fd: Any, callback: Callable[[*Ts], Any], *args: *Ts) -> None:
+        self._ensure_fd_no_transport(fd)
         self._watch(self._writers, self._driver.add_writer, fd, callback, args)
 
     def remove_writer(self, fd: Any) -> bool:
+        self._ensure_fd_no_transport(fd)
         return self._unwatch(self._writers, self._driver.remove_writer, fd)
 
     # asyncio's pipe transports watch their descriptors through these.
@@ -314,13 +356,13 @@ class EventLoop(base_events.BaseEventLoop):
         return self._watch(self._readers, self._driver.add_reader, fd, callback, args)
 
     def _remove_reader(self, fd: Any) -> bool:
-        return self.remove_reader(fd)
+        return self._unwatch(self._readers, self._driver.remove_reader, fd)
 
     def _add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> events.Handle:
         return self._watch(self._writers, self._driver.add_writer, fd, callback, args)
 
     def _remove_writer(self, fd: Any) -> bool:
-        return self.remove_writer(fd)
+        return self._unwatch(self._writers, self._driver.remove_writer, fd)
 
     async def _wait_fd(self, sock: socket.socket, *, write: bool) -> None:
         fut: asyncio.Future[None] = self.create_future()
@@ -405,7 +447,9 @@ class EventLoop(base_events.BaseEventLoop):
         extra: dict[str, Any] | None,
         server: Any,
     ) -> StreamTransport:
-        return StreamTransport(self, stream, protocol, waiter, extra, server)
+        transport = StreamTransport(self, stream, protocol, waiter, extra, server)
+        self._own(stream.socket(), transport)
+        return transport
 
     def _make_socket_transport(
         self,
@@ -490,9 +534,11 @@ class EventLoop(base_events.BaseEventLoop):
         waiter: asyncio.Future[None] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> asyncio.DatagramTransport:
-        return DatagramTransport(
+        transport = DatagramTransport(
             self, self._driver.open_datagram(sock), protocol, address, waiter, extra
         )
+        self._own(sock, transport)
+        return transport
 
     # -- serving ------------------------------------------------------------
 

@@ -1,0 +1,109 @@
+"""Descriptor watchers: add_reader / add_writer and their removal."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+import protoshim
+from protoshim.conformance._helpers import close_and_wait, tcp_pair, wait
+from protoshim.conformance.plugin import RunCoroutine
+
+pytestmark = pytest.mark.requires("fd_watchers")
+
+
+def test_reader_and_writer_callbacks_run(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            readable: asyncio.Future[bytes] = loop.create_future()
+            writable: asyncio.Future[None] = loop.create_future()
+
+            def on_readable() -> None:
+                if not readable.done():
+                    readable.set_result(ours.recv(10))
+
+            def on_writable() -> None:
+                if not writable.done():
+                    writable.set_result(None)
+
+            loop.add_reader(ours, on_readable)
+            loop.add_writer(ours, on_writable)
+            await wait(writable, "writable")
+            assert loop.remove_writer(ours)
+            theirs.send(b"ping")
+            assert await wait(readable, "readable") == b"ping"
+            assert loop.remove_reader(ours)
+            assert not loop.remove_reader(ours)
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", ["reader", "writer"])
+def test_remove_finds_a_socket_closed_after_registration(
+    loop: asyncio.AbstractEventLoop, kind: str
+) -> None:
+    # The socket object is closed (fileno() is -1) before the watch is
+    # removed: the registration is found by the object, and the loop still
+    # closes cleanly (the loop fixture closes it).
+    ours, theirs = socket.socketpair()
+    with theirs:
+        getattr(loop, f"add_{kind}")(ours, lambda: None)
+        ours.close()
+        assert getattr(loop, f"remove_{kind}")(ours) is True
+        assert getattr(loop, f"remove_{kind}")(theirs) is False
+
+
+def test_remove_after_the_loop_closed_returns_false(
+    adapter: protoshim.Adapter, fd_guard: None
+) -> None:
+    loop = adapter.new_event_loop()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        try:
+            loop.add_reader(ours, lambda: None)
+            loop.add_writer(ours, lambda: None)
+        finally:
+            loop.close()
+        assert loop.remove_reader(ours) is False
+        assert loop.remove_writer(ours) is False
+
+
+@pytest.mark.requires("tcp")
+def test_a_transports_socket_cannot_be_watched(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    # A watcher would steal the transport's events; asyncio refuses it until
+    # the transport is closing.
+    async def main() -> None:
+        async with tcp_pair(loop) as pair:
+            sock = pair.client.tr.get_extra_info("socket")
+            for method in (loop.add_reader, loop.add_writer):
+                with pytest.raises(RuntimeError, match="is used by transport"):
+                    method(sock.fileno(), lambda: None)
+            for remove in (loop.remove_reader, loop.remove_writer):
+                with pytest.raises(RuntimeError, match="is used by transport"):
+                    remove(sock.fileno())
+            await close_and_wait(pair.client)
+
+    run(main())
+
+
+@pytest.mark.requires("tcp")
+def test_a_closing_transports_socket_can_be_watched(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def main() -> None:
+        async with tcp_pair(loop) as pair:
+            fd = pair.client.tr.get_extra_info("socket").fileno()
+            pair.client.tr.close()
+            assert not loop.remove_reader(fd)
+            await wait(asyncio.shield(pair.client.lost), "connection_lost")
+
+    run(main())
+
+
