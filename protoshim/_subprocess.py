@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import warnings
 from asyncio import unix_events
+from asyncio.log import logger
 from typing import Any
 
 __all__ = ["make_subprocess_transport", "read_pipe_transport", "write_pipe_transport"]
@@ -103,9 +103,11 @@ def _wait_for_exit(loop: asyncio.AbstractEventLoop, pid: int, transport: Any) ->
     try:
         _, status = os.waitpid(pid, 0)
     except ChildProcessError:
-        # Reaped by someone else: the status is lost, as on the stdlib loop.
+        # Reaped by someone else: the status is lost, as on the stdlib loop,
+        # which logs it (a warning could kill this thread under -W error and
+        # leave process.wait() hanging).
         returncode = 255
-        warnings.warn(f"Unknown child process pid {pid}, will report returncode 255", stacklevel=1)
+        logger.warning("Unknown child process pid %d, will report returncode 255", pid)
     else:
         returncode = os.waitstatus_to_exitcode(status)
     try:
