@@ -308,6 +308,27 @@ def test_many_loops_can_be_created_and_closed(adapter: protoshim.Adapter, fd_gua
         each.close()  # closing twice is allowed
 
 
+def test_new_event_loop_ignores_the_installed_policy(
+    adapter: protoshim.Adapter, fd_guard: None
+) -> None:
+    # A policy that asks protoshim for its loops (the way to make unchanged
+    # code use a framework) must not be asked back: that would recurse.
+    class Policy(asyncio.DefaultEventLoopPolicy):
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            return protoshim.new_event_loop(adapter.name)
+
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(Policy())
+    try:
+        each = asyncio.get_event_loop_policy().new_event_loop()
+        try:
+            assert each.run_until_complete(asyncio.sleep(0, result="ran")) == "ran"
+        finally:
+            each.close()
+    finally:
+        asyncio.set_event_loop_policy(previous)
+
+
 def test_asyncio_runner_accepts_protoshim_loop_factory(
     adapter: protoshim.Adapter, fd_guard: None
 ) -> None:

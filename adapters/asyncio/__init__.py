@@ -11,7 +11,9 @@ __all__ = ["ASYNCIO", "UVLOOP"]
 
 ASYNCIO = Adapter(
     name="asyncio",
-    loop_factory="asyncio:new_event_loop",
+    # The class, not asyncio.new_event_loop(): that follows the installed
+    # policy, which may be uvloop's or one that asks protoshim for a loop.
+    loop_factory="asyncio:SelectorEventLoop",
     requires="asyncio",
     distribution="python",
     description="the stdlib asyncio event loop (the reference)",
