@@ -583,6 +583,7 @@ class EventLoop(base_events.BaseEventLoop):
         try:
             protocol = protocol_factory()
         except (SystemExit, KeyboardInterrupt):
+            stream.abort()  # nobody else holds the accepted connection
             raise
         except BaseException as exc:
             stream.abort()
