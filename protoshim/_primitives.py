@@ -12,7 +12,8 @@ set of primitives onto its framework:
 
 Sockets are always created, bound and connected by core (so every option of
 ``create_server`` and ``create_connection`` behaves the same everywhere) and
-handed to the adapter, which takes ownership of them.
+handed to the adapter, which takes ownership of them: a primitive that
+cannot wrap the socket it was given closes it before raising.
 
 A driver that only implements the descriptor primitives can inherit working
 streams, datagrams and listeners from :class:`protoshim.FdDriver`; adapters

@@ -139,6 +139,26 @@ def test_closing_a_stream_closes_its_descriptor_once(loop: PyuvEventLoop) -> Non
     loop.run_until_complete(main())
 
 
+@pytest.mark.parametrize(
+    ("handle", "kind", "open_"),
+    [("TCP", socket.SOCK_STREAM, "open_stream"), ("UDP", socket.SOCK_DGRAM, "open_datagram")],
+)
+def test_a_socket_libuv_refuses_is_closed(
+    loop: PyuvEventLoop, monkeypatch: pytest.MonkeyPatch, handle: str, kind: int, open_: str
+) -> None:
+    # The primitive owns the socket it was given, even when it cannot use it:
+    # an accepted connection must not stay open with nobody to close it.
+    class Refusing(getattr(pyuv, handle)):  # type: ignore[misc]
+        def open(self, fd: int) -> None:
+            raise pyuv.error.UVError(9, "EBADF: bad file descriptor")
+
+    monkeypatch.setattr(pyuv, handle, Refusing)
+    sock = socket.socket(socket.AF_INET, kind)
+    with pytest.raises(OSError):
+        getattr(loop._driver, open_)(sock)
+    assert sock.fileno() == -1
+
+
 def test_queued_counts_libuv_write_queue(loop: PyuvEventLoop) -> None:
     async def main() -> None:
         async with tcp_pair(server_paused=True) as (client, _):

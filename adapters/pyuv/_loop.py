@@ -452,6 +452,7 @@ class PyuvDriver:
             handle.open(fd)
         except UVError as exc:
             handle.close()
+            sock.close()  # ours now, even though it could not be used
             raise uv_exception_error(exc) from None
         stream = UvStream(self, handle, sock)
         self._owners[fd] = stream
@@ -469,6 +470,7 @@ class PyuvDriver:
             handle.open(fd)
         except UVError as exc:
             handle.close()
+            sock.close()  # ours now, even though it could not be used
             raise uv_exception_error(exc) from None
         if not reuse:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
