@@ -15,6 +15,7 @@ with that reason everywhere but on the stdlib loop.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import sys
 import tempfile
@@ -38,6 +39,9 @@ from test.test_asyncio import (
 from test.test_asyncio import utils as test_utils
 
 _bound: list[protoshim.Adapter] = []
+
+#: Seconds after which a stuck test ends the process (the slowest takes ~10).
+HANG_SECONDS = 180.0
 
 #: Tests that read the stdlib selector loop's private state; they mean
 #: nothing on another loop.
@@ -74,9 +78,13 @@ def _bind(adapter: protoshim.Adapter, request: pytest.FixtureRequest) -> Iterato
     if name in SELECTOR_INTERNALS and not selector:
         pytest.skip(f"reads the stdlib selector loop's private state: {SELECTOR_INTERNALS[name]}")
     _bound.append(adapter)
+    # These tests run loops without the suite's ``run()`` timeout: a hang
+    # must end the process with its tracebacks, not stall a CI run.
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         _bound.pop()
 
 
