@@ -107,3 +107,20 @@ def test_a_closing_transports_socket_can_be_watched(
     run(main())
 
 
+
+
+def test_a_loop_closes_with_a_watched_socket_closed_behind_its_back(
+    adapter: protoshim.Adapter, fd_guard: None
+) -> None:
+    loop = adapter.new_event_loop()
+    ours, theirs = socket.socketpair()
+    with theirs:
+        try:
+            loop.add_reader(ours, lambda: None)
+            loop.add_writer(ours, lambda: None)
+            # Not polled after this: libev and libuv abort on a closed
+            # descriptor they still watch.
+            ours.close()
+        finally:
+            loop.close()
+        assert loop.is_closed()

@@ -35,6 +35,7 @@ the protoshim loop runs on, not a second wrapper around the protoshim loop.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import sys
 from asyncio import events
@@ -294,7 +295,13 @@ class TornadoDriver:
             return
         self._closed = True
         for fd in list(self._fds):
-            self._io_loop.remove_handler(fd)
+            try:
+                self._io_loop.remove_handler(fd)
+            except OSError as exc:
+                # Closed behind the poller's back: the kernel already forgot
+                # it, and asyncio's own close() does not mind either.
+                if exc.errno != errno.EBADF:
+                    raise
         self._fds.clear()
         if self._loop is not None and IOLoop._ioloop_for_asyncio.get(self._loop) is self._io_loop:
             del IOLoop._ioloop_for_asyncio[self._loop]
