@@ -330,17 +330,18 @@ class EventLoop(base_events.BaseEventLoop):
             if not fut.done():
                 fut.set_result(None)
 
-        if write:
-            self.add_writer(fd, ready)
-        else:
-            self.add_reader(fd, ready)
+        handle = self._add_writer(fd, ready) if write else self._add_reader(fd, ready)
         try:
             await fut
         finally:
-            if write:
-                self.remove_writer(fd)
-            else:
-                self.remove_reader(fd)
+            # A cancelled operation finishes a loop iteration late; by then a
+            # racing one on the same socket may have replaced (so cancelled)
+            # this watcher, and its own must stay.
+            if not handle.cancelled():
+                if write:
+                    self.remove_writer(fd)
+                else:
+                    self.remove_reader(fd)
 
     async def _retry(self, sock: socket.socket, op: Callable[[], T], *, write: bool) -> T:
         if sock.gettimeout() != 0:
