@@ -361,6 +361,13 @@ class EventLoop(base_events.BaseEventLoop):
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
         return await self._retry(sock, lambda: sock.recvfrom(bufsize), write=False)
 
+    async def sock_recvfrom_into(
+        self, sock: socket.socket, buf: Any, nbytes: int = 0
+    ) -> tuple[int, Any]:
+        # As in asyncio, 0 means the whole buffer.
+        size = nbytes or len(buf)
+        return await self._retry(sock, lambda: sock.recvfrom_into(buf, size), write=False)
+
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
         return await self._retry(sock, lambda: sock.sendto(data, address), write=True)
 
