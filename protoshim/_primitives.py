@@ -170,7 +170,12 @@ class Driver(Protocol):
         """Run the framework's loop until :meth:`stop` is called."""
 
     def stop(self) -> None:
-        """Make :meth:`run` return; called from a callback on the loop."""
+        """Make :meth:`run` return; called from a callback on the loop.
+
+        No descriptor callback may run after this call and before
+        :meth:`run` returns, even if the framework polls once more: asyncio
+        runs none after the iteration that stopped it.
+        """
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` on the framework's next iteration, after I/O polling.
