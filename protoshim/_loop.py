@@ -32,6 +32,7 @@ from collections.abc import Callable
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
+from . import _sendfile
 from ._datagram import DatagramTransport
 from ._primitives import Cancellable, Driver, Stream
 from ._stream import StreamTransport
@@ -69,6 +70,9 @@ class EventLoop(base_events.BaseEventLoop):
 
         def _check_closed(self) -> None: ...
         def _check_callback(self, callback: Any, method: str) -> None: ...
+        def _check_sendfile_params(
+            self, sock: socket.socket, file: Any, offset: int, count: int | None
+        ) -> None: ...
         async def _ensure_resolved(self, address: Any, **kwargs: Any) -> list[Any]: ...
         async def _create_connection_transport(
             self, sock: socket.socket, protocol_factory: Any, ssl: Any,
@@ -402,6 +406,18 @@ class EventLoop(base_events.BaseEventLoop):
                 return
             if err not in (errno.EINPROGRESS, errno.EINTR):
                 raise OSError(err, f"Connect call failed {address}")
+
+    async def _sock_sendfile_native(
+        self, sock: socket.socket, file: Any, offset: int, count: int | None
+    ) -> int:
+        return await _sendfile.sock_sendfile(self, sock, file, offset, count)
+
+    async def _sendfile_native(
+        self, transp: asyncio.WriteTransport, file: Any, offset: int, count: int | None
+    ) -> int:
+        if not isinstance(transp, StreamTransport):
+            raise asyncio.SendfileNotAvailableError("sendfile syscall is not supported")
+        return await _sendfile.transport_sendfile(self, transp, file, offset, count)
 
     # -- transports ---------------------------------------------------------
 

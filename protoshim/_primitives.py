@@ -74,7 +74,18 @@ class StreamSink(Protocol):
 
 
 class Stream(Protocol):
-    """Move the bytes of one connected stream socket."""
+    """Move the bytes of one connected stream socket.
+
+    One method is optional, and looked up with ``getattr``:
+
+    ``direct_socket() -> socket.socket | None``
+        Return the socket that :meth:`write` feeds unchanged, or None.  While
+        :meth:`queued` is 0 and reading is stopped, core may then send to it
+        itself (``loop.sendfile`` uses ``os.sendfile``), so ``queued()`` must
+        count every byte not yet handed to that socket.  Return None when
+        the bytes are transformed (TLS) or buffered out of ``queued()``'s
+        sight.  Without the method, core uses :meth:`socket`.
+    """
 
     def attach(self, sink: StreamSink) -> None:
         """Bind the sink; called once by core, before any other primitive."""
