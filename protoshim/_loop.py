@@ -33,6 +33,7 @@ from collections.abc import Callable
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
+from . import _sendfile
 from ._datagram import DatagramTransport
 from ._primitives import Cancellable, Driver, Stream
 from ._stream import StreamTransport
@@ -81,6 +82,9 @@ class EventLoop(base_events.BaseEventLoop):
 
         def _check_closed(self) -> None: ...
         def _check_callback(self, callback: Any, method: str) -> None: ...
+        def _check_sendfile_params(
+            self, sock: socket.socket, file: Any, offset: int, count: int | None
+        ) -> None: ...
         async def _ensure_resolved(self, address: Any, **kwargs: Any) -> list[Any]: ...
         async def _create_connection_transport(
             self, sock: socket.socket, protocol_factory: Any, ssl: Any,
@@ -372,17 +376,18 @@ class EventLoop(base_events.BaseEventLoop):
             if not fut.done():
                 fut.set_result(None)
 
-        if write:
-            self.add_writer(fd, ready)
-        else:
-            self.add_reader(fd, ready)
+        handle = self._add_writer(fd, ready) if write else self._add_reader(fd, ready)
         try:
             await fut
         finally:
-            if write:
-                self.remove_writer(fd)
-            else:
-                self.remove_reader(fd)
+            # A cancelled operation finishes a loop iteration late; by then a
+            # racing one on the same socket may have replaced (so cancelled)
+            # this watcher, and its own must stay.
+            if not handle.cancelled():
+                if write:
+                    self.remove_writer(fd)
+                else:
+                    self.remove_reader(fd)
 
     async def _retry(self, sock: socket.socket, op: Callable[[], T], *, write: bool) -> T:
         if sock.gettimeout() != 0:
@@ -401,6 +406,13 @@ class EventLoop(base_events.BaseEventLoop):
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
         return await self._retry(sock, lambda: sock.recvfrom(bufsize), write=False)
+
+    async def sock_recvfrom_into(
+        self, sock: socket.socket, buf: Any, nbytes: int = 0
+    ) -> tuple[int, Any]:
+        # As in asyncio, 0 means the whole buffer.
+        size = nbytes or len(buf)
+        return await self._retry(sock, lambda: sock.recvfrom_into(buf, size), write=False)
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
         return await self._retry(sock, lambda: sock.sendto(data, address), write=True)
@@ -436,6 +448,18 @@ class EventLoop(base_events.BaseEventLoop):
                 return
             if err not in (errno.EINPROGRESS, errno.EINTR):
                 raise OSError(err, f"Connect call failed {address}")
+
+    async def _sock_sendfile_native(
+        self, sock: socket.socket, file: Any, offset: int, count: int | None
+    ) -> int:
+        return await _sendfile.sock_sendfile(self, sock, file, offset, count)
+
+    async def _sendfile_native(
+        self, transp: asyncio.WriteTransport, file: Any, offset: int, count: int | None
+    ) -> int:
+        if not isinstance(transp, StreamTransport):
+            raise asyncio.SendfileNotAvailableError("sendfile syscall is not supported")
+        return await _sendfile.transport_sendfile(self, transp, file, offset, count)
 
     # -- transports ---------------------------------------------------------
 

@@ -75,7 +75,18 @@ class StreamSink(Protocol):
 
 
 class Stream(Protocol):
-    """Move the bytes of one connected stream socket."""
+    """Move the bytes of one connected stream socket.
+
+    One method is optional, and looked up with ``getattr``:
+
+    ``direct_socket() -> socket.socket | None``
+        Return the socket that :meth:`write` feeds unchanged, or None.  While
+        :meth:`queued` is 0 and reading is stopped, core may then send to it
+        itself (``loop.sendfile`` uses ``os.sendfile``), so ``queued()`` must
+        count every byte not yet handed to that socket.  Return None when
+        the bytes are transformed (TLS) or buffered out of ``queued()``'s
+        sight.  Without the method, core uses :meth:`socket`.
+    """
 
     def attach(self, sink: StreamSink) -> None:
         """Bind the sink; called once by core, before any other primitive."""
@@ -171,7 +182,12 @@ class Driver(Protocol):
         """Run the framework's loop until :meth:`stop` is called."""
 
     def stop(self) -> None:
-        """Make :meth:`run` return; called from a callback on the loop."""
+        """Make :meth:`run` return; called from a callback on the loop.
+
+        No descriptor callback may run after this call and before
+        :meth:`run` returns, even if the framework polls once more: asyncio
+        runs none after the iteration that stopped it.
+        """
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` on the framework's next iteration, after I/O polling.

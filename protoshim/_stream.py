@@ -16,7 +16,9 @@ and these rules, whatever framework moves the bytes:
   idempotent, and makes a later ``write()`` raise RuntimeError;
 * writes after close are sent while the buffer drains, and dropped once
   ``connection_lost`` is on its way, with a warning from the fifth on;
-* an exception from a protocol callback reaches the loop's exception handler.
+* an exception from a protocol callback reaches the loop's exception handler;
+* ``loop.sendfile()`` sends after the buffer, with reading paused, and
+  ``write()`` raises RuntimeError until it returns (see ``_sendfile``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-from asyncio import trsock
+from asyncio import constants, transports, trsock
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -64,12 +66,18 @@ def socket_extra(sock: socket.socket | None) -> dict[str, Any]:
     return extra
 
 
-class StreamTransport(Lifecycle, asyncio.Transport):
-    """Drive one protocol over one adapter :class:`Stream`."""
+class StreamTransport(Lifecycle, transports._FlowControlMixin):
+    """Drive one protocol over one adapter :class:`Stream`.
+
+    It is an asyncio ``_FlowControlMixin`` (whose methods :class:`FlowControl`
+    replaces) because asyncio's sendfile fallback accepts no other transport.
+    """
 
     # BaseEventLoop.start_tls() checks for this: the transport supports
     # set_protocol() and pause/resume_reading as SSLProtocol needs.
     _start_tls_compatible = True
+    # BaseEventLoop.sendfile() tries the loop's _sendfile_native first.
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     def __init__(
         self,
@@ -92,6 +100,8 @@ class StreamTransport(Lifecycle, asyncio.Transport):
         self._reading_paused = False
         self._protocol: Any = None
         self._buffered = False
+        self._sending_file = False  # set by _sendfile for the transfer
+        self._flush_waiter: asyncio.Future[None] | None = None
         self.set_protocol(protocol)
         if server is not None:
             _attach(server, self)
@@ -181,6 +191,8 @@ class StreamTransport(Lifecycle, asyncio.Transport):
             data = bytes(data)
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
+        if self._sending_file:
+            raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
         if self._closing and self._dropped_write("send"):
@@ -211,12 +223,41 @@ class StreamTransport(Lifecycle, asyncio.Transport):
             self._fatal_error(exc, "Fatal error on shutdown")
 
     def _on_written(self) -> None:
-        if self._drained() and not self._closing and self._eof and not self._shut:
+        if not self._drained():
+            return
+        waiter, self._flush_waiter = self._flush_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if not self._closing and self._eof and not self._shut:
             self._shutdown_write()
+
+    def _flushed(self) -> asyncio.Future[None]:
+        """Return a future done once the stream has sent every queued byte.
+
+        It fails with ConnectionError if the connection is lost first.
+        """
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        if self._lost_scheduled:
+            waiter.set_exception(ConnectionError("Connection is closed by peer"))
+        elif not self._stream.queued():
+            waiter.set_result(None)
+        else:
+            self._flush_waiter = waiter
+        return waiter
+
+    def _direct_socket(self) -> socket.socket | None:
+        """Return the socket that core may write to itself, if the stream has one."""
+        stream: Any = self._stream
+        direct = getattr(stream, "direct_socket", None)
+        sock: socket.socket | None = direct() if direct is not None else stream.socket()
+        return sock
 
     # -- closing ------------------------------------------------------------
 
     def _connection_lost_done(self) -> None:
+        waiter, self._flush_waiter = self._flush_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError("Connection is closed by peer"))
         if self._server is not None:
             _detach(self._server, self)
             self._server = None

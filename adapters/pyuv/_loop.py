@@ -111,6 +111,12 @@ class _Watch:
             self.events = 0
             events = READABLE | WRITABLE
         assert events is not None
+        driver = self.driver
+        if driver._stopping and driver._guest_stop is None:
+            # libuv polls once more after stop() before uv.run() returns;
+            # asyncio runs no descriptor callback after the iteration that
+            # stopped it.  The watch is level-triggered: the event comes back.
+            events = 0
         try:
             if events & READABLE and self.reader is not None:
                 self.reader()

@@ -255,6 +255,12 @@ class TornadoDriver:
         return had
 
     def _dispatch(self, fd: int, events_mask: int) -> None:
+        if self._owned and getattr(self._native, "_stopping", False):
+            # stop() lets the asyncio loop finish an iteration that has
+            # polled again since; asyncio runs no descriptor callback after
+            # the iteration that stopped it.  The watch is level-triggered,
+            # so the event comes back on the next run.
+            return
         entry = self._fds.get(fd)
         if entry is not None and events_mask & _READ and entry[0] is not None:
             self.enter(entry[0])

@@ -171,6 +171,11 @@ class TwistedStream:
     def abort(self) -> None:
         self._release(abort=True)
 
+    def direct_socket(self) -> socket.socket | None:
+        # Only a FileDescriptor writes straight to the socket with an exact
+        # queued(); a wrapper may buffer or transform the bytes.
+        return self._sock if self._exact else None
+
     def socket(self) -> socket.socket | None:
         return self._sock
 
