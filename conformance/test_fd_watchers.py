@@ -124,3 +124,23 @@ def test_a_loop_closes_with_a_watched_socket_closed_behind_its_back(
         finally:
             loop.close()
         assert loop.is_closed()
+
+
+@pytest.mark.requires("tcp")
+def test_sock_calls_refuse_a_transports_socket(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    # As in asyncio, the check is made when the call has to wait.
+    async def main() -> None:
+        async with tcp_pair(loop) as pair:
+            fd = pair.client.tr.get_extra_info("socket").fileno()
+            raw = socket.socket(fileno=fd)  # the same descriptor, not owned
+            try:
+                raw.setblocking(False)
+                with pytest.raises(RuntimeError, match="is used by transport"):
+                    await loop.sock_recv(raw, 1)
+            finally:
+                raw.detach()
+            await close_and_wait(pair.client)
+
+    run(main())

@@ -376,6 +376,8 @@ class EventLoop(base_events.BaseEventLoop):
             if not fut.done():
                 fut.set_result(None)
 
+        # As in asyncio, checked only when the call has to wait.
+        self._ensure_fd_no_transport(fd)
         handle = self._add_writer(fd, ready) if write else self._add_reader(fd, ready)
         try:
             await fut
