@@ -19,6 +19,18 @@ ASYNCIO = Adapter(
     description="the stdlib asyncio event loop (the reference)",
 )
 
+_NO_SENDFILE = "loop.sendfile() and loop.sock_sendfile() raise NotImplementedError"
+_SENDFILE_TESTS = (
+    "test_sendfile_sends_after_buffered_data_and_before_later_writes",
+    "test_sendfile_offset_and_count_select_the_bytes_and_move_the_position",
+    "test_sendfile_pauses_reading_and_refuses_writes_until_done",
+    "test_sendfile_raises_connection_error_when_the_peer_leaves",
+    "test_sendfile_falls_back_for_a_file_without_descriptor",
+    "test_sendfile_refuses_a_closing_transport",
+    "test_sock_sendfile_sends_a_range_of_the_file",
+    "test_sendfile_on_an_empty_file_sends_nothing",
+)
+
 UVLOOP = Adapter(
     name="uvloop",
     loop_factory="uvloop:new_event_loop",
@@ -42,6 +54,13 @@ UVLOOP = Adapter(
         ),
         "test_fd_watchers::test_a_closing_transports_socket_can_be_watched": (
             "a closing transport's socket still counts as in use"
+        ),
+        **{f"test_sendfile::{name}": _NO_SENDFILE for name in _SENDFILE_TESTS},
+        "test_sock::test_sock_recvfrom_into_fills_the_buffer_up_to_nbytes": (
+            "sock_recvfrom_into() raises NotImplementedError"
+        ),
+        "test_sock::test_a_writer_that_stops_the_loop_runs_once": (
+            "a writer callback that stopped the loop runs again before run_forever returns"
         ),
         "test_flow_control::test_default_write_buffer_limits": (
             "the default low-water mark is 16 bytes, not 16 KiB"
