@@ -26,7 +26,7 @@ import protoshim
 
 pytest.importorskip("test.test_asyncio", reason="this Python has no `test` package")
 
-from test.test_asyncio import (  # noqa: E402  # after the skip above
+from test.test_asyncio import (  # after the skip above
     test_buffered_proto,
     test_events,
     test_sendfile,
@@ -35,7 +35,7 @@ from test.test_asyncio import (  # noqa: E402  # after the skip above
     test_sslproto,
     test_subprocess,
 )
-from test.test_asyncio import utils as test_utils  # noqa: E402
+from test.test_asyncio import utils as test_utils
 
 _bound: list[protoshim.Adapter] = []
 
