@@ -1,7 +1,12 @@
 """Sessions: the conformance matrix, unit tests, lint, type check, and the grid.
 
-``nox`` with no arguments runs everything CI runs.  ``nox -s conformance``
-runs the whole matrix; ``nox -s "conformance(twisted-oldest)"`` one cell.
+``nox`` with no arguments runs everything CI runs, on Python 3.11 and 3.13
+(built first if this machine lacks it), and writes its reports under build/
+only.  ``nox -s conformance`` runs the whole matrix;
+``nox -s "conformance(twisted-oldest)"`` one cell,
+``nox -s "conformance(twisted-newest-py3.13)"`` one on 3.13.  ``nox -s matrix``
+and ``nox -s reliability_table`` rewrite the tracked CONFORMANCE.md, its SVG
+and the README's reliability table from the last run's reports.
 """
 
 from __future__ import annotations
@@ -14,13 +19,24 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "conformance", "matrix", "reliability"]
+# build_python comes first: the 3.13 sessions need its interpreter.
+nox.options.sessions = [
+    "build_python",
+    "lint",
+    "typecheck",
+    "tests",
+    "conformance",
+    "grid",
+    "reliability",
+]
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = False
 
 ROOT = Path(__file__).parent
-MATRIX_DIR = ROOT / ".matrix"
+MATRIX_DIR = ROOT / "build" / "conformance"
 PYTHON = "3.11"
+#: The other Python CI tests on; tools/build-python.sh builds it where missing.
+NEW_PYTHON = "3.13"
 
 
 @dataclass(frozen=True)
@@ -32,10 +48,13 @@ class Cell:
     requirement: str | None  # what pip installs; None for the stdlib
     pyuv: bool = False  # needs the patched pyuv build
     pytest_prefix: tuple[str, ...] = ()  # runs pytest under a launcher
+    python: str = PYTHON
 
     @property
     def id(self) -> str:
-        return f"{self.framework}-{self.label}"
+        # Reports are named after the id, so the matrix tells the Pythons apart.
+        cell = f"{self.framework}-{self.label}"
+        return cell if self.python == PYTHON else f"{cell}-py{self.python}"
 
 
 # The oldest release of each framework that installs and passes on Python
@@ -59,6 +78,16 @@ CELLS = [
         pytest_prefix=("python", "-m", "gevent.monkey", "--module"),
     ),
     Cell("pyuv", "1.4.0", None, pyuv=True),
+    # On 3.13, the stdlib loops and each framework's newest release only:
+    # gevent 22.10.1 has no wheel for 3.13, and the oldest releases are
+    # there to pin down the lower bounds, which 3.11 does.
+    Cell("asyncio", "stdlib", None, python=NEW_PYTHON),
+    Cell("selectors", "stdlib", None, python=NEW_PYTHON),
+    Cell("uvloop", "newest", "uvloop", python=NEW_PYTHON),
+    Cell("twisted", "newest", "twisted", python=NEW_PYTHON),
+    Cell("tornado", "newest", "tornado", python=NEW_PYTHON),
+    Cell("gevent", "newest", "gevent", python=NEW_PYTHON),
+    Cell("pyuv", "1.4.0", None, pyuv=True, python=NEW_PYTHON),
 ]
 
 
@@ -70,8 +99,32 @@ def _install_pyuv(session: nox.Session) -> None:
     session.run("python", "-m", "protoshim._pyuv_build")
 
 
-@nox.session(python=PYTHON)
-@nox.parametrize("cell", CELLS, ids=[cell.id for cell in CELLS])
+@nox.session(python=False)
+def build_python(session: nox.Session) -> None:
+    """Build Python 3.13 with tools/build-python.sh where missing (once per machine)."""
+    found = shutil.which(f"python{NEW_PYTHON}")
+    probe = "import test.test_asyncio"  # the CPython mixins need the `test` package
+    if (
+        found
+        and subprocess.run([found, "-c", probe], capture_output=True, check=False).returncode == 0
+    ):
+        session.log(f"python{NEW_PYTHON}: {found}")
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        session.run("bash", "tools/build-python.sh", NEW_PYTHON, external=True)
+    elif found:  # the CPython mixins skip, saying why
+        session.warn(f"{found} has no `test` package; the CPython asyncio mixins will skip")
+    else:
+        session.error(
+            f"python{NEW_PYTHON} is missing; building it needs root and apt-get: "
+            f"run `sudo tools/build-python.sh {NEW_PYTHON}` or install Python {NEW_PYTHON}"
+        )
+
+
+@nox.session
+@nox.parametrize(
+    ("python", "cell"), [(cell.python, cell) for cell in CELLS], ids=[cell.id for cell in CELLS]
+)
 def conformance(session: nox.Session, cell: Cell) -> None:
     """Run the conformance suite on one framework release."""
     _apt_install(BROWSER)
@@ -98,7 +151,7 @@ def conformance(session: nox.Session, cell: Cell) -> None:
         session.run("pytest", *args, success_codes=[0])
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=[PYTHON, NEW_PYTHON])
 def tests(session: nox.Session) -> None:
     """Run the unit tests, with every framework installed."""
     _install_project(session, "all")
@@ -127,21 +180,40 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", "noxfile.py")
 
 
-@nox.session(python=PYTHON)
-def matrix(session: nox.Session) -> None:
-    """Gather the conformance reports into CONFORMANCE.md and an SVG grid."""
+def _render_matrix(session: nox.Session, markdown: Path, svg: Path) -> None:
+    """Render the conformance reports; fail if one is missing or a cell failed."""
     session.install("-e", ".")
     session.run(
-        "python",
-        "-m",
-        "protoshim.conformance.matrix",
-        str(MATRIX_DIR),
-        "--markdown",
-        "CONFORMANCE.md",
-        "--svg",
-        "docs/conformance-matrix.svg",
-        "--expect",
-        str(len(CELLS)),
+        *("python", "-m", "protoshim.conformance.matrix", str(MATRIX_DIR)),
+        *("--markdown", str(markdown), "--svg", str(svg), "--expect", str(len(CELLS))),
+    )
+
+
+@nox.session(python=PYTHON)
+def grid(session: nox.Session) -> None:
+    """Render the conformance matrix under build/, leaving the tracked copies alone."""
+    _render_matrix(session, MATRIX_DIR / "CONFORMANCE.md", MATRIX_DIR / "conformance-matrix.svg")
+
+
+@nox.session(python=PYTHON, default=False)
+def matrix(session: nox.Session) -> None:
+    """Rewrite CONFORMANCE.md and docs/conformance-matrix.svg from the last run's reports."""
+    _render_matrix(session, ROOT / "CONFORMANCE.md", ROOT / "docs" / "conformance-matrix.svg")
+
+
+@nox.session(python=PYTHON, default=False)
+def reliability_table(session: nox.Session) -> None:
+    """Rewrite the README's reliability table from the last run's reports."""
+    found = len(list(RELIABILITY_DIR.glob("*.json")))
+    if found < len(RELIABILITY_CELLS):
+        session.error(
+            f"{found} of {len(RELIABILITY_CELLS)} reliability reports in {RELIABILITY_DIR}; "
+            "run `nox -s reliability` first"
+        )
+    session.install("-e", ".")
+    session.run(
+        *("python", "-m", "protoshim.conformance.reliability.table", str(RELIABILITY_DIR)),
+        *("--readme", "README.md", "--expect", str(len(RELIABILITY_CELLS))),
     )
 
 
@@ -183,7 +255,9 @@ def bench(session: nox.Session) -> None:
 RELIABILITY_DIR = ROOT / "build" / "reliability"
 # One release per framework (the newest where the matrix has several): these
 # tests check behaviour under faults and load, not compatibility.
-RELIABILITY_CELLS = list({c.framework: c for c in CELLS if not c.pytest_prefix}.values())
+RELIABILITY_CELLS = list(
+    {c.framework: c for c in CELLS if not c.pytest_prefix and c.python == PYTHON}.values()
+)
 
 
 @nox.session(python=PYTHON)
@@ -200,14 +274,13 @@ def reliability(session: nox.Session, cell: Cell) -> None:
     report.unlink(missing_ok=True)
     args = ["conformance/reliability", "--framework", cell.framework]
     session.run("pytest", *args, "--reliability-report", str(report), *session.posargs)
-    # Once every framework has a report, the README table is regenerated.
+    # Once every framework has a report, the table is rendered under build/;
+    # `nox -s reliability_table` puts it in the README.
     session.run(
         "python",
         "-m",
         "protoshim.conformance.reliability.table",
         str(RELIABILITY_DIR),
-        "--readme",
-        "README.md",
         "--markdown",
         str(RELIABILITY_DIR / "RELIABILITY.md"),
         "--expect",

@@ -318,9 +318,14 @@ class TornadoDriver:
 def _forward_exceptions(
     loop: EventLoop,
 ) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    # Since Python 3.13 a loop runs its custom handler inside the contextvars
+    # Context of the failed handle, task or future, and a Context cannot be
+    # entered twice: passing the same dict on from in here makes the protoshim
+    # loop enter it again.  So the report waits for the protoshim loop's next
+    # iteration, where its handler also runs as protoshim code.
     def handler(_native: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if not loop.is_closed():
-            loop.call_exception_handler(context)
+            loop.call_soon(loop.call_exception_handler, context)
 
     return handler
 
