@@ -11,7 +11,11 @@ does not compete with it; it rewrites the parameter instead:
   ``loop_factory=protoshim.loop_factory(FRAMEWORK)``;
 * tests of trio, or of a loop anyio's conftest picks itself (uvloop, eager
   tasks), are deselected, and so are tests that take no ``anyio_backend``:
-  they never run on the loop under test.
+  they never run on the loop under test;
+* where ``localhost`` has no IPv6 address (a hosts file without ``::1
+  localhost``), tests parametrised with ``AF_INET6`` are deselected: anyio
+  binds them to ``localhost``, so they fail on every loop, and the sockets
+  they leak warn in whichever later test the garbage collector runs.
 
 Whether a test gets its backend from the conftest fixture or from its own
 ``@pytest.mark.parametrize("anyio_backend", ...)``, pytest hands the fixture
@@ -23,7 +27,7 @@ The kept tests are recorded by protoshim's conformance plugin, so
 
 from __future__ import annotations
 
-import gc
+import socket
 from typing import Any
 
 import pytest
@@ -41,6 +45,21 @@ def pytest_configure(config: pytest.Config) -> None:
     if framework is None:
         raise pytest.UsageError("the anyio plugin needs --framework NAME")
     config.stash[_FACTORY] = protoshim.loop_factory(framework)
+
+
+def _localhost_has_ipv6() -> bool:
+    try:
+        return bool(socket.getaddrinfo("localhost", 0, socket.AF_INET6, socket.SOCK_STREAM))
+    except OSError:
+        return False
+
+
+def _needs_ipv6(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params.values() if callspec is not None else ()
+    return any(
+        isinstance(value, socket.AddressFamily) and value == socket.AF_INET6 for value in params
+    )
 
 
 def _asyncio_options(item: pytest.Item) -> dict[str, Any] | None:
@@ -71,8 +90,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Keep and bind the plain asyncio tests; deselect the rest."""
     kept: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
+    ipv6 = _localhost_has_ipv6()
     for item in items:
-        (kept if _bind(item) else dropped).append(item)
+        (kept if (ipv6 or not _needs_ipv6(item)) and _bind(item) else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
     items[:] = kept
@@ -92,13 +112,3 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if not _bind(item):
         pytest.skip("not the plain asyncio backend: does not run on the loop under test")
     record_outside_test(item)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_runtest_teardown(item: pytest.Item) -> None:
-    """Collect garbage while the test that made it is still the current one.
-
-    Otherwise a socket one test leaks warns (an error here) in whichever later
-    test the collector happens to run, on one loop and not another.
-    """
-    gc.collect()
