@@ -47,6 +47,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_FACTORY] = protoshim.loop_factory(framework)
 
 
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say when this host cannot run anyio's IPv6 tests."""
+    if _localhost_has_ipv6():
+        return None
+    return "anyio suite: localhost has no IPv6 address here, so AF_INET6 tests are deselected"
+
+
 def _localhost_has_ipv6() -> bool:
     try:
         return bool(socket.getaddrinfo("localhost", 0, socket.AF_INET6, socket.SOCK_STREAM))
