@@ -9,7 +9,7 @@ is a portability bug, and any makes the command fail.
 
     python -m protoshim.conformance.thirdparty.anyio_suite fetch
     pip install -r build/anyio/requirements.txt
-    python -m protoshim.conformance.thirdparty.anyio_suite run [-f NAME ...] [-- PYTEST_ARGS]
+    python -m protoshim.conformance.thirdparty.anyio_suite run [-f NAME ...] [-- PYTEST_ARGS...]
     python -m protoshim.conformance.thirdparty.anyio_suite compare
 
 ``fetch`` downloads and unpacks the sdist under ``build/anyio`` and writes
@@ -168,9 +168,17 @@ def portability_bugs(reference: Column, column: Column) -> dict[str, str]:
     return bugs
 
 
-def compare(reports: Path) -> int:
-    """Print each adapter's portability bugs; return their total (-1: no reference)."""
-    columns = {column.name: column for column in load_columns(reports)}
+def compare(reports: Path, only: Sequence[str] = ()) -> int:
+    """Print each adapter's portability bugs; return their total (-1: no reference).
+
+    ``only`` limits the table to those frameworks (and the reference), so a
+    run of a few frameworks is not mixed with older reports of the others.
+    """
+    columns = {
+        column.name: column
+        for column in load_columns(reports)
+        if not only or column.name in only or column.name == REFERENCE
+    }
     reference = columns.get(REFERENCE)
     if reference is None:
         print(f"no {REFERENCE} report in {reports}: nothing to compare with")
@@ -197,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m protoshim.conformance.thirdparty.anyio_suite",
         description=f"Run anyio {ANYIO_VERSION}'s test suite on protoshim's loops.",
+        epilog="Arguments after -- are passed on to pytest.",
     )
     parser.add_argument("command", choices=("fetch", "run", "compare"))
     parser.add_argument("--workdir", type=Path, default=WORKDIR, help="default: %(default)s")
@@ -210,8 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--test-timeout", type=float, default=TEST_TIMEOUT)
     parser.add_argument("--process-timeout", type=float, default=PROCESS_TIMEOUT)
-    parser.add_argument("pytest_args", nargs="*", help="after --: passed on to pytest")
-    args = parser.parse_args(argv)
+    # Everything after the first "--" goes to pytest, wherever the options
+    # before it are (nox appends its posargs after the session's own).
+    words = list(sys.argv[1:] if argv is None else argv)
+    split = words.index("--") if "--" in words else len(words)
+    args = parser.parse_args(words[:split])
+    pytest_args = words[split + 1 :]
     workdir: Path = args.workdir
     if args.command == "fetch":
         source = fetch(workdir)
@@ -220,17 +233,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(listing)
         return 0
     finished = True
+    selected: Sequence[str] = ()
     if args.command == "run":
         fetch(workdir)
-        for framework in args.frameworks or FRAMEWORKS:
+        selected = args.frameworks or FRAMEWORKS
+        for framework in selected:
             finished = (
                 run_framework(
-                    framework, workdir, args.pytest_args, args.test_timeout, args.process_timeout
+                    framework, workdir, pytest_args, args.test_timeout, args.process_timeout
                 )
                 and finished
             )
-    bugs = compare(workdir / "reports")
-    if bugs:
+    bugs = compare(workdir / "reports", selected)
+    if bugs > 0:
         print(f"\n{bugs} test(s) fail on an adapter and pass on stdlib {REFERENCE}")
     return 0 if bugs == 0 and finished else 1
 
