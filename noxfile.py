@@ -286,3 +286,24 @@ def reliability(session: nox.Session, cell: Cell) -> None:
         "--expect",
         str(len(RELIABILITY_CELLS)),
     )
+
+
+# anyio's own test suite, from its sdist, on every adapter: a yardstick that
+# nobody in this project wrote.  Slow (a few minutes per framework), so not
+# in the default set yet.
+ANYIO_DIR = ROOT / "build" / "anyio"
+
+
+@nox.session(python=PYTHON, default=False)
+def anyio(session: nox.Session) -> None:
+    """Run anyio's tests on each framework; fail on any that only an adapter fails.
+
+    ``nox -s anyio -- -f twisted -f asyncio`` runs two frameworks; pytest
+    options go after a second ``--``.
+    """
+    _install_project(session, "all")
+    _install_pyuv(session)
+    suite = "protoshim.conformance.thirdparty.anyio_suite"
+    session.run("python", "-m", suite, "fetch", "--workdir", str(ANYIO_DIR))
+    session.install("-r", str(ANYIO_DIR / "requirements.txt"))
+    session.run("python", "-m", suite, "run", "--workdir", str(ANYIO_DIR), *session.posargs)
