@@ -186,6 +186,8 @@ def _render_matrix(session: nox.Session, markdown: Path, svg: Path) -> None:
     session.run(
         *("python", "-m", "protoshim.conformance.matrix", str(MATRIX_DIR)),
         *("--markdown", str(markdown), "--svg", str(svg), "--expect", str(len(CELLS))),
+        # anyio's suite is a session of its own; its last reports are summarised.
+        *("--anyio", str(ANYIO_DIR / "reports")),
     )
 
 

@@ -34,9 +34,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from protoshim.conformance.matrix import Column, load_columns
+from protoshim.conformance.matrix import load_columns, portability_bugs
 
-__all__ = ["ANYIO_VERSION", "REFERENCE", "fetch", "main", "portability_bugs", "run_framework"]
+__all__ = ["ANYIO_VERSION", "REFERENCE", "fetch", "main", "run_framework"]
 
 #: The anyio release whose tests are run; its tests match its own code.
 ANYIO_VERSION = "4.16.0"
@@ -51,7 +51,6 @@ WORKDIR = Path("build") / "anyio"
 TEST_TIMEOUT = 20.0
 #: A whole run that outlives this is killed (a hang pytest-timeout cannot break).
 PROCESS_TIMEOUT = 1800.0
-_FAILED = ("failed", "error")
 # pytest -q prints its progress as lines ending in "[ 42%]".
 _PROGRESS = re.compile(r"\[\s*\d+%\]$")
 
@@ -152,20 +151,6 @@ def run_framework(
         print(f"[{framework}] no report: the run was killed or crashed", flush=True)
         return False
     return True
-
-
-def portability_bugs(reference: Column, column: Column) -> dict[str, str]:
-    """Map each test failing in ``column`` and passing in ``reference`` to its reason."""
-    bugs = {}
-    for test, result in reference.results.items():
-        if result.get("outcome") != "passed":
-            continue
-        mine = column.results.get(test)
-        if mine is None:
-            bugs[test] = "did not run (the run ended early?)"
-        elif mine.get("outcome") in _FAILED:
-            bugs[test] = str(mine.get("reason", ""))
-    return bugs
 
 
 def compare(reports: Path, only: Sequence[str] = ()) -> int:
