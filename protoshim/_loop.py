@@ -44,6 +44,10 @@ Ts = TypeVarTuple("Ts")
 
 # As in asyncio: rebuild the heap once cancelled timers are half of it.
 _MIN_SCHEDULED_TO_COMPACT = 100
+#: The longest delay handed to a driver, as asyncio caps its select() timeout:
+#: frameworks overflow on an infinite or huge delay, and a timer that fires
+#: early only re-arms.
+MAX_TIMER_DELAY = 24 * 3600.0
 
 
 def _fileno(fileobj: Any) -> int:
@@ -195,8 +199,11 @@ class EventLoop(base_events.BaseEventLoop):
             return  # an earlier tick is already armed and will re-arm
         if self._timer is not None:
             self._timer.cancel()
-        self._timer_when = when
-        self._timer = self._driver.call_later(max(0.0, when - self.time()), self._timer_tick)
+            self._timer = None
+        now = self.time()
+        delay = min(max(0.0, when - now), MAX_TIMER_DELAY)
+        self._timer_when = min(when, now + MAX_TIMER_DELAY)
+        self._timer = self._driver.call_later(delay, self._timer_tick)
 
     # -- scheduling ---------------------------------------------------------
 
