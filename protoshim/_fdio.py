@@ -11,22 +11,41 @@ from __future__ import annotations
 
 import collections
 import errno
-import logging
 import socket
 from typing import Any, Generic, TypeVar
 
 from ._primitives import Address, Cancellable, DatagramSink, Driver, OnStream, StreamSink
 
-__all__ = ["FdDatagram", "FdDriver", "FdListener", "FdStream"]
+__all__ = [
+    "ACCEPT_NOTHING",
+    "ACCEPT_RETRY_DELAY",
+    "FdDatagram",
+    "FdDriver",
+    "FdListener",
+    "FdStream",
+    "accept_pauses",
+]
 
-logger = logging.getLogger("protoshim")
 
 SinkT = TypeVar("SinkT", StreamSink, DatagramSink)
 
 READ_SIZE = 256 * 1024
 #: Seconds to stop accepting after running out of descriptors, as asyncio does.
 ACCEPT_RETRY_DELAY = 1.0
-_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: accept() errors that only mean nothing is left to accept now, as in asyncio.
+ACCEPT_NOTHING = (BlockingIOError, InterruptedError, ConnectionAbortedError)
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+
+
+def accept_pauses(exc: OSError) -> bool:
+    """Return whether an ``accept()`` error must pause accepting for a while.
+
+    Out of descriptors or memory, the connection stays pending and the
+    listening socket readable, so without a pause the loop would spin.  The
+    error is raised after pausing, like any other, so that it reaches the
+    loop's exception handler.
+    """
+    return exc.errno in _OUT_OF_RESOURCES
 
 
 class _Watched(Generic[SinkT]):
@@ -224,22 +243,15 @@ class FdListener:
         for _ in range(self._backlog):
             try:
                 conn, _addr = self._sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            except ACCEPT_NOTHING:
                 return
             except OSError as exc:
-                if exc.errno not in _OUT_OF_RESOURCES:
-                    raise
-                # Out of descriptors: the pending connection stays readable,
-                # so without a pause the loop would spin at full CPU.
-                logger.error(
-                    "accept on %r failed (%s); retrying in %.1f s",
-                    self._sock.getsockname(),
-                    exc.strerror,
-                    ACCEPT_RETRY_DELAY,
-                )
-                self._driver.remove_reader(self._fd)
-                self._retry = self._driver.call_later(ACCEPT_RETRY_DELAY, self._resume)
-                return
+                if accept_pauses(exc):
+                    self._driver.remove_reader(self._fd)
+                    self._retry = self._driver.call_later(ACCEPT_RETRY_DELAY, self._resume)
+                # Out of this callback, the driver hands it to the loop's
+                # exception handler, and the loop goes on.
+                raise
             conn.setblocking(False)
             self._on_stream(self._driver.open_stream(conn))
 

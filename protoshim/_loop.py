@@ -46,6 +46,10 @@ Ts = TypeVarTuple("Ts")
 
 # As in asyncio: rebuild the heap once cancelled timers are half of it.
 _MIN_SCHEDULED_TO_COMPACT = 100
+#: The longest delay handed to a driver, as asyncio caps its select() timeout:
+#: frameworks overflow on an infinite or huge delay, and a timer that fires
+#: early only re-arms.
+MAX_TIMER_DELAY = 24 * 3600.0
 
 
 def _registered_fd(table: dict[int, tuple[events.Handle, Any]], fileobj: Any) -> int:
@@ -108,6 +112,7 @@ class EventLoop(base_events.BaseEventLoop):
         self._listeners: dict[socket.socket, Any] = {}
         self._signal_handlers: dict[int, events.Handle] = {}
         self._signal_socks: tuple[socket.socket, socket.socket] | None = None
+        driver.bind(self)
 
     @property
     def driver(self) -> Driver:
@@ -123,6 +128,12 @@ class EventLoop(base_events.BaseEventLoop):
         self._driver.run()
         exc, self._exit_exc = self._exit_exc, None
         if exc is not None:
+            # The exit may have cut a timer callback short: forget the
+            # framework timer, so the next run arms a new one.
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+                self._timer_when = None
             raise exc
 
     def stop(self) -> None:
@@ -138,6 +149,27 @@ class EventLoop(base_events.BaseEventLoop):
         if self._exit_exc is None:
             self._exit_exc = exc
         self._driver.stop()
+
+    def callback_failed(self, exc: BaseException, *, polling: bool = False) -> None:
+        """Apply the one rule for an exception that escaped a framework callback.
+
+        Every driver passes here whatever escapes a callback it runs for its
+        framework (see :meth:`Driver.bind <protoshim._primitives.Driver.bind>`):
+
+        * KeyboardInterrupt and SystemExit leave ``run_forever``, as they
+          leave the stdlib loop;
+        * so does anything raised while the framework polls rather than by a
+          callback (``polling=True``): a ``signal.signal`` handler's
+          exception propagates out of ``select()`` on the stdlib loop;
+        * anything else goes to the loop's exception handler and the loop
+          goes on, as an exception from an asyncio callback does.
+        """
+        if polling or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            self._exit_with(exc)
+            return
+        self.call_exception_handler(
+            {"message": "Unhandled exception in a framework callback", "exception": exc}
+        )
 
     def _request_tick(self) -> None:
         if not self._tick_pending and not self._closed:
@@ -216,8 +248,11 @@ class EventLoop(base_events.BaseEventLoop):
             return  # an earlier tick is already armed and will re-arm
         if self._timer is not None:
             self._timer.cancel()
-        self._timer_when = when
-        self._timer = self._driver.call_later(max(0.0, when - self.time()), self._timer_tick)
+            self._timer = None
+        now = self.time()
+        delay = min(max(0.0, when - now), MAX_TIMER_DELAY)
+        self._timer_when = min(when, now + MAX_TIMER_DELAY)
+        self._timer = self._driver.call_later(delay, self._timer_tick)
 
     # -- scheduling ---------------------------------------------------------
 

@@ -26,13 +26,26 @@ An adapter must:
 * never call a sink from inside a primitive call (``write``, ``start_reading``,
   ...) -- only from the framework's own callbacks;
 * stop calling a sink once ``close`` or ``abort`` has been called on it.
+
+Exceptions follow one rule, whatever the framework would do with them (log
+and drop them, print them, or stop): whatever escapes a callback that the
+driver runs for its framework is passed to the loop's
+:meth:`~protoshim.EventLoop.callback_failed`.  An ``Exception`` then reaches
+the loop's exception handler and the loop goes on, as in asyncio;
+KeyboardInterrupt and SystemExit leave ``run_forever``.  What the framework
+raises while it polls (a ``signal.signal`` handler's exception) is not a
+callback's: it leaves ``run_forever`` too, as it leaves the stdlib loop's
+``select()``.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ._loop import EventLoop
 
 __all__ = [
     "Cancellable",
@@ -168,7 +181,14 @@ class Listener(Protocol):
     """Accept connections on one listening socket."""
 
     def close(self) -> None:
-        """Stop accepting; the listening socket itself is closed by core."""
+        """Stop accepting; the listening socket itself is closed by core.
+
+        A failed ``accept()`` follows asyncio's rule: ``ACCEPT_NOTHING``
+        errors end the batch quietly; any other is raised out of the
+        listener's callback, to the exception handler (see
+        :meth:`Driver.bind`), after pausing accepting for
+        ``ACCEPT_RETRY_DELAY`` when :func:`~protoshim._fdio.accept_pauses`.
+        """
 
 
 #: Called by a listener with each accepted connection.
@@ -177,6 +197,15 @@ OnStream = Callable[[Stream], None]
 
 class Driver(Protocol):
     """Run one framework loop on behalf of a :class:`protoshim.EventLoop`."""
+
+    def bind(self, loop: EventLoop) -> None:
+        """Learn the loop this driver runs; core calls it once, creating the loop.
+
+        Every callback the driver runs for its framework (core's ticks,
+        timers and watchers, and the adapter's own stream and listener
+        events) must pass whatever escapes it to
+        ``loop.callback_failed(exc)``, never to the framework.
+        """
 
     def run(self) -> None:
         """Run the framework's loop until :meth:`stop` is called."""

@@ -401,9 +401,9 @@ def test_running_out_of_descriptors_pauses_accepting():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0 < result["starved"] < 16
     assert result["accepted"] == 16
-    # Paused rather than failing on every poll.
-    assert result["handled"] == 0
-    assert proc.stderr.count("retrying in") <= 2, proc.stderr
+    # Reported to the exception handler, as asyncio does, once per pause
+    # rather than on every poll.
+    assert 1 <= result["handled"] <= 2
 
 
 def test_creating_and_closing_loops_leaks_no_descriptors():

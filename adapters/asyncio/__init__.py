@@ -84,5 +84,21 @@ UVLOOP = Adapter(
         "test_udp::test_datagram_transport_type": (
             "UDP transports do not inherit from asyncio.BaseTransport"
         ),
+        "test_errors::test_out_of_descriptors_pauses_accepting_then_serves": (
+            "out of descriptors, libuv's accept closes the pending connection "
+            "and nothing reaches the exception handler"
+        ),
+        "test_errors::test_raising_data_received_closes_the_transport_and_the_loop_goes_on": (
+            "a raising data_received() is reported as 'Fatal error on transport'"
+        ),
+        "test_errors::test_exit_from_data_received_leaves_run_until_complete[KeyboardInterrupt]": (
+            "KeyboardInterrupt from data_received() goes to the exception handler"
+        ),
+        "test_errors::test_exit_from_data_received_leaves_run_until_complete[SystemExit]": (
+            "SystemExit from data_received() goes to the exception handler"
+        ),
+        "test_errors::test_signal_handler_exception_leaves_run_until_complete": (
+            "a signal.signal handler's exception goes to the exception handler"
+        ),
     },
 )

@@ -136,6 +136,7 @@ class GeventDriver(FdDriver):
         self._min_delay = 0.001 if type(loop).__module__.startswith("gevent.libuv") else 0.0
         self._queue: collections.deque[Callback] = collections.deque()
         self._runner: Any = None
+        self._loop: EventLoop | None = None
         self._parked = False
         self._stopping = False
         self._closed = False
@@ -178,13 +179,25 @@ class GeventDriver(FdDriver):
             queue = self._queue
             while not self._stopping:
                 if queue:
-                    queue.popleft()()
+                    try:
+                        queue.popleft()()
+                    except BaseException as exc:
+                        self._failed(exc)
                 else:
+                    # What the hub throws in here is not a callback's.
                     self._park()
         finally:
             _running.leave()
             self._async.ref = False
             self._runner = None
+
+    def bind(self, loop: EventLoop) -> None:
+        self._loop = loop
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._loop is None:
+            raise exc
+        self._loop.callback_failed(exc)
 
     def _park(self) -> None:
         self._parked = True

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dis
+import functools
 import math
 import signal
 import socket
@@ -25,7 +27,7 @@ import threading
 import traceback
 from asyncio import events
 from collections.abc import Callable, Iterator
-from types import TracebackType
+from types import CodeType, TracebackType
 from typing import Any
 
 import pyuv
@@ -55,6 +57,27 @@ def _timeout(delay: float) -> float:
     """
     ms = math.ceil(delay * 1000.0)
     return (ms + 0.5) / 1000.0 if ms > 0 else 0.0
+
+
+@functools.cache
+def _first_instruction(code: CodeType) -> int:
+    """Return the offset of ``code``'s RESUME, where a call starts running its own code."""
+    for instruction in dis.get_instructions(code):
+        if instruction.opname == "RESUME":
+            return instruction.offset
+    return -1  # before 3.11: no such instruction, and no way to tell
+
+
+def _raised_on_entry(tb: TracebackType | None) -> bool:
+    """Tell whether an exception escaping a pyuv callback was raised before it ran.
+
+    libuv polls with the GIL released; a signal that arrives meanwhile has
+    its Python handler run on entry to the first callback pyuv calls next,
+    so what the handler raises seems to come from that callback.  Raised
+    before the callback's own first instruction, it was raised while
+    polling.
+    """
+    return tb is not None and tb.tb_lasti <= _first_instruction(tb.tb_frame.f_code)
 
 
 class _Timer:
@@ -282,12 +305,11 @@ class PyuvDriver:
         loop = self.event_loop
         if loop is None or loop.is_closed():
             traceback.print_exception(typ, value, tb)
-        elif isinstance(value, (KeyboardInterrupt, SystemExit)):
-            loop._exit_with(value)
         else:
-            loop.call_exception_handler(
-                {"message": "Unhandled exception in a pyuv callback", "exception": value}
-            )
+            loop.callback_failed(value, polling=_raised_on_entry(tb))
+
+    def bind(self, loop: EventLoop) -> None:
+        self.event_loop = loop
 
     # -- scheduling ---------------------------------------------------------
 
@@ -530,7 +552,6 @@ class PyuvEventLoop(EventLoop):
 
     def __init__(self, driver: PyuvDriver) -> None:
         super().__init__(driver)
-        driver.event_loop = self
         self._guest_hooks: Any = None
 
     @property

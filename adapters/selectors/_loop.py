@@ -46,10 +46,25 @@ class SelectorsDriver(FdDriver):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._wake_lock = threading.Lock()
+        self._loop: EventLoop | None = None
         self.add_reader(self._wake_r.fileno(), self._woken)
 
+    def bind(self, loop: EventLoop) -> None:
+        self._loop = loop
+
+    def _call(self, callback: Callback) -> None:
+        try:
+            callback()
+        except BaseException as exc:
+            if self._loop is None:
+                raise
+            self._loop.callback_failed(exc)
+
     def run(self) -> None:
+        # What select() raises (a signal handler's exception) is not a
+        # callback's: it leaves run() as it leaves the stdlib loop.
         self._stopping = False
+        call = self._call
         while not self._stopping:
             timeout: float | None = None
             if self._soon or self._threadsafe:
@@ -58,17 +73,17 @@ class SelectorsDriver(FdDriver):
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
             for key, mask in self._selector.select(timeout):
                 if mask & selectors.EVENT_READ and key.fd in self._readers:
-                    self._readers[key.fd]()
+                    call(self._readers[key.fd])
                 if mask & selectors.EVENT_WRITE and key.fd in self._writers:
-                    self._writers[key.fd]()
+                    call(self._writers[key.fd])
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 timer = heapq.heappop(self._timers)[2]
                 if not timer.cancelled:
-                    timer.callback()
+                    call(timer.callback)
             for queue in (self._threadsafe, self._soon):
                 for _ in range(len(queue)):
-                    queue.popleft()()
+                    call(queue.popleft())
 
     def stop(self) -> None:
         self._stopping = True

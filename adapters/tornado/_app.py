@@ -111,7 +111,6 @@ def attach(io_loop: IOLoop | None = None) -> AttachedEventLoop:
     if loop is None:
         driver = TornadoDriver(io_loop, owned=False)
         loop = AttachedEventLoop(driver)
-        driver.bind(loop)
         _attached[io_loop] = loop
     return loop
 

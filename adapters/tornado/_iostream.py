@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
@@ -34,7 +33,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.platform.asyncio import BaseAsyncIOLoop
 from tornado.tcpserver import TCPServer
 
-from ..._fdio import _OUT_OF_RESOURCES, ACCEPT_RETRY_DELAY
+from ..._fdio import ACCEPT_RETRY_DELAY, accept_pauses
 from ..._primitives import OnStream, StreamSink
 
 if TYPE_CHECKING:
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = ["HalfCloseIOStream", "PausingTCPServer", "TornadoListener", "TornadoStream"]
 
-logger = logging.getLogger("protoshim")
 
 #: Bytes asked for per read, and the ``read_chunk_size`` of the adapter's
 #: own streams: IOStream allocates (and zeroes) a chunk for every socket
@@ -417,8 +415,10 @@ class PausingTCPServer(TCPServer):
     """A ``TCPServer`` that stops accepting for a while when out of descriptors.
 
     Tornado's accept handler lets EMFILE escape; the listening socket stays
-    readable, so the IOLoop would call it again at once, forever.  Like
-    asyncio, this pauses accepting for :data:`ACCEPT_RETRY_DELAY` seconds.
+    readable, so the IOLoop would call it again at once, forever.  Core's
+    rule applies instead (:func:`~protoshim._fdio.accept_pauses`): accepting
+    pauses for :data:`ACCEPT_RETRY_DELAY` seconds, and the error goes on to
+    the exception handler, as every failed accept does.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -446,18 +446,14 @@ class PausingTCPServer(TCPServer):
         try:
             handler(fileobj, events)
         except OSError as exc:
-            if exc.errno not in _OUT_OF_RESOURCES:
-                raise
-            logger.error(
-                "accept on %r failed (%s); retrying in %.1f s",
-                sock.getsockname(),
-                exc.strerror,
-                ACCEPT_RETRY_DELAY,
-            )
-            fd = sock.fileno()
-            io_loop.update_handler(fd, IOLoop.NONE)
-            handle = io_loop.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting, io_loop, fd)
-            self._retries[fd] = (io_loop, handle)
+            if accept_pauses(exc):
+                fd = sock.fileno()
+                io_loop.update_handler(fd, IOLoop.NONE)
+                handle = io_loop.call_later(
+                    ACCEPT_RETRY_DELAY, self._resume_accepting, io_loop, fd
+                )
+                self._retries[fd] = (io_loop, handle)
+            raise
 
     def _resume_accepting(self, io_loop: BaseAsyncIOLoop, fd: int) -> None:
         self._retries.pop(fd, None)

@@ -100,7 +100,7 @@ class TornadoDriver:
         return self._native
 
     def bind(self, loop: EventLoop) -> None:
-        """Attach the protoshim loop this driver serves; called once, right after creation."""
+        """Attach the protoshim loop this driver serves; core calls it once, creating the loop."""
         self._loop = loop
         # What BaseEventLoop.run_forever installs: async generators first
         # iterated in protocol code must be finalized by the protoshim loop.
@@ -111,7 +111,9 @@ class TornadoDriver:
         # IOLoop.current() inside protocol code is then the IOLoop running it.
         IOLoop._ioloop_for_asyncio[loop] = self._io_loop
         if self._owned:
-            # Errors in Tornado's own callbacks reach the protoshim loop's handler.
+            # Errors in Tornado's own callbacks (its accept handler, say)
+            # reach the protoshim loop's handler; its asyncio loop carries
+            # KeyboardInterrupt and SystemExit out of run() itself.
             self._native.set_exception_handler(_forward_exceptions(loop))
 
     # -- crossing between the two asyncio loops -----------------------------
@@ -138,11 +140,19 @@ class TornadoDriver:
 
         Such a callback runs inside that loop's ``run_forever``, so the
         running loop is known to be the IOLoop's and need not be looked up.
+        What escapes ``fn`` goes to the protoshim loop's
+        :meth:`~protoshim.EventLoop.callback_failed`.
         """
-        if self._inside or self._loop is None:
-            fn(*args)
-            return
-        self._cross(self._native, fn, args)
+        loop = self._loop
+        try:
+            if self._inside or loop is None:
+                fn(*args)
+            else:
+                self._cross(self._native, fn, args)
+        except BaseException as exc:
+            if loop is None:
+                raise
+            loop.callback_failed(exc)
 
     def _cross(
         self, previous: asyncio.AbstractEventLoop | None, fn: Callable[..., object], args: Any
@@ -354,5 +364,4 @@ def new_event_loop() -> EventLoop:
     except BaseException:
         io_loop.close()
         raise
-    driver.bind(loop)
     return loop

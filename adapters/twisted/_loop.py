@@ -168,10 +168,9 @@ class TwistedDriver:
         self._owned = owned
         self._stopping = False
         self._closed = False
-        self._error: BaseException | None = None
         self._watchers: dict[int, _Watcher] = {}
         self._streams: weakref.WeakSet[TwistedStream] = weakref.WeakSet()
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: EventLoop | None = None
         if owned:
             with warnings.catch_warnings():
                 # Twisted before 22.1 calls threading.currentThread() here.
@@ -196,12 +195,15 @@ class TwistedDriver:
 
     # -- running ------------------------------------------------------------
 
-    def run_callback(self, callback: Callback) -> None:
-        """Call ``callback`` for the reactor; carry any escaping exception out of :meth:`run`.
+    def bind(self, loop: EventLoop) -> None:
+        self.loop = loop
 
-        Twisted logs and swallows what its callbacks raise; core's callbacks
-        only let KeyboardInterrupt, SystemExit or a bug escape, which must end
-        ``run_forever`` instead.
+    def run_callback(self, callback: Callback) -> None:
+        """Call ``callback`` for the reactor; give what escapes it to the loop's rule.
+
+        Twisted would log what its callbacks raise to its own log (and drop
+        a descriptor whose doRead raised); the loop's
+        :meth:`~protoshim.EventLoop.callback_failed` decides instead.
         """
         if self._closed:
             return
@@ -209,9 +211,7 @@ class TwistedDriver:
             try:
                 callback()
             except BaseException as exc:
-                if self._error is None:
-                    self._error = exc
-                self._stopping = True
+                self._failed(exc)
             return
         # Inside the application's reactor.run(), asyncio code must still find
         # its loop running, and async generators its finalizer (captured at
@@ -225,9 +225,16 @@ class TwistedDriver:
         )
         try:
             callback()
+        except BaseException as exc:
+            self._failed(exc)
         finally:
             sys.set_asyncgen_hooks(*hooks)
             events._set_running_loop(previous)
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.loop is None:
+            raise exc
+        self.loop.callback_failed(exc)
 
     def run(self) -> None:
         if not self._owned:
@@ -237,16 +244,13 @@ class TwistedDriver:
             )
         reactor: Any = self._reactor
         self._stopping = False
-        try:
-            while not self._stopping:
-                reactor.runUntilCurrent()
-                if self._stopping:
-                    break
-                reactor.doIteration(reactor.timeout())
-        finally:
-            exc, self._error = self._error, None
-        if exc is not None:
-            raise exc
+        # What doIteration raises while polling (a signal handler's
+        # exception) leaves run(), as it leaves the stdlib loop's select().
+        while not self._stopping:
+            reactor.runUntilCurrent()
+            if self._stopping:
+                break
+            reactor.doIteration(reactor.timeout())
 
     def stop(self) -> None:
         self._stopping = True
@@ -372,10 +376,6 @@ class TwistedEventLoop(EventLoop):
     """An asyncio event loop on a Twisted reactor."""
 
     _driver: TwistedDriver
-
-    def __init__(self, driver: TwistedDriver) -> None:
-        super().__init__(driver)
-        driver.loop = self
 
     @property
     def reactor(self) -> ReactorBase:
