@@ -262,6 +262,16 @@ def ipv6_unavailable() -> str | None:
 
 
 @contextlib.contextmanager
+def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Yield two connected non-blocking stream sockets, closed afterwards."""
+    left, right = socket.socketpair()
+    with left, right:
+        left.setblocking(False)
+        right.setblocking(False)
+        yield left, right
+
+
+@contextlib.contextmanager
 def short_tmpdir() -> Iterator[str]:
     """Yield a short temporary directory (Unix socket paths are limited to ~100 bytes)."""
     path = tempfile.mkdtemp(prefix="ps-")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import IO
 
 import pytest
 
-from protoshim.conformance._helpers import Recorder, tcp_pair, wait
+from protoshim.conformance._helpers import Pair, Recorder, socket_pair, tcp_pair, wait
 from protoshim.conformance.plugin import RunCoroutine
 
 pytestmark = pytest.mark.requires("tcp")
@@ -56,13 +57,20 @@ def _shrink_send_buffer(transport: asyncio.BaseTransport) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
 
 
+@contextlib.asynccontextmanager
+async def _slow_pair(loop: asyncio.AbstractEventLoop) -> AsyncIterator[Pair]:
+    """A pair whose client sends into a small buffer that the server drains late."""
+    async with tcp_pair(loop, server_protocol=SlowStart) as pair:
+        _shrink_send_buffer(pair.client.tr)
+        yield pair
+
+
 def test_sendfile_sends_after_buffered_data_and_before_later_writes(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine, data_file: IO[bytes]
 ) -> None:
     async def main() -> None:
-        async with tcp_pair(loop, server_protocol=SlowStart) as pair:
+        async with _slow_pair(loop) as pair:
             transport = pair.client.tr
-            _shrink_send_buffer(transport)
             transport.write(b"head" * 8192)  # more than the socket takes at once
             sent = await wait(loop.sendfile(transport, data_file), "sendfile")
             transport.write(b"end")
@@ -78,9 +86,8 @@ def test_sendfile_offset_and_count_select_the_bytes_and_move_the_position(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine, data_file: IO[bytes]
 ) -> None:
     async def main() -> None:
-        async with tcp_pair(loop, server_protocol=SlowStart) as pair:
+        async with _slow_pair(loop) as pair:
             transport = pair.client.tr
-            _shrink_send_buffer(transport)
             count = len(DATA) // 2
             sent = await wait(loop.sendfile(transport, data_file, 1000, count), "sendfile")
             assert sent == count
@@ -94,9 +101,8 @@ def test_sendfile_pauses_reading_and_refuses_writes_until_done(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine, data_file: IO[bytes]
 ) -> None:
     async def main() -> None:
-        async with tcp_pair(loop, server_protocol=SlowStart) as pair:
+        async with _slow_pair(loop) as pair:
             transport = pair.client.tr
-            _shrink_send_buffer(transport)
             task = asyncio.ensure_future(loop.sendfile(transport, data_file))
             await asyncio.sleep(0)
             assert not task.done()
@@ -161,10 +167,7 @@ def test_sock_sendfile_sends_a_range_of_the_file(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine, data_file: IO[bytes]
 ) -> None:
     async def main() -> None:
-        left, right = socket.socketpair()
-        with left, right:
-            left.setblocking(False)
-            right.setblocking(False)
+        with socket_pair() as (left, right):
             left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
             count = len(DATA) - 5000
             task = asyncio.ensure_future(loop.sock_sendfile(left, data_file, 5000, count))

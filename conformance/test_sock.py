@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from protoshim.conformance._helpers import wait
+from protoshim.conformance._helpers import socket_pair, wait
 from protoshim.conformance.plugin import RunCoroutine
 
 
@@ -50,10 +50,7 @@ def test_a_cancelled_sock_recv_leaves_the_next_one_waiting(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine
 ) -> None:
     async def main() -> None:
-        left, right = socket.socketpair()
-        with left, right:
-            left.setblocking(False)
-            right.setblocking(False)
+        with socket_pair() as (left, right):
             cancelled = asyncio.ensure_future(loop.sock_recv(left, 100))
             await asyncio.sleep(0)
             cancelled.cancel()
@@ -70,10 +67,7 @@ def test_a_cancelled_sock_sendall_leaves_the_next_one_waiting(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine
 ) -> None:
     async def main() -> None:
-        left, right = socket.socketpair()
-        with left, right:
-            left.setblocking(False)
-            right.setblocking(False)
+        with socket_pair() as (left, right):
             with contextlib.suppress(BlockingIOError):
                 while True:
                     left.send(b" " * 4096)
