@@ -105,6 +105,38 @@ def test_create_connection_returns_before_data_received(
     run(main())
 
 
+@pytest.mark.parametrize("size", [7, 65536])
+def test_eof_behind_data_is_read_in_a_later_iteration(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, size: int
+) -> None:
+    # asyncio reads a socket once per iteration, so an EOF that arrived with
+    # the data reaches eof_received after the callbacks data_received
+    # scheduled (TLS relies on it: its close runs an iteration after the
+    # data, and create_connection() returns before that).
+    async def main() -> None:
+        ours, theirs = socket.socketpair()
+
+        class Client(Recorder):
+            def data_received(self, data: bytes) -> None:
+                super().data_received(data)
+                self.loop.call_soon(self.events.append, "soon")
+
+        try:
+            theirs.sendall(b"x" * size)
+            theirs.close()
+            _, client = await loop.create_connection(lambda: Client(loop), sock=ours)
+            await wait(asyncio.shield(client.lost), "connection_lost")
+            events = client.events
+            assert len(client.data) == size
+            eof = events.index("eof")
+            last_data = max(i for i, event in enumerate(events[:eof]) if event == "data")
+            assert "soon" in events[last_data:eof], events
+        finally:
+            theirs.close()
+
+    run(main())
+
+
 def test_pause_reading_inside_connection_made_is_honoured(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine
 ) -> None:

@@ -85,6 +85,7 @@ class UvStream(_Closing):
     __slots__ = (
         "_closed",
         "_driver",
+        "_eof_seen",
         "_fd",
         "_handle",
         "_on_data",
@@ -102,6 +103,7 @@ class UvStream(_Closing):
         self._sink: StreamSink | None = None
         self._on_data: Callable[[bytes], None] | None = None
         self._reading = False
+        self._eof_seen = False  # libuv reported EOF; the sink has not heard yet
         self._closed = False
         # One bound method for every write, instead of a new one per call.
         self._write_cb = self._on_write
@@ -124,6 +126,9 @@ class UvStream(_Closing):
     def stop_reading(self) -> None:
         if self._reading:
             self._reading = False
+            # A pending EOF is dropped, as asyncio's pause cancels a read
+            # event already polled; reading again reads the EOF again.
+            self._eof_seen = False
             if not self._closed:
                 self._handle.stop_read()
 
@@ -133,12 +138,25 @@ class UvStream(_Closing):
                 self._on_data(data)  # type: ignore[misc]
             return
         # pyuv has already stopped reading on any error, EOF included.
+        if error == UV_EOF:
+            # libuv reads until EAGAIN, and reports a hang-up in the same
+            # callback as the data before it; asyncio reads once per
+            # iteration, so the callbacks that data scheduled run before
+            # eof_received.  Report it on the next iteration, after them.
+            self._eof_seen = True
+            self._driver._defer(self._report_eof, None)
+            return
         self._reading = False
         assert self._sink is not None
-        if error == UV_EOF:
-            self._sink._on_eof()
-        else:
-            self._sink._on_error(uv_error(error))
+        self._sink._on_error(uv_error(error))
+
+    def _report_eof(self, _: object) -> None:
+        if not self._eof_seen or self._closed:
+            return  # paused or closed meanwhile
+        self._eof_seen = False
+        self._reading = False
+        assert self._sink is not None
+        self._sink._on_eof()
 
     # -- writing ------------------------------------------------------------
 

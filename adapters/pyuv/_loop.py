@@ -329,27 +329,28 @@ class PyuvDriver:
             self._idle.start(self._on_idle)
 
     def _on_idle(self, handle: Any) -> None:
-        soon = self._soon
-        self._soon = None
-        if self._due or self._deferred:
-            self._run_internal()
-        if soon is not None:
-            soon()
-        if self._soon is None and not self._due and not self._deferred:
-            self._idle_active = False
-            handle.stop()
-
-    def _run_internal(self) -> None:
         # Only what is queued now: anything queued meanwhile waits for the
         # next iteration, after a poll.
+        soon = self._soon
+        self._soon = None
+        deferred = len(self._deferred)
         if self._due:
             due, self._due = self._due, []
             for timer in due:
                 timer._run_due()
-        deferred = self._deferred
-        for _ in range(len(deferred)):
-            function, argument = deferred.popleft()
-            function(argument)
+        if soon is not None:
+            soon()
+        if deferred:
+            # I/O reports come after the callbacks that were ready before
+            # them, as asyncio appends polled events to its ready queue, so
+            # what they schedule waits for the next iteration.
+            queue = self._deferred
+            for _ in range(deferred):
+                function, argument = queue.popleft()
+                function(argument)
+        if self._soon is None and not self._due and not self._deferred:
+            self._idle_active = False
+            handle.stop()
 
     def call_later(self, delay: float, callback: Callback) -> _Timer:
         timer = _Timer(self, callback)
