@@ -144,3 +144,30 @@ def test_sock_calls_refuse_a_transports_socket(
             await close_and_wait(pair.client)
 
     run(main())
+
+
+def test_callbacks_ready_before_a_poll_run_before_its_events(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # asyncio appends the handles of polled I/O behind the callbacks already
+    # ready, so a task's first step runs before a reader that is already
+    # readable when the loop starts.
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        order: list[str] = []
+
+        def on_readable() -> None:
+            order.append("reader")
+            loop.remove_reader(ours)
+
+        async def main() -> None:
+            order.append("task")
+            for _ in range(5000):  # bounded: five seconds at most
+                if "reader" in order:
+                    return
+                await asyncio.sleep(0.001)
+
+        theirs.send(b"waiting")
+        loop.add_reader(ours, on_readable)
+        loop.run_until_complete(main())
+        assert order[:2] == ["task", "reader"]

@@ -71,7 +71,19 @@ class SelectorsDriver(FdDriver):
                 timeout = 0
             elif self._timers:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
-            for key, mask in self._selector.select(timeout):
+            queued = ((self._threadsafe, len(self._threadsafe)), (self._soon, len(self._soon)))
+            events = self._selector.select(timeout)
+            # What was queued before the poll runs before the poll's events,
+            # as asyncio runs the callbacks that were ready before the I/O it
+            # polled; what these schedule waits for the next iteration.
+            for queue, count in queued:
+                for _ in range(count):
+                    call(queue.popleft())
+            if self._stopping:
+                # They stopped the loop: asyncio polls nothing after that
+                # iteration.  Watches are level-triggered; the events return.
+                break
+            for key, mask in events:
                 if mask & selectors.EVENT_READ and key.fd in self._readers:
                     call(self._readers[key.fd])
                 if mask & selectors.EVENT_WRITE and key.fd in self._writers:
@@ -81,9 +93,6 @@ class SelectorsDriver(FdDriver):
                 timer = heapq.heappop(self._timers)[2]
                 if not timer.cancelled:
                     call(timer.callback)
-            for queue in (self._threadsafe, self._soon):
-                for _ in range(len(queue)):
-                    call(queue.popleft())
 
     def stop(self) -> None:
         self._stopping = True
