@@ -341,18 +341,24 @@ def _forward_exceptions(
 
 
 def _new_io_loop() -> IOLoop:
-    """Create a Tornado IOLoop on a private asyncio selector loop, not made current."""
-    if tornado.version_info >= (6, 2):
-        native = asyncio.SelectorEventLoop()
-        try:
-            io_loop: IOLoop = AsyncIOLoop(asyncio_loop=native, make_current=False)
-        except BaseException:
-            native.close()
-            raise
-        return io_loop
-    # Before 6.2 an AsyncIOLoop always makes its own asyncio loop.
-    old_io_loop: IOLoop = AsyncIOLoop(make_current=False)
-    return old_io_loop
+    """Create a Tornado IOLoop on a private asyncio selector loop, not made current.
+
+    The selector loop is made here, not by ``asyncio.new_event_loop()``: that
+    asks the installed policy, which may be one that asks protoshim.
+    """
+    native = asyncio.SelectorEventLoop()
+    try:
+        io_loop: IOLoop
+        if tornado.version_info >= (6, 2):
+            io_loop = AsyncIOLoop(asyncio_loop=native, make_current=False)
+        else:
+            # Before 6.2 an AsyncIOLoop always asks asyncio for its own loop;
+            # its base class takes ours (and closes it with the IOLoop).
+            io_loop = BaseAsyncIOLoop(asyncio_loop=native, make_current=False)
+    except BaseException:
+        native.close()
+        raise
+    return io_loop
 
 
 def new_event_loop() -> EventLoop:
