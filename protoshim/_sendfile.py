@@ -28,6 +28,8 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
+from ._stream import AFTER_EOF
+
 if TYPE_CHECKING:
     from ._loop import EventLoop
     from ._stream import StreamTransport
@@ -163,11 +165,11 @@ async def transport_sendfile(
     fileno, size = _source(file)
     resume_reading = transport.is_reading()
     transport.pause_reading()
-    transport._sending_file = True
+    transport._refusing = "unable to write; sendfile is in progress"
     try:
         await transport._flushed()
         return await _send(_TransportTarget(transport, sock), fileno, offset, count, size)
     finally:
-        transport._sending_file = False
+        transport._refusing = AFTER_EOF if transport._eof else None
         if resume_reading:
             transport.resume_reading()

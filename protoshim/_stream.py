@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["StreamTransport"]
 
+AFTER_EOF = "Cannot call write() after write_eof()"
+
 
 def _set_nodelay(sock: socket.socket | None) -> None:
     # Without TCP_NODELAY, a small write after a small write waits for the
@@ -100,7 +102,9 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
         self._reading_paused = False
         self._protocol: Any = None
         self._buffered = False
-        self._sending_file = False  # set by _sendfile for the transfer
+        # Why write() raises now (after write_eof(), during a sendfile), or
+        # None: one check on the hot path for both.
+        self._refusing: str | None = None
         self._flush_waiter: asyncio.Future[None] | None = None
         self.set_protocol(protocol)
         if server is not None:
@@ -189,10 +193,8 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
                     f"data argument must be a bytes-like object, not {type(data).__name__!r}"
                 )
             data = bytes(data)
-        if self._eof:
-            raise RuntimeError("Cannot call write() after write_eof()")
-        if self._sending_file:
-            raise RuntimeError("unable to write; sendfile is in progress")
+        if self._refusing is not None:
+            raise RuntimeError(self._refusing)
         if not data:
             return
         if self._closing and self._dropped_write("send"):
@@ -212,6 +214,7 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
         if self._closing or self._eof:
             return
         self._eof = True
+        self._refusing = AFTER_EOF
         if self._stream.queued() == 0:
             self._shutdown_write()
 
