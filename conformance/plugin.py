@@ -377,6 +377,7 @@ def _write_report(state: _State) -> None:
     adapter = state.adapter()
     document = {
         "framework": adapter.name,
+        "reference": adapter.reference,
         "version": adapter.version(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "results": {

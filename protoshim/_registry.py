@@ -69,6 +69,9 @@ class Adapter:
     missing: Mapping[str, str] = field(default_factory=dict)
     #: conformance test id -> how the framework differs; run as strict xfails
     known_failures: Mapping[str, str] = field(default_factory=dict)
+    #: True for the loop whose behaviour defines the expected one (the stdlib's):
+    #: reports compare every other column with it.
+    reference: bool = False
 
     def available(self) -> bool:
         """Return True when the framework can be imported."""

@@ -17,6 +17,7 @@ ASYNCIO = Adapter(
     requires="asyncio",
     distribution="python",
     description="the stdlib asyncio event loop (the reference)",
+    reference=True,
 )
 
 _NO_SENDFILE = "loop.sendfile() and loop.sock_sendfile() raise NotImplementedError"
