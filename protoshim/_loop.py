@@ -422,9 +422,9 @@ class EventLoop(base_events.BaseEventLoop):
             # this watcher, and its own must stay.
             if not handle.cancelled():
                 if write:
-                    self.remove_writer(fd)
+                    self._remove_writer(fd)
                 else:
-                    self.remove_reader(fd)
+                    self._remove_reader(fd)
 
     async def _retry(self, sock: socket.socket, op: Callable[[], T], *, write: bool) -> T:
         if sock.gettimeout() != 0:
