@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import cast
 
 import h11
@@ -33,7 +33,16 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from ._config import HTTPConfig
 from ._server import HTTPExchange
 
-__all__ = ["WebSocket", "WebSocketClosed", "WebSocketHandler", "WebSocketUpgrade"]
+__all__ = [
+    "WebSocket",
+    "WebSocketClosed",
+    "WebSocketHandler",
+    "WebSocketUpgrade",
+    "accept",
+    "check_upgrade",
+    "reject",
+    "run_handler",
+]
 
 log = logging.getLogger("protoshim.http.websocket")
 
@@ -252,8 +261,17 @@ class WebSocket:
     the peer closes.  :meth:`send` waits while the transport is paused.
     """
 
-    def __init__(self, exchange: HTTPExchange, protocol: _WebSocketProtocol) -> None:
+    def __init__(
+        self,
+        exchange: HTTPExchange,
+        protocol: _WebSocketProtocol,
+        request: Request,
+        subprotocol: str | None = None,
+    ) -> None:
         self._protocol = protocol
+        #: the subprotocols the client offered, and the one accepted (or None)
+        self.subprotocols: list[str] = list(request.subprotocols)
+        self.subprotocol = subprotocol
         #: the request path (still percent-encoded) and query of the upgrade
         self.path: bytes = exchange.path
         self.query: bytes = exchange.query
@@ -264,6 +282,11 @@ class WebSocket:
     def close_code(self) -> int | None:
         """Return the close code once closed, else None."""
         return self._protocol.close_code
+
+    @property
+    def close_reason(self) -> str:
+        """Return the close reason received or sent ("" until closed)."""
+        return self._protocol.close_reason
 
     async def receive(self) -> str | bytes:
         """Return the next message; raise :class:`WebSocketClosed` once closed."""
@@ -288,6 +311,70 @@ class WebSocket:
                 return
 
 
+def check_upgrade(exchange: HTTPExchange) -> tuple[WSConnection, Request] | RejectConnection:
+    """Check ``exchange`` as a WebSocket upgrade request.
+
+    Return the server-side connection and the request wsproto parsed (its
+    ``subprotocols`` and ``extensions`` are what the client offered), or the
+    rejection to answer with.
+    """
+    ws = WSConnection(ConnectionType.SERVER)
+    if exchange.header(b"upgrade") is None:
+        return RejectConnection(status_code=426, headers=[(b"Upgrade", b"websocket")])
+    if (
+        exchange.method != "GET"  # wsproto re-creates the request as a GET: check here
+        or exchange.header(b"content-length") not in (None, b"0")
+        or exchange.header(b"transfer-encoding")
+    ):
+        return RejectConnection(status_code=400)
+    try:
+        ws.initiate_upgrade_connection(exchange.headers, exchange.target)
+        request = next(ws.events())
+    except RemoteProtocolError as exc:
+        hint = exc.event_hint
+        return hint if isinstance(hint, RejectConnection) else RejectConnection()
+    except (LocalProtocolError, h11.LocalProtocolError):
+        return RejectConnection(status_code=400)
+    assert isinstance(request, Request)
+    return ws, request
+
+
+async def reject(exchange: HTTPExchange, rejection: RejectConnection) -> None:
+    """Answer a failed handshake with ``rejection``'s status and a short text body."""
+    await exchange.respond(
+        rejection.status_code,
+        [*rejection.headers, (b"Content-Type", b"text/plain; charset=utf-8")],
+        b"WebSocket handshake failed\n",
+    )
+
+
+def accept(
+    exchange: HTTPExchange,
+    ws: WSConnection,
+    request: Request,
+    subprotocol: str | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> WebSocket:
+    """Answer 101 and return the :class:`WebSocket` that now owns the connection."""
+    event = AcceptConnection(subprotocol=subprotocol, extra_headers=list(headers))
+    protocol = _WebSocketProtocol(ws, exchange.config)
+    exchange.switch_protocol(ws.send(event), protocol)
+    return WebSocket(exchange, protocol, request, subprotocol)
+
+
+async def run_handler(websocket: WebSocket, handler: WebSocketHandler, target: bytes) -> None:
+    """Run ``handler`` on ``websocket``, then close it (1011 if the handler failed)."""
+    try:
+        await handler(websocket)
+    except WebSocketClosed:
+        pass
+    except Exception:
+        log.exception("WebSocket handler failed on %s", target)
+        await websocket.close(INTERNAL_ERROR, "handler failed")
+        return
+    await websocket.close(NORMAL_CLOSURE, "")
+
+
 class WebSocketUpgrade:
     """Upgrade an HTTP request to WebSocket and run ``handler`` on it."""
 
@@ -296,43 +383,9 @@ class WebSocketUpgrade:
 
     async def __call__(self, exchange: HTTPExchange) -> None:
         """Answer the upgrade request, then run the WebSocket handler."""
-        ws = WSConnection(ConnectionType.SERVER)
-        rejection: RejectConnection | None = None
-        if exchange.header(b"upgrade") is None:
-            rejection = RejectConnection(status_code=426, headers=[(b"Upgrade", b"websocket")])
-        elif (
-            exchange.method != "GET"  # wsproto re-creates the request as a GET: check here
-            or exchange.header(b"content-length") not in (None, b"0")
-            or exchange.header(b"transfer-encoding")
-        ):
-            rejection = RejectConnection(status_code=400)
-        else:
-            try:
-                ws.initiate_upgrade_connection(exchange.headers, exchange.target)
-                request = next(ws.events())
-                assert isinstance(request, Request)
-            except RemoteProtocolError as exc:
-                hint = exc.event_hint
-                rejection = hint if isinstance(hint, RejectConnection) else RejectConnection()
-            except (LocalProtocolError, h11.LocalProtocolError):
-                rejection = RejectConnection(status_code=400)
-        if rejection is not None:
-            body = b"WebSocket handshake failed\n"
-            await exchange.respond(
-                rejection.status_code,
-                [*rejection.headers, (b"Content-Type", b"text/plain; charset=utf-8")],
-                body,
-            )
+        checked = check_upgrade(exchange)
+        if isinstance(checked, RejectConnection):
+            await reject(exchange, checked)
             return
-        protocol = _WebSocketProtocol(ws, exchange.config)
-        exchange.switch_protocol(ws.send(AcceptConnection()), protocol)
-        websocket = WebSocket(exchange, protocol)
-        try:
-            await self.handler(websocket)
-        except WebSocketClosed:
-            pass
-        except Exception:
-            log.exception("WebSocket handler failed on %s", exchange.target)
-            await protocol.close(INTERNAL_ERROR, "handler failed")
-            return
-        await protocol.close(NORMAL_CLOSURE, "")
+        websocket = accept(exchange, *checked)
+        await run_handler(websocket, self.handler, exchange.target)
