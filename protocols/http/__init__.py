@@ -1,4 +1,4 @@
-"""An HTTP/1.1 server protocol with WSGI, WebSocket and static files.
+"""An HTTP/1.1 server protocol with ASGI, WSGI, WebSocket and static files.
 
 Everything here is written against PEP 3156 only (``asyncio.Protocol``,
 ``Transport`` and the loop's public methods), so the same server runs on
@@ -11,6 +11,7 @@ See ``docs/http.md`` for the limits, the parser choice and the WSGI hook.
 """
 
 from ._app import Router, http_server, wsgi_protocol_factory
+from ._asgi import ASGIApp, ASGIHandler, Lifespan, LifespanFailed, asgi_server
 from ._blocking import LOOP_ATTRIBUTE, BlockingRunner, ThreadRunner, blocking_runner_for
 from ._config import HTTPConfig
 from ._server import Handler, HTTPExchange, HTTPServerProtocol, RequestBodyError, ResponseError
@@ -20,11 +21,15 @@ from ._wsgi import WSGIApp, WSGIHandler, build_environ
 
 __all__ = [
     "LOOP_ATTRIBUTE",
+    "ASGIApp",
+    "ASGIHandler",
     "BlockingRunner",
     "HTTPConfig",
     "HTTPExchange",
     "HTTPServerProtocol",
     "Handler",
+    "Lifespan",
+    "LifespanFailed",
     "RequestBodyError",
     "ResponseError",
     "Router",
@@ -36,6 +41,7 @@ __all__ = [
     "WebSocketClosed",
     "WebSocketHandler",
     "WebSocketUpgrade",
+    "asgi_server",
     "blocking_runner_for",
     "build_environ",
     "http_server",

@@ -155,6 +155,11 @@ class HTTPExchange:
         return self._protocol.loop
 
     @property
+    def protocol(self) -> HTTPServerProtocol:
+        """Return the connection's protocol (for :meth:`~HTTPServerProtocol.lost_future`)."""
+        return self._protocol
+
+    @property
     def config(self) -> HTTPConfig:
         """Return the server's configuration."""
         return self._protocol.config
@@ -163,6 +168,11 @@ class HTTPExchange:
     def blocking(self) -> BlockingRunner:
         """Return the runner for blocking code chosen for this server and loop."""
         return blocking_runner_for(self.loop, self.config.blocking_runner)
+
+    @property
+    def body_finished(self) -> bool:
+        """Tell whether :meth:`receive` has returned every byte of the body."""
+        return self._body_done and not self._body
 
     @property
     def body_error(self) -> RequestBodyError | None:
@@ -430,6 +440,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         self._timer_kind = ""
         self._upgraded: asyncio.BaseProtocol | None = None
         self._closed: asyncio.Future[None] | None = None
+        self._lost_waiter: asyncio.Future[None] | None = None
         self._requests = 0
 
     # -- public state ---------------------------------------------------------
@@ -461,6 +472,17 @@ class HTTPServerProtocol(asyncio.Protocol):
         if self.transport is None:
             return default
         return self.transport.get_extra_info(name, default)
+
+    def lost_future(self) -> asyncio.Future[None]:
+        """Return a future that is done once the connection is lost.
+
+        Await it through :func:`asyncio.wait` or a shield: it is shared.
+        """
+        if self._lost_waiter is None:
+            self._lost_waiter = self.loop.create_future()
+            if self.lost:
+                self._lost_waiter.set_result(None)
+        return self._lost_waiter
 
     async def wait_closed(self) -> None:
         """Wait until the connection is lost and every handler has returned."""
@@ -522,6 +544,8 @@ class HTTPServerProtocol(asyncio.Protocol):
         """Wake everything that waits on this connection."""
         self.lost = True
         self._cancel_timer()
+        if self._lost_waiter is not None and not self._lost_waiter.done():
+            self._lost_waiter.set_result(None)
         if self._upgraded is not None:
             self._upgraded.connection_lost(exc)
         error = ConnectionResetError("connection lost")
