@@ -1,7 +1,8 @@
 """The ``protoshim`` command: serve a protocol factory on any framework.
 
 Every failure a user can cause (a bad ``MODULE:FACTORY``, an unknown
-framework, a port in use) ends in one line on stderr and exit status 2.
+framework, a port in use) ends in one line on stderr and exit status 2.  An
+ASGI application whose lifespan startup fails ends in one line and status 3.
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._registry import UnknownFramework, frameworks, get_adapter
+
+if TYPE_CHECKING:
+    from .protocols.http import Lifespan
 
 __all__ = ["main"]
 
 USAGE_ERROR = 2
+#: the application itself refused to start (uvicorn uses the same status)
+APP_ERROR = 3
 #: Seconds that open connections get to finish after Ctrl-C or SIGTERM.
 SHUTDOWN_GRACE = 5.0
 #: A protocol with this method is asked to finish its current work and then
@@ -32,11 +38,21 @@ class CliError(Exception):
     """A mistake in the command line or the environment, reported in one line."""
 
 
+class AppError(Exception):
+    """The application failed to start or stop, reported in one line."""
+
+
 def load_object(spec: str) -> Any:
-    """Import ``MODULE:NAME`` (NAME may be dotted) and return the object."""
+    """Import ``MODULE:NAME`` (NAME may be dotted) and return the object.
+
+    The current directory is searched first, as ``python -m`` and uvicorn do,
+    so ``protoshim serve --asgi main:app`` finds ``./main.py``.
+    """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise CliError(f"expected MODULE:NAME, got {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -115,12 +131,17 @@ async def _serve(
     label: str,
     framework: str,
     grace: float,
+    lifespan: Lifespan | None = None,
 ) -> bool:
     loop = asyncio.get_running_loop()
     connections = _Connections()
+    if lifespan is not None:
+        await _lifespan_step(lifespan.startup)
     try:
         server = await loop.create_server(connections.wrap(factory), host, port)
     except OSError as exc:
+        if lifespan is not None:
+            await _lifespan_step(lifespan.shutdown)
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -139,7 +160,18 @@ async def _serve(
         server.close()
         forced = await connections.close_all(grace)
         await server.wait_closed()
+        if lifespan is not None:
+            await _lifespan_step(lifespan.shutdown)
     return forced
+
+
+async def _lifespan_step(step: Callable[[], Awaitable[None]]) -> None:
+    from .protocols.http import LifespanFailed
+
+    try:
+        await step()
+    except LifespanFailed as exc:
+        raise AppError(str(exc)) from None
 
 
 def _format(address: Any) -> str:
@@ -150,14 +182,17 @@ def _format(address: Any) -> str:
 
 
 def _run_server(
-    args: argparse.Namespace, factory: Callable[[], asyncio.BaseProtocol], label: str
+    args: argparse.Namespace,
+    factory: Callable[[], asyncio.BaseProtocol],
+    label: str,
+    lifespan: Lifespan | None = None,
 ) -> None:
     if args.grace < 0:
         raise CliError(f"--grace must be >= 0, got {args.grace}")
     adapter = get_adapter(args.framework)
     with asyncio.Runner(loop_factory=adapter.new_event_loop) as runner:
         forced = runner.run(
-            _serve(factory, args.host, args.port, label, args.framework, args.grace)
+            _serve(factory, args.host, args.port, label, args.framework, args.grace, lifespan)
         )
         if forced:
             # Work that outlived the grace period may still hold executor
@@ -174,6 +209,18 @@ def _run_server(
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     get_adapter(args.framework)  # an unknown name fails before any import
+    if args.asgi and args.wsgi:
+        raise CliError("give --asgi or --wsgi, not both")
+    if args.asgi:
+        from .protocols.http import Lifespan, asgi_server
+
+        app = load_object(args.asgi)
+        if not callable(app):
+            raise CliError(f"{args.asgi} is not callable")
+        lifespan = Lifespan(app, args.lifespan)
+        serve_asgi = asgi_server(app, root_path=args.root_path, lifespan=lifespan)
+        _run_server(args, serve_asgi, args.asgi, lifespan)
+        return
     if args.wsgi:
         from .protocols.http import wsgi_protocol_factory
 
@@ -184,7 +231,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         factory = load_object(args.factory)
         label = args.factory
     else:
-        raise CliError("give a MODULE:FACTORY, or --wsgi MODULE:APP")
+        raise CliError("give a MODULE:FACTORY, --asgi MODULE:APP or --wsgi MODULE:APP")
     if not callable(factory):
         raise CliError(f"{label} is not callable")
     _run_server(args, factory, label)
@@ -219,9 +266,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="serve a protocol factory or a WSGI app")
+    serve = commands.add_parser("serve", help="serve a protocol factory, an ASGI or a WSGI app")
     serve.add_argument("factory", nargs="?", metavar="MODULE:FACTORY")
+    serve.add_argument("--asgi", metavar="MODULE:APP", help="serve an ASGI 3 application")
     serve.add_argument("--wsgi", metavar="MODULE:APP", help="serve a WSGI application over HTTP")
+    serve.add_argument(
+        "--lifespan",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="run the ASGI lifespan scope: auto skips it if the app does not support it",
+    )
+    serve.add_argument(
+        "--root-path", default="", metavar="PATH", help="where the ASGI app is mounted"
+    )
     serve.set_defaults(handler=_cmd_serve)
 
     demo = commands.add_parser("demo", help="serve the Echo Test demo (Flask, WebSocket, assets)")
@@ -258,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, UnknownFramework) as exc:
         print(f"protoshim: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    except AppError as exc:
+        print(f"protoshim: error: {exc}", file=sys.stderr)
+        return APP_ERROR
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
