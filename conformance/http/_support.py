@@ -274,6 +274,7 @@ class WebSocketClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.events: collections.deque[wsevents.Event] = collections.deque()
         self.lost: asyncio.Future[None] = loop.create_future()
+        self.accepted: wsevents.AcceptConnection | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -348,19 +349,26 @@ class WebSocketClient(asyncio.Protocol):
                 raise AssertionError(f"expected a close, got {event!r}")
 
 
-async def websocket(served: Served, path: str = "/ws") -> WebSocketClient:
-    """Open a WebSocket to ``path``; fail unless the server accepts."""
+async def websocket(
+    served: Served, path: str = "/ws", subprotocols: Iterable[str] = ()
+) -> WebSocketClient:
+    """Open a WebSocket to ``path``; fail unless the server accepts.
+
+    The server's :class:`~wsproto.events.AcceptConnection` is kept as
+    ``client.accepted``.
+    """
     _, client = await wait(
         served.loop.create_connection(
             functools.partial(WebSocketClient, served.loop), "127.0.0.1", served.port
         ),
         "create_connection",
     )
-    client.send(wsevents.Request(host="test", target=path))
+    client.send(wsevents.Request(host="test", target=path, subprotocols=list(subprotocols)))
     event = await client.next_event()
     if not isinstance(event, wsevents.AcceptConnection):
         if client.transport is not None:
             client.transport.abort()
         raise AssertionError(f"the WebSocket upgrade was refused: {event!r}")
+    client.accepted = event
     served.websockets.append(client)
     return client

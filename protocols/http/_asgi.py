@@ -151,12 +151,12 @@ class _Response:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def wait_complete_or_lost(self) -> None:
+    async def wait_complete_or_disconnect(self) -> None:
         if self.complete:
             return
         self._waiter = self._exchange.loop.create_future()
-        lost = self._exchange.protocol.lost_future()
-        await asyncio.wait((lost, self._waiter), return_when=asyncio.FIRST_COMPLETED)
+        gone = self._exchange.protocol.disconnect_future()
+        await asyncio.wait((gone, self._waiter), return_when=asyncio.FIRST_COMPLETED)
 
 
 class _HTTPCycle:
@@ -172,7 +172,7 @@ class _HTTPCycle:
 
     async def receive(self) -> Message:
         if self._body_done:
-            await self._response.wait_complete_or_lost()
+            await self._response.wait_complete_or_disconnect()
             return _DISCONNECT
         exchange = self._exchange
         try:
@@ -220,7 +220,7 @@ class _WebSocketCycle:
         if websocket is None:
             # Not accepted (yet): nothing arrives but the end of the connection.
             if not self._exchange.finished:
-                await asyncio.shield(self._exchange.protocol.lost_future())
+                await asyncio.shield(self._exchange.protocol.disconnect_future())
             return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
         try:
             message = await websocket.receive()

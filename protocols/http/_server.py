@@ -156,7 +156,7 @@ class HTTPExchange:
 
     @property
     def protocol(self) -> HTTPServerProtocol:
-        """Return the connection's protocol (for :meth:`~HTTPServerProtocol.lost_future`)."""
+        """Return the connection's protocol (for :meth:`~HTTPServerProtocol.disconnect_future`)."""
         return self._protocol
 
     @property
@@ -440,7 +440,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         self._timer_kind = ""
         self._upgraded: asyncio.BaseProtocol | None = None
         self._closed: asyncio.Future[None] | None = None
-        self._lost_waiter: asyncio.Future[None] | None = None
+        self._disconnected: asyncio.Future[None] | None = None
         self._requests = 0
 
     # -- public state ---------------------------------------------------------
@@ -473,16 +473,22 @@ class HTTPServerProtocol(asyncio.Protocol):
             return default
         return self.transport.get_extra_info(name, default)
 
-    def lost_future(self) -> asyncio.Future[None]:
-        """Return a future that is done once the connection is lost.
+    def disconnect_future(self) -> asyncio.Future[None]:
+        """Return a future done once the peer has closed its side or the connection is lost.
 
-        Await it through :func:`asyncio.wait` or a shield: it is shared.
+        Responses already owed are still sent after the peer's end of input,
+        but an application waiting for more will get none.  Await the future
+        through :func:`asyncio.wait` or a shield: it is shared.
         """
-        if self._lost_waiter is None:
-            self._lost_waiter = self.loop.create_future()
-            if self.lost:
-                self._lost_waiter.set_result(None)
-        return self._lost_waiter
+        if self._disconnected is None:
+            self._disconnected = self.loop.create_future()
+            if self.lost or self._eof:
+                self._disconnected.set_result(None)
+        return self._disconnected
+
+    def _peer_gone(self) -> None:
+        if self._disconnected is not None and not self._disconnected.done():
+            self._disconnected.set_result(None)
 
     async def wait_closed(self) -> None:
         """Wait until the connection is lost and every handler has returned."""
@@ -536,6 +542,7 @@ class HTTPServerProtocol(asyncio.Protocol):
             result: bool | None = self._upgraded.eof_received()  # type: ignore[attr-defined]
             return result
         self._eof = True
+        self._peer_gone()
         if not self._stopped:
             self._run()  # parse what is left; an unfinished body or head fails
         return bool(self._exchanges)  # if answers are owed, keep writing them
@@ -544,8 +551,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         """Wake everything that waits on this connection."""
         self.lost = True
         self._cancel_timer()
-        if self._lost_waiter is not None and not self._lost_waiter.done():
-            self._lost_waiter.set_result(None)
+        self._peer_gone()
         if self._upgraded is not None:
             self._upgraded.connection_lost(exc)
         error = ConnectionResetError("connection lost")
