@@ -655,7 +655,8 @@ def test_lifespan_failures(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -
         await auto.shutdown()
         with pytest.raises(LifespanFailed, match="only http here"):
             await Lifespan(unsupported, "on").startup()
-        off = Lifespan(lifespan_app(events := []), "off")
+        events: list[str] = []
+        off = Lifespan(lifespan_app(events), "off")
         await off.startup()
         await off.shutdown()
         assert events == []

@@ -49,7 +49,9 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: Loosely typed on purpose: applications annotate scope and messages with
+#: their own (narrower or wider) types, and each must be accepted.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 #: 2.4: ``send`` raises an ``OSError`` once the client is gone, so
 #: applications need not listen for ``http.disconnect`` while streaming.
