@@ -205,3 +205,88 @@ def test_a_reader_that_goes_away_is_not_an_error() -> None:
             check=False,
         )
     assert (done.returncode, done.stderr) == (0, "")
+
+
+ASGI_APP = '''
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            phase = message["type"].removeprefix("lifespan.")
+            if phase == "startup" and FAIL:
+                await send({"type": "lifespan.startup.failed", "message": "no database"})
+                return
+            if phase == "startup":
+                scope["state"]["started"] = "yes"
+            print("lifespan", phase, flush=True)
+            await send({"type": f"lifespan.{phase}.complete"})
+            if phase == "shutdown":
+                return
+    body = scope["state"].get("started", "no").encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+
+def write_asgi_app(tmp_path, fail: bool = False) -> None:
+    (tmp_path / "asgi_mod.py").write_text(f"FAIL = {fail}\n" + ASGI_APP)
+
+
+@pytest.mark.parametrize(("lifespan", "body"), [("auto", b"yes"), ("off", b"no")])
+def test_serve_asgi_runs_lifespan_around_the_server(tmp_path, lifespan: str, body: bytes) -> None:
+    write_asgi_app(tmp_path)
+    port = free_port()
+    # No PYTHONPATH: the app is found in the current directory, as with uvicorn.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protoshim", "serve", "--asgi", "asgi_mod:app",
+         "--port", str(port), "--lifespan", lifespan],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline()]
+        if lifespan == "auto":
+            lines.append(proc.stdout.readline())
+        assert "serving asgi_mod:app" in lines[-1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            response = b""
+            while data := conn.recv(65536):
+                response += data
+        assert response.startswith(b"HTTP/1.1 200 ")
+        assert f"content-length: {len(body)}\r\n".encode() in response.lower()
+        assert response.endswith(b"\r\n\r\n" + body)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        started = "lifespan startup" in lines[0]
+        assert started == (lifespan == "auto")
+        assert ("lifespan shutdown" in out) == (lifespan == "auto")
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_failed_asgi_startup_is_one_line_and_exit_3(tmp_path) -> None:
+    write_asgi_app(tmp_path, fail=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "protoshim", "serve", "--asgi", "asgi_mod:app",
+         "--port", str(free_port()), "--lifespan", "on"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3
+    assert result.stderr.strip() == "protoshim: error: application startup failed: no database"
+    assert "serving" not in result.stdout
+
+
+def test_asgi_and_wsgi_together_is_a_usage_error() -> None:
+    result = protoshim_cmd("serve", "--asgi", "a:b", "--wsgi", "c:d")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "protoshim: error: give --asgi or --wsgi, not both"

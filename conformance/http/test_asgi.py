@@ -288,6 +288,24 @@ def test_streamed_response_is_chunked(loop: asyncio.AbstractEventLoop, run: RunC
     run(main())
 
 
+def test_one_message_response_is_framed_by_length(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, body=b"whole")
+
+    async def main() -> None:
+        async with serve(loop, app) as served:
+            response = await served.exchange(request())
+            assert response.header("content-length") == "5"
+            assert response.header("transfer-encoding") is None
+            assert response.body == b"whole"
+            head = await served.exchange(request("HEAD"), method="HEAD")
+            assert head.header("content-length") is None  # the GET body is not known
+
+    run(main())
+
+
 def test_streamed_response_waits_for_a_slow_reader(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine
 ) -> None:

@@ -103,6 +103,7 @@ class _Response:
         self.headers = message.get("headers") or ()
 
     def _head(self, kind: str) -> HTTPExchange:
+        """Return the exchange with the response head prepared, or raise if out of order."""
         exchange = self._exchange
         if self.complete:
             if exchange.protocol.lost:
@@ -115,13 +116,25 @@ class _Response:
         return exchange
 
     async def body(self, message: Message) -> None:
-        exchange = self._head("http.response.body")
         body = message.get("body", b"")
-        if message.get("more_body", False):
+        more = message.get("more_body", False)
+        if not more and self.status is not None and not self._exchange.response_started:
+            self._add_length(len(body))
+        exchange = self._head("http.response.body")
+        if more:
             await exchange.write(body)
             return
         self._finish()
         await exchange.end(body)
+
+    def _add_length(self, length: int) -> None:
+        """Frame a response whose whole body is in one message by length, not chunks."""
+        if self.status in (204, 304) or self._exchange.method == "HEAD":
+            return  # no body, or the length of a body that is not sent
+        for name, _ in self.headers:
+            if name.lower() in (b"content-length", b"transfer-encoding"):
+                return
+        self.headers = [*self.headers, (b"content-length", str(length).encode("ascii"))]
 
     async def pathsend(self, message: Message) -> None:
         exchange = self._head("http.response.pathsend")
