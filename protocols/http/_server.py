@@ -22,6 +22,7 @@ import h11
 
 from ._blocking import BlockingRunner, blocking_runner_for
 from ._config import HTTPConfig
+from ._response import CONTINUE, FramingMisuse, ResponseFramer
 from ._validate import Rejection, check_fields, scan_head
 
 __all__ = [
@@ -129,6 +130,7 @@ class HTTPExchange:
         self._chunked = False
         self._tail = b""
         self._sent_continue = False
+        self._framer = ResponseFramer(self.method, self.http_version, not _closes(request))
         self._pending_head = b""
         self._started = False
         self._finished = False
@@ -179,8 +181,7 @@ class HTTPExchange:
         if not self._sent_continue and not self._started:
             self._sent_continue = True
             if self._conn.they_are_waiting_for_100_continue:
-                interim = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-                self._protocol._write([self._conn.send(interim)])
+                self._protocol._write([CONTINUE])
         while not self._body:
             if self._body_error is not None:
                 raise self._body_error
@@ -236,21 +237,12 @@ class HTTPExchange:
             fields.append((b"Connection", b"close"))
         if not reason:
             reason = _reason(status)
-        # Building the event validates the fields without touching the state.
+        # The framer checks everything before it changes any state.
         try:
-            response = h11.Response(status_code=status, headers=fields, reason=_bytes(reason))
-        except h11.LocalProtocolError as exc:
+            self._pending_head = self._framer.head(status, fields, _bytes(reason))
+        except ValueError as exc:
             raise ValueError(f"invalid response: {exc}") from None
-        self._pending_head = self._send(response)
         self._started = True
-
-    def _send(self, event: h11.Event) -> bytes:
-        try:
-            return self._conn.send(event) or b""
-        except h11.LocalProtocolError as exc:
-            self._finished = True
-            self._protocol._abandon(self, abort=False)
-            raise ResponseError(str(exc)) from None
 
     def _frame(self, chunks: Iterable[bytes | bytearray | memoryview]) -> list[bytes]:
         """Return the pending head and ``chunks`` framed, each body chunk uncopied."""
@@ -263,15 +255,14 @@ class HTTPExchange:
         if self.method != "HEAD":
             for data in chunks:
                 if data:
-                    pieces += self._send_data(bytes(data))
+                    pieces += self._send_data(data)
         return pieces
 
-    def _send_data(self, data: bytes) -> list[bytes]:
-        # The passthrough keeps ``data`` as one of the pieces (with the chunk
-        # framing around it), where send() would copy it into a new bytes.
+    def _send_data(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        # ``data`` stays one of the pieces, uncopied, with any framing around it.
         try:
-            return self._conn.send_with_data_passthrough(h11.Data(data=data)) or []
-        except h11.LocalProtocolError as exc:
+            return self._framer.data(data if isinstance(data, bytes) else bytes(data))
+        except FramingMisuse as exc:
             # More bytes than Content-Length promised.
             self._finished = True
             self._protocol._abandon(self, abort=True)
@@ -304,8 +295,8 @@ class HTTPExchange:
         """Send the head if pending, every chunk and the end of the response, in one go."""
         pieces = self._frame(chunks)
         try:
-            tail = self._conn.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as exc:
+            tail = self._framer.end()
+        except FramingMisuse as exc:
             # Fewer bytes than Content-Length promised: the peer gets what
             # there is, as if it had been written piece by piece, then a close.
             self._finished = True
@@ -372,9 +363,7 @@ class HTTPExchange:
         self._close_after = True
         if self.method == "HEAD":
             body = b""
-        # A fresh connection object answers even when the request's is in ERROR.
-        self._conn = h11.Connection(h11.SERVER)
-        self.method = "GET"  # the fresh connection knows of no HEAD request
+        self._framer = ResponseFramer("GET", "1.1", keep_alive=False)
         await self.respond(
             status,
             [
@@ -845,7 +834,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         keep_alive = (
             not exchange._close_after
             and exchange._rejection is None
-            and conn.our_state is h11.DONE
+            and exchange._framer.keep_alive
             and conn.their_state is h11.DONE
         )
         if not keep_alive:
