@@ -134,6 +134,12 @@ BODY_CASES = [
     ("chunk-data-longer-than-size", b"3\r\nhello\r\n0\r\n\r\n", 400),
     ("last-chunk-bare-lf", b"5\r\nhello\r\n0\r\n\n", 400),
     ("trailer-bare-lf-end", b"5\r\nhello\r\n0\r\nX-T: 1\n\n", 400),
+    ("chunk-extension-bare-cr", b"5;ext=\r\rx\r\nhello\r\n0\r\n\r\n", 400),
+    ("chunk-extension-cr-in-name", b"5;a\rb\r\nhello\r\n0\r\n\r\n", 400),
+    ("chunk-extension-cr-in-quoted-value", b'5;a="x\ry"\r\nhello\r\n0\r\n\r\n', 400),
+    ("chunk-size-trailing-space", b"5 \r\nhello\r\n0\r\n\r\n", 400),
+    ("trailer-bare-cr", b"5\r\nhello\r\n0\r\nX-T: a\rb\r\n\r\n", 400),
+    ("trailer-obs-fold", b"5\r\nhello\r\n0\r\nX-T: a\r\n b\r\n\r\n", 400),
 ]
 
 
@@ -214,7 +220,7 @@ def test_valid_chunked_body_with_extensions_and_trailers_is_accepted(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine
 ) -> None:
     head = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-    body = b"5;name=value\r\nhello\r\n0\r\nX-Trailer: yes\r\n\r\n"
+    body = b'5;name=value ; q="a \\" b"\r\nhello\r\n0\r\nX-Trailer: yes\r\n\r\n'
     counter = Counter()
     response, _ = run(send_and_read(loop, head + body, counter))
     assert response.status == 200

@@ -21,6 +21,7 @@ from typing import Any, cast
 import h11
 
 from ._blocking import BlockingRunner, blocking_runner_for
+from ._body import BodyReader, ChunkedReader, FramingError, LengthReader
 from ._config import HTTPConfig
 from ._response import CONTINUE, FramingMisuse, ResponseFramer
 from ._validate import Rejection, check_fields, scan_head
@@ -98,11 +99,8 @@ class HTTPExchange:
     never buffers more than the transport's high-water mark.
     """
 
-    def __init__(
-        self, protocol: HTTPServerProtocol, conn: h11.Connection, request: h11.Request
-    ) -> None:
+    def __init__(self, protocol: HTTPServerProtocol, request: h11.Request) -> None:
         self._protocol = protocol
-        self._conn = conn
         #: the method, e.g. ``"GET"``
         self.method: str = request.method.decode("ascii")
         #: the request target exactly as received
@@ -127,8 +125,11 @@ class HTTPExchange:
         self._body_done = False
         self._body_error: RequestBodyError | None = None
         self._body_waiter: asyncio.Future[None] | None = None
-        self._chunked = False
-        self._tail = b""
+        self._reader: BodyReader | None = None
+        # As h11: the client waits for "100 Continue" until body bytes arrive.
+        self._expects_continue = self.http_version >= "1.1" and any(
+            name == b"expect" and value.lower() == b"100-continue" for name, value in self.headers
+        )
         self._sent_continue = False
         self._framer = ResponseFramer(self.method, self.http_version, not _closes(request))
         self._pending_head = b""
@@ -180,7 +181,7 @@ class HTTPExchange:
         """
         if not self._sent_continue and not self._started:
             self._sent_continue = True
-            if self._conn.they_are_waiting_for_100_continue:
+            if self._expects_continue:
                 self._protocol._write([CONTINUE])
         while not self._body:
             if self._body_error is not None:
@@ -345,11 +346,13 @@ class HTTPExchange:
             self._body_waiter.set_result(None)
 
     def _push_body(self, data: bytes) -> None:
+        self._expects_continue = False
         self._body.append(data)
         self._body_size += len(data)
         self._wake()
 
     def _push_end(self) -> None:
+        self._expects_continue = False
         self._body_done = True
         self._wake()
 
@@ -618,52 +621,24 @@ class HTTPServerProtocol(asyncio.Protocol):
 
     def _feed_body(self, exchange: HTTPExchange) -> bool:
         """Move body bytes to ``exchange``; return True if its body is complete."""
-        conn = exchange._conn
-        while True:
-            room = self.config.body_buffer_size - exchange._body_size
-            if room <= 0:
-                return False
-            piece = bytes(self._buffer[:room])
-            del self._buffer[:room]
-            if piece:
-                conn.receive_data(piece)
-            elif self._eof:
-                conn.receive_data(b"")
-            while True:
-                try:
-                    event = conn.next_event()
-                except h11.RemoteProtocolError as exc:
-                    status = 400 if self._eof else exc.error_status_hint
-                    self._body_failed(exchange, RequestBodyError(status, str(exc)))
+        reader = exchange._reader
+        assert reader is not None
+        try:
+            while not reader.done:
+                room = self.config.body_buffer_size - exchange._body_size
+                if room <= 0:
                     return False
-                if isinstance(event, h11.Data):
-                    exchange._body_received += len(event.data)
-                    if exchange._body_received > self.config.max_body_size:
-                        self._body_failed(exchange, RequestBodyError(413, "request body too large"))
-                        return False
-                    exchange._push_body(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    return self._body_complete(exchange, event, piece)
-                else:  # NEED_DATA
-                    break
-            if piece:
-                exchange._tail = (exchange._tail + piece)[-4:]
-            if not self._buffer:
-                return False
-
-    def _body_complete(self, exchange: HTTPExchange, event: h11.EndOfMessage, piece: bytes) -> bool:
-        trailing = exchange._conn.trailing_data[0]
-        if exchange._chunked:
-            # h11 accepts a bare LF ending the trailer section; refuse it, since
-            # a server that does not would see the next request elsewhere.
-            window = exchange._tail + piece
-            end = len(window) - len(trailing)
-            if window[max(0, end - 4) : end] != b"\r\n\r\n":
-                self._body_failed(exchange, RequestBodyError(400, "bare LF ending chunked body"))
-                return False
-            if event.headers:
-                exchange._close_after = True  # trailer fields: do not reuse the connection
-        self._buffer[:0] = trailing
+                data = reader.read(self._buffer, room)
+                if data:
+                    exchange._body_received += len(data)
+                    exchange._push_body(data)
+                elif not reader.done:
+                    if self._eof:
+                        raise FramingError(400, "connection closed inside the request body")
+                    return False
+        except FramingError as exc:
+            self._body_failed(exchange, RequestBodyError(exc.status, exc.reason))
+            return False
         self._reading = None
         exchange._push_end()
         return True
@@ -720,15 +695,20 @@ class HTTPServerProtocol(asyncio.Protocol):
         if rejection is not None:
             self._reject(rejection, request.method)
             return False
-        exchange = HTTPExchange(self, conn, request)
-        exchange._chunked = exchange.header(b"transfer-encoding") is not None
+        exchange = HTTPExchange(self, request)
+        # The head was checked: at most one Content-Length (digits, within the
+        # limit), or Transfer-Encoding that is exactly "chunked", never both.
+        if exchange.header(b"transfer-encoding") is not None:
+            exchange._reader = ChunkedReader(self.config.max_body_size)
+        elif (length := exchange.header(b"content-length")) not in (None, b"0"):
+            exchange._reader = LengthReader(int(length))
         # After an upgrade the bytes may not be HTTP; after "close" nothing is read.
         exchange._blocks_parsing = _closes(request) or any(
             name == b"upgrade" for name, _ in request.headers
         )
         self._requests += 1
         self._exchanges.append(exchange)
-        if conn.next_event() is h11.NEED_DATA:
+        if exchange._reader is not None:
             self._reading = exchange
         else:
             exchange._push_end()
@@ -765,7 +745,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         """Queue an error answer; nothing after it on this connection is parsed."""
         self._stopped = True
         self._buffer.clear()
-        exchange = HTTPExchange(self, h11.Connection(h11.SERVER), _placeholder(method))
+        exchange = HTTPExchange(self, _placeholder(method))
         exchange._rejection = rejection
         exchange._body_done = True
         self._exchanges.append(exchange)
@@ -830,12 +810,11 @@ class HTTPServerProtocol(asyncio.Protocol):
         if not self._exchanges or self._exchanges[0] is not exchange:
             return
         self._exchanges.popleft()
-        conn = exchange._conn
         keep_alive = (
             not exchange._close_after
             and exchange._rejection is None
             and exchange._framer.keep_alive
-            and conn.their_state is h11.DONE
+            and exchange._body_done  # the request's body was read to its end
         )
         if not keep_alive:
             self._shutdown()
