@@ -13,6 +13,7 @@ See ``docs/http.md`` for the limits, the parser choice and the WSGI hook.
 from ._app import Router, http_server, wsgi_protocol_factory
 from ._blocking import LOOP_ATTRIBUTE, BlockingRunner, ThreadRunner, blocking_runner_for
 from ._config import HTTPConfig
+from ._parse import ParserName
 from ._server import Handler, HTTPExchange, HTTPServerProtocol, RequestBodyError, ResponseError
 from ._static import StaticFiles
 from ._websocket import WebSocket, WebSocketClosed, WebSocketHandler, WebSocketUpgrade
@@ -25,6 +26,7 @@ __all__ = [
     "HTTPExchange",
     "HTTPServerProtocol",
     "Handler",
+    "ParserName",
     "RequestBodyError",
     "ResponseError",
     "Router",

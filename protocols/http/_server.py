@@ -1,10 +1,11 @@
 """The HTTP/1.1 server protocol and the exchange object handlers receive.
 
 The protocol is an :class:`asyncio.Protocol` that uses only PEP 3156
-interfaces, so it runs unchanged on every protoshim loop.  h11 parses; each
-request gets its own :class:`h11.Connection`, which lets the protocol parse
-pipelined requests ahead of the one being answered while answering strictly
-in order.
+interfaces, so it runs unchanged on every protoshim loop.  It keeps its own
+input buffer and takes one request head (``_parse``) and then its body
+(``_body``) from it at a time, which lets it parse pipelined requests ahead
+of the one being answered, answer strictly in order, and stop reading at
+any limit without a parser holding bytes it has not handed over.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Any, cast
 
-import h11
-
 from ._blocking import BlockingRunner, blocking_runner_for
 from ._body import BodyReader, ChunkedReader, FramingError, LengthReader
 from ._config import HTTPConfig
+from ._parse import RequestHead, head_parser
 from ._response import CONTINUE, FramingMisuse, ResponseFramer
 from ._validate import Rejection, check_fields, scan_head
 
@@ -99,18 +99,16 @@ class HTTPExchange:
     never buffers more than the transport's high-water mark.
     """
 
-    def __init__(self, protocol: HTTPServerProtocol, request: h11.Request) -> None:
+    def __init__(self, protocol: HTTPServerProtocol, request: RequestHead) -> None:
         self._protocol = protocol
         #: the method, e.g. ``"GET"``
         self.method: str = request.method.decode("ascii")
         #: the request target exactly as received
-        self.target: bytes = bytes(request.target)
+        self.target: bytes = request.target
         #: ``"1.1"``, ``"1.0"`` (or a higher 1.x minor, served as 1.1)
         self.http_version: str = request.http_version.decode("ascii")
         #: header fields in order, names lower-cased
-        self.headers: list[tuple[bytes, bytes]] = [
-            (bytes(name), bytes(value)) for name, value in request.headers
-        ]
+        self.headers: list[tuple[bytes, bytes]] = request.headers
         path, _, query = self.target.partition(b"?")
         if path[:1] != b"/" and b"://" in path:
             # absolute-form: keep only the path, the authority is in Host
@@ -377,7 +375,7 @@ class HTTPExchange:
         )
 
 
-def _closes(request: h11.Request) -> bool:
+def _closes(request: RequestHead) -> bool:
     # h11 answers HTTP/1.0 with "Connection: close" even if asked to keep alive.
     if request.http_version == b"1.0":
         return True
@@ -389,8 +387,8 @@ def _closes(request: h11.Request) -> bool:
     )
 
 
-def _placeholder(method: bytes = b"GET") -> h11.Request:
-    return h11.Request(method=method, target=b"/", headers=[(b"Host", b"")])
+def _placeholder(method: bytes = b"GET") -> RequestHead:
+    return RequestHead(method, b"/", b"1.1", [(b"host", b"")])
 
 
 class HTTPServerProtocol(asyncio.Protocol):
@@ -423,6 +421,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         self._upgraded: asyncio.BaseProtocol | None = None
         self._closed: asyncio.Future[None] | None = None
         self._requests = 0
+        self._parse = head_parser(self.config.parser)
 
     # -- public state ---------------------------------------------------------
 
@@ -678,19 +677,15 @@ class HTTPServerProtocol(asyncio.Protocol):
                 return False
         head = bytes(buf[: end + 4])
         if rejection is None:
-            rejection = check_fields(head)
+            rejection = check_fields(head, self.config.max_body_size)
         if rejection is not None:
             self._reject(rejection)
             return False
         del buf[: end + 4]
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_size)
-        conn.receive_data(head)
-        try:
-            request = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            self._reject(Rejection(exc.error_status_hint, str(exc)))
+        request = self._parse(head, self.config.max_header_size)
+        if isinstance(request, Rejection):
+            self._reject(request)
             return False
-        assert isinstance(request, h11.Request)
         rejection = self._check_request(request)
         if rejection is not None:
             self._reject(rejection, request.method)
@@ -716,7 +711,7 @@ class HTTPServerProtocol(asyncio.Protocol):
             self._dispatch(exchange)
         return True
 
-    def _check_request(self, request: h11.Request) -> Rejection | None:
+    def _check_request(self, request: RequestHead) -> Rejection | None:
         target = request.target
         # RFC 9112 2.3: a higher 1.x minor version is served as 1.1.
         if not request.http_version.startswith(b"1."):
@@ -731,12 +726,10 @@ class HTTPServerProtocol(asyncio.Protocol):
             return Rejection(400, "malformed request target")
         return self._check_headers(request)
 
-    def _check_headers(self, request: h11.Request) -> Rejection | None:
+    def _check_headers(self, request: RequestHead) -> Rejection | None:
         for name, value in request.headers:
             if name == b"transfer-encoding" and request.http_version == b"1.0":
                 return Rejection(400, "Transfer-Encoding in an HTTP/1.0 request")
-            if name == b"content-length" and int(value) > self.config.max_body_size:
-                return Rejection(413, "request body too large")
             if name == b"expect" and value.lower() != b"100-continue":
                 return Rejection(417, "unsupported expectation")
         return None
