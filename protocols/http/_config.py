@@ -10,6 +10,10 @@ from ._parse import PARSERS, ParserName
 
 __all__ = ["HTTPConfig"]
 
+# The faster parser when it is installed (the http extra installs it); h11
+# alone is enough otherwise, since wsproto depends on it anyway.
+_DEFAULT_PARSER: ParserName = "httptools" if importlib.util.find_spec("httptools") else "h11"
+
 
 @dataclass(frozen=True)
 class HTTPConfig:
@@ -45,10 +49,10 @@ class HTTPConfig:
     #: how blocking code (WSGI applications, file reads) runs; ``None`` means
     #: the loop's own ``protoshim_blocking_runner`` if it has one, else threads
     blocking_runner: BlockingRunner | None = None
-    #: what parses request heads: ``"h11"`` (pure Python) or ``"httptools"``
-    #: (llhttp, in C, with h11's grammar checked on top); bodies are read by
-    #: one strict reader whichever it is
-    parser: ParserName = "h11"
+    #: what parses request heads: ``"httptools"`` (llhttp, in C, with h11's
+    #: grammar checked on top; the default when installed) or ``"h11"`` (pure
+    #: Python); bodies are read by one strict reader whichever it is
+    parser: ParserName = _DEFAULT_PARSER
 
     def __post_init__(self) -> None:
         """Reject limits that cannot work."""
