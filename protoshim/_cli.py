@@ -175,10 +175,14 @@ def _run_server(
 def _cmd_serve(args: argparse.Namespace) -> None:
     get_adapter(args.framework)  # an unknown name fails before any import
     if args.wsgi:
-        from .protocols.http import wsgi_protocol_factory
+        from .protocols.http import HTTPConfig, wsgi_protocol_factory
 
+        try:
+            config = HTTPConfig(parser=args.http) if args.http else None
+        except ValueError as exc:
+            raise CliError(f"--http: {exc}") from None
         app = load_object(args.wsgi)
-        factory: Any = wsgi_protocol_factory(app)
+        factory: Any = wsgi_protocol_factory(app, config)
         label = args.wsgi
     elif args.factory:
         factory = load_object(args.factory)
@@ -222,6 +226,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a protocol factory or a WSGI app")
     serve.add_argument("factory", nargs="?", metavar="MODULE:FACTORY")
     serve.add_argument("--wsgi", metavar="MODULE:APP", help="serve a WSGI application over HTTP")
+    serve.add_argument(
+        "--http",
+        choices=("h11", "httptools"),
+        help="HTTP request parser (default: httptools if installed)",
+    )
     serve.set_defaults(handler=_cmd_serve)
 
     demo = commands.add_parser("demo", help="serve the Echo Test demo (Flask, WebSocket, assets)")
