@@ -14,6 +14,9 @@ What it provides:
   without ever hanging.
 * ``@pytest.mark.requires("udp", ...)`` skips a test, with the adapter's own
   reason, when the adapter declares a capability missing.
+* ``http_parser``: parametrises a test over the HTTP protocol's request
+  parsers (``h11``, ``httptools``); only the tests of parsing and framing
+  take it, so the rest of the suite runs once.
 * Strictness: the loop's exception handler is a recorder and any unexpected
   call fails the test (request ``expect_exceptions`` to receive the calls
   instead); a test that leaves file descriptors open fails.
@@ -53,6 +56,7 @@ __all__ = [
     "adapter",
     "expect_exceptions",
     "fd_guard",
+    "http_parser",
     "loop",
     "open_fds",
     "record_outside_test",
@@ -534,6 +538,19 @@ def adapter(pytestconfig: pytest.Config) -> protoshim.Adapter:
     selected = _state(pytestconfig).adapter()
     _warm_up(selected)
     return selected
+
+
+#: the HTTP parsers ``http_parser`` runs a test with
+HTTP_PARSERS = ("h11", "httptools")
+
+
+@pytest.fixture(params=HTTP_PARSERS)
+def http_parser(request: pytest.FixtureRequest) -> str:
+    """Return each HTTP request parser in turn; skip one that is not installed."""
+    name: str = request.param
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"the {name} parser needs the {name} package")
+    return name
 
 
 @pytest.fixture

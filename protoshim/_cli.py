@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ._registry import UnknownFramework, frameworks, get_adapter
 
 if TYPE_CHECKING:
-    from .protocols.http import Lifespan
+    from .protocols.http import HTTPConfig, Lifespan
 
 __all__ = ["main"]
 
@@ -207,10 +207,22 @@ def _run_server(
             os._exit(0)
 
 
+def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
+    if not args.http:
+        return None
+    from .protocols.http import HTTPConfig
+
+    try:
+        return HTTPConfig(parser=args.http)
+    except ValueError as exc:
+        raise CliError(f"--http: {exc}") from None
+
+
 def _cmd_serve(args: argparse.Namespace) -> None:
     get_adapter(args.framework)  # an unknown name fails before any import
     if args.asgi and args.wsgi:
         raise CliError("give --asgi or --wsgi, not both")
+    config = _http_config(args)
     if args.asgi:
         from .protocols.http import Lifespan, asgi_server
 
@@ -218,14 +230,14 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         if not callable(app):
             raise CliError(f"{args.asgi} is not callable")
         lifespan = Lifespan(app, args.lifespan)
-        serve_asgi = asgi_server(app, root_path=args.root_path, lifespan=lifespan)
+        serve_asgi = asgi_server(app, config, root_path=args.root_path, lifespan=lifespan)
         _run_server(args, serve_asgi, args.asgi, lifespan)
         return
     if args.wsgi:
         from .protocols.http import wsgi_protocol_factory
 
         app = load_object(args.wsgi)
-        factory: Any = wsgi_protocol_factory(app)
+        factory: Any = wsgi_protocol_factory(app, config)
         label = args.wsgi
     elif args.factory:
         factory = load_object(args.factory)
@@ -278,6 +290,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--root-path", default="", metavar="PATH", help="where the ASGI app is mounted"
+    )
+    serve.add_argument(
+        "--http",
+        choices=("h11", "httptools"),
+        help="HTTP request parser (default: httptools if installed)",
     )
     serve.set_defaults(handler=_cmd_serve)
 

@@ -277,3 +277,38 @@ def test_a_small_response_is_one_write() -> None:
     writes = serve_one(handler)
     assert len(writes) == 1
     assert parse_response(writes[0])[1] == b"small"
+
+
+def test_config_refuses_an_unknown_parser():
+    with pytest.raises(ValueError, match="parser must be one of h11, httptools"):
+        HTTPConfig(parser="picohttpparser")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /a?b HTTP/1.1\r\nHost: x\r\nX-A:  padded \t\r\nX-A: 2\r\n\r\n",
+        b"POST http://x/p HTTP/1.0\r\nContent-Length: 3\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    ],
+)
+def test_both_parsers_read_a_head_alike(head):
+    from protoshim.protocols.http._parse import head_parser
+
+    assert head_parser("h11")(head, 16384) == head_parser("httptools")(head, 16384)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX : a\r\nHost: a\r\n\r\n",
+    ],
+)
+def test_both_parsers_refuse_a_malformed_head(head):
+    from protoshim.protocols.http._parse import Rejection, head_parser
+
+    for name in ("h11", "httptools"):
+        assert isinstance(head_parser(name)(head, 16384), Rejection), name

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from protoshim.conformance.http._support import Response, serving, small_config
 from protoshim.conformance.plugin import RunCoroutine
-from protoshim.protocols.http import HTTPExchange, HTTPServerProtocol
+from protoshim.protocols.http import HTTPExchange, HTTPServerProtocol, ParserName
 
 pytestmark = pytest.mark.requires("tcp")
 
@@ -134,6 +134,12 @@ BODY_CASES = [
     ("chunk-data-longer-than-size", b"3\r\nhello\r\n0\r\n\r\n", 400),
     ("last-chunk-bare-lf", b"5\r\nhello\r\n0\r\n\n", 400),
     ("trailer-bare-lf-end", b"5\r\nhello\r\n0\r\nX-T: 1\n\n", 400),
+    ("chunk-extension-bare-cr", b"5;ext=\r\rx\r\nhello\r\n0\r\n\r\n", 400),
+    ("chunk-extension-cr-in-name", b"5;a\rb\r\nhello\r\n0\r\n\r\n", 400),
+    ("chunk-extension-cr-in-quoted-value", b'5;a="x\ry"\r\nhello\r\n0\r\n\r\n', 400),
+    ("chunk-size-trailing-space", b"5 \r\nhello\r\n0\r\n\r\n", 400),
+    ("trailer-bare-cr", b"5\r\nhello\r\n0\r\nX-T: a\rb\r\n\r\n", 400),
+    ("trailer-obs-fold", b"5\r\nhello\r\n0\r\nX-T: a\r\n b\r\n\r\n", 400),
 ]
 
 
@@ -150,10 +156,15 @@ class Counter:
 
 
 async def send_and_read(
-    loop: asyncio.AbstractEventLoop, data: bytes, counter: Counter, *, eof: bool = False
+    loop: asyncio.AbstractEventLoop,
+    parser: ParserName,
+    data: bytes,
+    counter: Counter,
+    *,
+    eof: bool = False,
 ) -> tuple[Response, bytes]:
     """Send ``data`` (then EOF if asked); return the response and what followed it."""
-    config = small_config(max_body_size=1024)
+    config = small_config(max_body_size=1024, parser=parser)
     async with serving(loop, lambda: HTTPServerProtocol(counter, config)) as served:
         client = await served.connect()
         client.send(data)
@@ -175,6 +186,7 @@ def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
 def test_invalid_head_is_refused_and_closes(
     loop: asyncio.AbstractEventLoop,
     run: RunCoroutine,
+    http_parser: ParserName,
     caplog: pytest.LogCaptureFixture,
     raw: bytes,
     status: int,
@@ -182,7 +194,9 @@ def test_invalid_head_is_refused_and_closes(
     counter = Counter()
     # A request that follows must never be read: it could be a smuggled one.
     response, rest = run(
-        send_and_read(loop, raw + b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n", counter)
+        send_and_read(
+            loop, http_parser, raw + b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n", counter
+        )
     )
     assert response.status == status
     assert response.header("connection") == "close"
@@ -197,13 +211,14 @@ def test_invalid_head_is_refused_and_closes(
 def test_malformed_chunked_body_is_refused_and_closes(
     loop: asyncio.AbstractEventLoop,
     run: RunCoroutine,
+    http_parser: ParserName,
     caplog: pytest.LogCaptureFixture,
     body: bytes,
     status: int,
 ) -> None:
     head = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
     smuggled = b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
-    response, rest = run(send_and_read(loop, head + body + smuggled, Counter()))
+    response, rest = run(send_and_read(loop, http_parser, head + body + smuggled, Counter()))
     assert response.status == status
     assert response.header("connection") == "close"
     assert rest == b""
@@ -211,23 +226,25 @@ def test_malformed_chunked_body_is_refused_and_closes(
 
 
 def test_valid_chunked_body_with_extensions_and_trailers_is_accepted(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
 ) -> None:
     head = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-    body = b"5;name=value\r\nhello\r\n0\r\nX-Trailer: yes\r\n\r\n"
+    body = b'5;name=value ; q="a \\" b"\r\nhello\r\n0\r\nX-Trailer: yes\r\n\r\n'
     counter = Counter()
-    response, _ = run(send_and_read(loop, head + body, counter))
+    response, _ = run(send_and_read(loop, http_parser, head + body, counter))
     assert response.status == 200
     assert response.body == b"ok 5"
     assert counter.calls == 1
 
 
 def test_incomplete_body_at_eof_is_not_handed_over_as_complete(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
 ) -> None:
     async def main() -> tuple[int, bytes]:
         counter = Counter()
-        async with serving(loop, lambda: HTTPServerProtocol(counter, small_config())) as served:
+        async with serving(
+            loop, lambda: HTTPServerProtocol(counter, small_config(parser=http_parser))
+        ) as served:
             client = await served.connect()
             client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
             client.tr.write_eof()
@@ -254,12 +271,15 @@ REQUEST_START = b"GET / HTTP/1.1\r\nHost: test\r\n"
 def test_arbitrary_header_bytes_never_cause_a_500(
     loop: asyncio.AbstractEventLoop,
     run: RunCoroutine,
+    http_parser: ParserName,
     caplog: pytest.LogCaptureFixture,
     junk: bytes,
 ) -> None:
     counter = Counter()
     # EOF after the request: junk that happens to announce a body cannot stall the test.
-    response, _ = run(send_and_read(loop, REQUEST_START + junk + b"\r\n\r\n", counter, eof=True))
+    response, _ = run(
+        send_and_read(loop, http_parser, REQUEST_START + junk + b"\r\n\r\n", counter, eof=True)
+    )
     assert response.status in (200, 400, 413, 417, 431, 501)
     # A 200 came from the application; a refusal of the head never reaches it
     # (a body cut short by the EOF may, and is then refused with 400).

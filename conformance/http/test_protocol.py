@@ -19,7 +19,14 @@ from protoshim.conformance.http._support import (
     validated,
 )
 from protoshim.conformance.plugin import RunCoroutine
-from protoshim.protocols.http import Handler, HTTPExchange, HTTPServerProtocol, WSGIHandler
+from protoshim.protocols.http import (
+    Handler,
+    HTTPConfig,
+    HTTPExchange,
+    HTTPServerProtocol,
+    ParserName,
+    WSGIHandler,
+)
 
 pytestmark = pytest.mark.requires("tcp")
 
@@ -38,10 +45,10 @@ ECHO = validated(echo_app)
 
 
 def test_keep_alive_serves_several_requests_on_one_connection(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
 ) -> None:
     async def main() -> None:
-        async with serving(loop, wsgi_app=ECHO) as served:
+        async with serving(loop, config=HTTPConfig(parser=http_parser), wsgi_app=ECHO) as served:
             client = await served.connect()
             for path in ("/one", "/two", "/three"):
                 client.send(request(target=path))
@@ -57,7 +64,7 @@ def test_keep_alive_serves_several_requests_on_one_connection(
 
 
 def test_pipelined_requests_are_answered_in_order(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
 ) -> None:
     release = asyncio.Event()
 
@@ -67,7 +74,9 @@ def test_pipelined_requests_are_answered_in_order(
         await exchange.respond(200, [], exchange.path)
 
     async def main() -> None:
-        async with serving(loop, lambda: HTTPServerProtocol(handler)) as served:
+        async with serving(
+            loop, lambda: HTTPServerProtocol(handler, HTTPConfig(parser=http_parser))
+        ) as served:
             client = await served.connect()
             paths = ["/slow", "/a", "/b", "/c"]
             client.send(b"".join(request(target=path) for path in paths))
@@ -81,10 +90,10 @@ def test_pipelined_requests_are_answered_in_order(
 
 
 def test_chunked_request_body_is_decoded(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
 ) -> None:
     async def main() -> None:
-        async with serving(loop, wsgi_app=ECHO) as served:
+        async with serving(loop, config=HTTPConfig(parser=http_parser), wsgi_app=ECHO) as served:
             client = await served.connect()
             client.send(request("POST", "/c", [("Transfer-Encoding", "chunked")]))
             for piece in (b"5\r\nhello\r\n", b"1;ext=1\r\n \r\n", b"5\r\nworld\r\n", b"0\r\n\r\n"):
@@ -99,14 +108,16 @@ def test_chunked_request_body_is_decoded(
 
 
 def test_streamed_response_without_length_is_chunked(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
 ) -> None:
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
         return (part for part in (b"one ", b"", b"two ", b"three"))
 
     async def main() -> None:
-        async with serving(loop, wsgi_app=validated(app)) as served:
+        async with serving(
+            loop, config=HTTPConfig(parser=http_parser), wsgi_app=validated(app)
+        ) as served:
             response = await served.exchange(request())
             assert response.header("transfer-encoding") == "chunked"
             assert response.header("content-length") is None
@@ -115,12 +126,16 @@ def test_streamed_response_without_length_is_chunked(
     run(main())
 
 
-def test_known_body_gets_content_length(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+def test_known_body_gets_content_length(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
+) -> None:
     async def handler(exchange: HTTPExchange) -> None:
         await exchange.respond(200, [(b"Content-Type", b"text/plain")], b"sized")
 
     async def main() -> None:
-        async with serving(loop, lambda: HTTPServerProtocol(handler)) as served:
+        async with serving(
+            loop, lambda: HTTPServerProtocol(handler, HTTPConfig(parser=http_parser))
+        ) as served:
             response = await served.exchange(request())
             assert response.header("content-length") == "5"
             assert response.header("transfer-encoding") is None
@@ -130,10 +145,10 @@ def test_known_body_gets_content_length(loop: asyncio.AbstractEventLoop, run: Ru
 
 
 def test_expect_100_continue_is_answered_before_the_body(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
 ) -> None:
     async def main() -> None:
-        async with serving(loop, wsgi_app=ECHO) as served:
+        async with serving(loop, config=HTTPConfig(parser=http_parser), wsgi_app=ECHO) as served:
             client = await served.connect()
             client.send(
                 request("PUT", "/up", [("Content-Length", "4"), ("Expect", "100-continue")])
@@ -151,13 +166,15 @@ def test_expect_100_continue_is_answered_before_the_body(
 
 
 def test_no_100_continue_when_the_body_is_not_read(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
 ) -> None:
     async def handler(exchange: HTTPExchange) -> None:
         await exchange.respond(403, [], b"no thanks")
 
     async def main() -> None:
-        async with serving(loop, lambda: HTTPServerProtocol(handler)) as served:
+        async with serving(
+            loop, lambda: HTTPServerProtocol(handler, HTTPConfig(parser=http_parser))
+        ) as served:
             client = await served.connect()
             client.send(
                 request("PUT", "/up", [("Content-Length", "4"), ("Expect", "100-continue")])
@@ -172,10 +189,10 @@ def test_no_100_continue_when_the_body_is_not_read(
 
 
 def test_head_has_the_headers_of_get_and_no_body(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
 ) -> None:
     async def main() -> None:
-        async with serving(loop, wsgi_app=ECHO) as served:
+        async with serving(loop, config=HTTPConfig(parser=http_parser), wsgi_app=ECHO) as served:
             client = await served.connect()
             client.send(request("HEAD", "/h") + request("GET", "/h"))
             head = await client.response("HEAD")
@@ -190,9 +207,11 @@ def test_head_has_the_headers_of_get_and_no_body(
     run(main())
 
 
-def test_date_and_server_headers(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+def test_date_and_server_headers(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
+) -> None:
     async def main() -> None:
-        async with serving(loop, wsgi_app=ECHO) as served:
+        async with serving(loop, config=HTTPConfig(parser=http_parser), wsgi_app=ECHO) as served:
             response = await served.exchange(request())
             date = response.header("date")
             assert date is not None
@@ -203,10 +222,10 @@ def test_date_and_server_headers(loop: asyncio.AbstractEventLoop, run: RunCorout
 
 
 def test_http_1_0_request_is_answered_then_closed(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
 ) -> None:
     async def main() -> None:
-        async with serving(loop, wsgi_app=ECHO) as served:
+        async with serving(loop, config=HTTPConfig(parser=http_parser), wsgi_app=ECHO) as served:
             client = await served.connect()
             client.send(b"GET /old HTTP/1.0\r\n\r\n")
             response = await client.response()
@@ -217,9 +236,11 @@ def test_http_1_0_request_is_answered_then_closed(
     run(main())
 
 
-def test_connection_close_is_honoured(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+def test_connection_close_is_honoured(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
+) -> None:
     async def main() -> None:
-        async with serving(loop, wsgi_app=ECHO) as served:
+        async with serving(loop, config=HTTPConfig(parser=http_parser), wsgi_app=ECHO) as served:
             client = await served.connect()
             client.send(request(headers=[("Connection", "close")]) + request(target="/ignored"))
             response = await client.response()
@@ -231,10 +252,10 @@ def test_connection_close_is_honoured(loop: asyncio.AbstractEventLoop, run: RunC
 
 
 def test_client_half_close_still_gets_every_pipelined_answer(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
 ) -> None:
     async def main() -> None:
-        async with serving(loop, wsgi_app=ECHO) as served:
+        async with serving(loop, config=HTTPConfig(parser=http_parser), wsgi_app=ECHO) as served:
             client = await served.connect()
             client.send(request(target="/1") + request(target="/2"))
             client.tr.write_eof()
@@ -323,10 +344,16 @@ async def responded(exchange: HTTPExchange) -> None:
     ids=["respond", "wsgi-list", "wsgi-stream"],
 )
 def test_head_is_written_together_with_the_body(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine, handler: Handler, writes: int
+    loop: asyncio.AbstractEventLoop,
+    run: RunCoroutine,
+    http_parser: ParserName,
+    handler: Handler,
+    writes: int,
 ) -> None:
     async def main() -> list[bytes]:
-        async with serving(loop, lambda: RecordingProtocol(handler)) as served:
+        async with serving(
+            loop, lambda: RecordingProtocol(handler, HTTPConfig(parser=http_parser))
+        ) as served:
             response = await served.exchange(request())
             assert response.body.startswith(b"BODY")
             protocol = served.protocols[0]
@@ -339,9 +366,13 @@ def test_head_is_written_together_with_the_body(
     assert recorded[0].endswith(b"BODY") or recorded[0].endswith(b"BODY\r\n")
 
 
-def test_tcp_nodelay_is_set(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+def test_tcp_nodelay_is_set(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
+) -> None:
     async def main() -> int:
-        async with serving(loop, lambda: HTTPServerProtocol(responded)) as served:
+        async with serving(
+            loop, lambda: HTTPServerProtocol(responded, HTTPConfig(parser=http_parser))
+        ) as served:
             await served.exchange(request())
             sock = served.protocols[0].get_extra_info("socket")
             if sock is None:
@@ -352,10 +383,10 @@ def test_tcp_nodelay_is_set(loop: asyncio.AbstractEventLoop, run: RunCoroutine) 
 
 
 def test_higher_minor_version_is_served_as_1_1(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, http_parser: ParserName
 ) -> None:
     async def main() -> None:
-        async with serving(loop, wsgi_app=ECHO) as served:
+        async with serving(loop, config=HTTPConfig(parser=http_parser), wsgi_app=ECHO) as served:
             client = await served.connect()
             client.send(b"GET /next HTTP/1.7\r\nHost: test\r\n\r\n")
             response = await client.response()

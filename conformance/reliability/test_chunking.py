@@ -31,7 +31,7 @@ from protoshim.conformance.http._support import Client
 from protoshim.conformance.plugin import RunCoroutine
 from protoshim.conformance.reliability._servers import App, Watched, watching
 from protoshim.protocols.echo import EchoServer
-from protoshim.protocols.http import HTTPExchange
+from protoshim.protocols.http import HTTPConfig, HTTPExchange, ParserName
 
 from .conftest import Figure
 
@@ -186,8 +186,9 @@ async def _http_exchange(
 
 
 def test_http_requests_split_anywhere_mean_the_same(
-    loop: asyncio.AbstractEventLoop, run: RunCoroutine, figure: Figure
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, figure: Figure, http_parser: ParserName
 ) -> None:
+    config = HTTPConfig(parser=http_parser)
     reads: list[int] = []
 
     @SETTINGS
@@ -198,7 +199,7 @@ def test_http_requests_split_anywhere_mean_the_same(
         handler = Seen()
 
         async def main() -> tuple[list[Answer], list[Answer], int]:
-            async with watching(loop, lambda: Watched(handler)) as served:
+            async with watching(loop, lambda: Watched(handler, config)) as served:
                 whole = await _http_exchange(loop, served.port, wire, None, len(batch))
                 pieces = await _http_exchange(loop, served.port, wire, split, len(batch))
                 return whole, pieces, served.protocols[-1].reads

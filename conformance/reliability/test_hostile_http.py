@@ -17,7 +17,7 @@ import pytest
 from protoshim.conformance.http._support import Served, request, serving, small_config
 from protoshim.conformance.plugin import RunCoroutine
 from protoshim.conformance.reliability._servers import App, no_tracebacks
-from protoshim.protocols.http import HTTPServerProtocol
+from protoshim.protocols.http import HTTPServerProtocol, ParserName
 
 from .conftest import Figure
 
@@ -62,9 +62,10 @@ def test_every_hostile_request_is_refused_and_the_canary_never_answered(
     run: RunCoroutine,
     caplog: pytest.LogCaptureFixture,
     figure: Figure,
+    http_parser: ParserName,
 ) -> None:
     app = App()
-    config = small_config(max_body_size=MAX_BODY, header_timeout=5.0)
+    config = small_config(max_body_size=MAX_BODY, header_timeout=5.0, parser=http_parser)
 
     async def main() -> tuple[dict[str, str], int]:
         wrong: dict[str, str] = {}

@@ -14,6 +14,7 @@ from ._app import Router, http_server, wsgi_protocol_factory
 from ._asgi import ASGIApp, ASGIHandler, Lifespan, LifespanFailed, asgi_server
 from ._blocking import LOOP_ATTRIBUTE, BlockingRunner, ThreadRunner, blocking_runner_for
 from ._config import HTTPConfig
+from ._parse import ParserName
 from ._server import Handler, HTTPExchange, HTTPServerProtocol, RequestBodyError, ResponseError
 from ._static import StaticFiles
 from ._websocket import WebSocket, WebSocketClosed, WebSocketHandler, WebSocketUpgrade
@@ -30,6 +31,7 @@ __all__ = [
     "Handler",
     "Lifespan",
     "LifespanFailed",
+    "ParserName",
     "RequestBodyError",
     "ResponseError",
     "Router",

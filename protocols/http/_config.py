@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from ._blocking import BlockingRunner
+from ._parse import PARSERS, ParserName
 
 __all__ = ["HTTPConfig"]
+
+# The faster parser when it is installed (the http extra installs it); h11
+# alone is enough otherwise, since wsproto depends on it anyway.
+_DEFAULT_PARSER: ParserName = "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,10 @@ class HTTPConfig:
     #: how blocking code (WSGI applications, file reads) runs; ``None`` means
     #: the loop's own ``protoshim_blocking_runner`` if it has one, else threads
     blocking_runner: BlockingRunner | None = None
+    #: what parses request heads: ``"httptools"`` (llhttp, in C, with h11's
+    #: grammar checked on top; the default when installed) or ``"h11"`` (pure
+    #: Python); bodies are read by one strict reader whichever it is
+    parser: ParserName = _DEFAULT_PARSER
 
     def __post_init__(self) -> None:
         """Reject limits that cannot work."""
@@ -56,6 +66,10 @@ class HTTPConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.parser not in PARSERS:
+            raise ValueError(f"parser must be one of {', '.join(PARSERS)}, not {self.parser!r}")
+        if self.parser == "httptools" and importlib.util.find_spec("httptools") is None:
+            raise ValueError("parser 'httptools' needs the httptools package")
         for name in ("header_timeout", "keepalive_timeout", "linger_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

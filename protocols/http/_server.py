@@ -1,10 +1,11 @@
 """The HTTP/1.1 server protocol and the exchange object handlers receive.
 
 The protocol is an :class:`asyncio.Protocol` that uses only PEP 3156
-interfaces, so it runs unchanged on every protoshim loop.  h11 parses; each
-request gets its own :class:`h11.Connection`, which lets the protocol parse
-pipelined requests ahead of the one being answered while answering strictly
-in order.
+interfaces, so it runs unchanged on every protoshim loop.  It keeps its own
+input buffer and takes one request head (``_parse``) and then its body
+(``_body``) from it at a time, which lets it parse pipelined requests ahead
+of the one being answered, answer strictly in order, and stop reading at
+any limit without a parser holding bytes it has not handed over.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Any, cast
 
-import h11
-
 from ._blocking import BlockingRunner, blocking_runner_for
+from ._body import BodyReader, ChunkedReader, FramingError, LengthReader
 from ._config import HTTPConfig
+from ._parse import RequestHead, head_parser
+from ._response import CONTINUE, FramingMisuse, ResponseFramer
 from ._validate import Rejection, check_fields, scan_head
 
 __all__ = [
@@ -97,21 +99,16 @@ class HTTPExchange:
     never buffers more than the transport's high-water mark.
     """
 
-    def __init__(
-        self, protocol: HTTPServerProtocol, conn: h11.Connection, request: h11.Request
-    ) -> None:
+    def __init__(self, protocol: HTTPServerProtocol, request: RequestHead) -> None:
         self._protocol = protocol
-        self._conn = conn
         #: the method, e.g. ``"GET"``
         self.method: str = request.method.decode("ascii")
         #: the request target exactly as received
-        self.target: bytes = bytes(request.target)
+        self.target: bytes = request.target
         #: ``"1.1"``, ``"1.0"`` (or a higher 1.x minor, served as 1.1)
         self.http_version: str = request.http_version.decode("ascii")
         #: header fields in order, names lower-cased
-        self.headers: list[tuple[bytes, bytes]] = [
-            (bytes(name), bytes(value)) for name, value in request.headers
-        ]
+        self.headers: list[tuple[bytes, bytes]] = request.headers
         path, _, query = self.target.partition(b"?")
         if path[:1] != b"/" and b"://" in path:
             # absolute-form: keep only the path, the authority is in Host
@@ -126,9 +123,13 @@ class HTTPExchange:
         self._body_done = False
         self._body_error: RequestBodyError | None = None
         self._body_waiter: asyncio.Future[None] | None = None
-        self._chunked = False
-        self._tail = b""
+        self._reader: BodyReader | None = None
+        # As h11: the client waits for "100 Continue" until body bytes arrive.
+        self._expects_continue = self.http_version >= "1.1" and any(
+            name == b"expect" and value.lower() == b"100-continue" for name, value in self.headers
+        )
         self._sent_continue = False
+        self._framer = ResponseFramer(self.method, self.http_version, not _closes(request))
         self._pending_head = b""
         self._started = False
         self._finished = False
@@ -188,9 +189,8 @@ class HTTPExchange:
         """
         if not self._sent_continue and not self._started:
             self._sent_continue = True
-            if self._conn.they_are_waiting_for_100_continue:
-                interim = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-                self._protocol._write([self._conn.send(interim)])
+            if self._expects_continue:
+                self._protocol._write([CONTINUE])
         while not self._body:
             if self._body_error is not None:
                 raise self._body_error
@@ -246,21 +246,12 @@ class HTTPExchange:
             fields.append((b"Connection", b"close"))
         if not reason:
             reason = _reason(status)
-        # Building the event validates the fields without touching the state.
+        # The framer checks everything before it changes any state.
         try:
-            response = h11.Response(status_code=status, headers=fields, reason=_bytes(reason))
-        except h11.LocalProtocolError as exc:
+            self._pending_head = self._framer.head(status, fields, _bytes(reason))
+        except ValueError as exc:
             raise ValueError(f"invalid response: {exc}") from None
-        self._pending_head = self._send(response)
         self._started = True
-
-    def _send(self, event: h11.Event) -> bytes:
-        try:
-            return self._conn.send(event) or b""
-        except h11.LocalProtocolError as exc:
-            self._finished = True
-            self._protocol._abandon(self, abort=False)
-            raise ResponseError(str(exc)) from None
 
     def _frame(self, chunks: Iterable[bytes | bytearray | memoryview]) -> list[bytes]:
         """Return the pending head and ``chunks`` framed, each body chunk uncopied."""
@@ -273,15 +264,14 @@ class HTTPExchange:
         if self.method != "HEAD":
             for data in chunks:
                 if data:
-                    pieces += self._send_data(bytes(data))
+                    pieces += self._send_data(data)
         return pieces
 
-    def _send_data(self, data: bytes) -> list[bytes]:
-        # The passthrough keeps ``data`` as one of the pieces (with the chunk
-        # framing around it), where send() would copy it into a new bytes.
+    def _send_data(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        # ``data`` stays one of the pieces, uncopied, with any framing around it.
         try:
-            return self._conn.send_with_data_passthrough(h11.Data(data=data)) or []
-        except h11.LocalProtocolError as exc:
+            return self._framer.data(data if isinstance(data, bytes) else bytes(data))
+        except FramingMisuse as exc:
             # More bytes than Content-Length promised.
             self._finished = True
             self._protocol._abandon(self, abort=True)
@@ -314,8 +304,8 @@ class HTTPExchange:
         """Send the head if pending, every chunk and the end of the response, in one go."""
         pieces = self._frame(chunks)
         try:
-            tail = self._conn.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as exc:
+            tail = self._framer.end()
+        except FramingMisuse as exc:
             # Fewer bytes than Content-Length promised: the peer gets what
             # there is, as if it had been written piece by piece, then a close.
             self._finished = True
@@ -364,11 +354,13 @@ class HTTPExchange:
             self._body_waiter.set_result(None)
 
     def _push_body(self, data: bytes) -> None:
+        self._expects_continue = False
         self._body.append(data)
         self._body_size += len(data)
         self._wake()
 
     def _push_end(self) -> None:
+        self._expects_continue = False
         self._body_done = True
         self._wake()
 
@@ -382,9 +374,7 @@ class HTTPExchange:
         self._close_after = True
         if self.method == "HEAD":
             body = b""
-        # A fresh connection object answers even when the request's is in ERROR.
-        self._conn = h11.Connection(h11.SERVER)
-        self.method = "GET"  # the fresh connection knows of no HEAD request
+        self._framer = ResponseFramer("GET", "1.1", keep_alive=False)
         await self.respond(
             status,
             [
@@ -395,7 +385,7 @@ class HTTPExchange:
         )
 
 
-def _closes(request: h11.Request) -> bool:
+def _closes(request: RequestHead) -> bool:
     # h11 answers HTTP/1.0 with "Connection: close" even if asked to keep alive.
     if request.http_version == b"1.0":
         return True
@@ -407,8 +397,8 @@ def _closes(request: h11.Request) -> bool:
     )
 
 
-def _placeholder(method: bytes = b"GET") -> h11.Request:
-    return h11.Request(method=method, target=b"/", headers=[(b"Host", b"")])
+def _placeholder(method: bytes = b"GET") -> RequestHead:
+    return RequestHead(method, b"/", b"1.1", [(b"host", b"")])
 
 
 class HTTPServerProtocol(asyncio.Protocol):
@@ -442,6 +432,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         self._closed: asyncio.Future[None] | None = None
         self._disconnected: asyncio.Future[None] | None = None
         self._requests = 0
+        self._parse = head_parser(self.config.parser)
 
     # -- public state ---------------------------------------------------------
 
@@ -659,52 +650,24 @@ class HTTPServerProtocol(asyncio.Protocol):
 
     def _feed_body(self, exchange: HTTPExchange) -> bool:
         """Move body bytes to ``exchange``; return True if its body is complete."""
-        conn = exchange._conn
-        while True:
-            room = self.config.body_buffer_size - exchange._body_size
-            if room <= 0:
-                return False
-            piece = bytes(self._buffer[:room])
-            del self._buffer[:room]
-            if piece:
-                conn.receive_data(piece)
-            elif self._eof:
-                conn.receive_data(b"")
-            while True:
-                try:
-                    event = conn.next_event()
-                except h11.RemoteProtocolError as exc:
-                    status = 400 if self._eof else exc.error_status_hint
-                    self._body_failed(exchange, RequestBodyError(status, str(exc)))
+        reader = exchange._reader
+        assert reader is not None
+        try:
+            while not reader.done:
+                room = self.config.body_buffer_size - exchange._body_size
+                if room <= 0:
                     return False
-                if isinstance(event, h11.Data):
-                    exchange._body_received += len(event.data)
-                    if exchange._body_received > self.config.max_body_size:
-                        self._body_failed(exchange, RequestBodyError(413, "request body too large"))
-                        return False
-                    exchange._push_body(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    return self._body_complete(exchange, event, piece)
-                else:  # NEED_DATA
-                    break
-            if piece:
-                exchange._tail = (exchange._tail + piece)[-4:]
-            if not self._buffer:
-                return False
-
-    def _body_complete(self, exchange: HTTPExchange, event: h11.EndOfMessage, piece: bytes) -> bool:
-        trailing = exchange._conn.trailing_data[0]
-        if exchange._chunked:
-            # h11 accepts a bare LF ending the trailer section; refuse it, since
-            # a server that does not would see the next request elsewhere.
-            window = exchange._tail + piece
-            end = len(window) - len(trailing)
-            if window[max(0, end - 4) : end] != b"\r\n\r\n":
-                self._body_failed(exchange, RequestBodyError(400, "bare LF ending chunked body"))
-                return False
-            if event.headers:
-                exchange._close_after = True  # trailer fields: do not reuse the connection
-        self._buffer[:0] = trailing
+                data = reader.read(self._buffer, room)
+                if data:
+                    exchange._body_received += len(data)
+                    exchange._push_body(data)
+                elif not reader.done:
+                    if self._eof:
+                        raise FramingError(400, "connection closed inside the request body")
+                    return False
+        except FramingError as exc:
+            self._body_failed(exchange, RequestBodyError(exc.status, exc.reason))
+            return False
         self._reading = None
         exchange._push_end()
         return True
@@ -744,32 +707,33 @@ class HTTPServerProtocol(asyncio.Protocol):
                 return False
         head = bytes(buf[: end + 4])
         if rejection is None:
-            rejection = check_fields(head)
+            rejection = check_fields(head, self.config.max_body_size)
         if rejection is not None:
             self._reject(rejection)
             return False
         del buf[: end + 4]
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_size)
-        conn.receive_data(head)
-        try:
-            request = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            self._reject(Rejection(exc.error_status_hint, str(exc)))
+        request = self._parse(head, self.config.max_header_size)
+        if isinstance(request, Rejection):
+            self._reject(request)
             return False
-        assert isinstance(request, h11.Request)
         rejection = self._check_request(request)
         if rejection is not None:
             self._reject(rejection, request.method)
             return False
-        exchange = HTTPExchange(self, conn, request)
-        exchange._chunked = exchange.header(b"transfer-encoding") is not None
+        exchange = HTTPExchange(self, request)
+        # The head was checked: at most one Content-Length (digits, within the
+        # limit), or Transfer-Encoding that is exactly "chunked", never both.
+        if exchange.header(b"transfer-encoding") is not None:
+            exchange._reader = ChunkedReader(self.config.max_body_size)
+        elif (length := exchange.header(b"content-length")) not in (None, b"0"):
+            exchange._reader = LengthReader(int(length))
         # After an upgrade the bytes may not be HTTP; after "close" nothing is read.
         exchange._blocks_parsing = _closes(request) or any(
             name == b"upgrade" for name, _ in request.headers
         )
         self._requests += 1
         self._exchanges.append(exchange)
-        if conn.next_event() is h11.NEED_DATA:
+        if exchange._reader is not None:
             self._reading = exchange
         else:
             exchange._push_end()
@@ -777,7 +741,7 @@ class HTTPServerProtocol(asyncio.Protocol):
             self._dispatch(exchange)
         return True
 
-    def _check_request(self, request: h11.Request) -> Rejection | None:
+    def _check_request(self, request: RequestHead) -> Rejection | None:
         target = request.target
         # RFC 9112 2.3: a higher 1.x minor version is served as 1.1.
         if not request.http_version.startswith(b"1."):
@@ -792,12 +756,10 @@ class HTTPServerProtocol(asyncio.Protocol):
             return Rejection(400, "malformed request target")
         return self._check_headers(request)
 
-    def _check_headers(self, request: h11.Request) -> Rejection | None:
+    def _check_headers(self, request: RequestHead) -> Rejection | None:
         for name, value in request.headers:
             if name == b"transfer-encoding" and request.http_version == b"1.0":
                 return Rejection(400, "Transfer-Encoding in an HTTP/1.0 request")
-            if name == b"content-length" and int(value) > self.config.max_body_size:
-                return Rejection(413, "request body too large")
             if name == b"expect" and value.lower() != b"100-continue":
                 return Rejection(417, "unsupported expectation")
         return None
@@ -806,7 +768,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         """Queue an error answer; nothing after it on this connection is parsed."""
         self._stopped = True
         self._buffer.clear()
-        exchange = HTTPExchange(self, h11.Connection(h11.SERVER), _placeholder(method))
+        exchange = HTTPExchange(self, _placeholder(method))
         exchange._rejection = rejection
         exchange._body_done = True
         self._exchanges.append(exchange)
@@ -871,12 +833,11 @@ class HTTPServerProtocol(asyncio.Protocol):
         if not self._exchanges or self._exchanges[0] is not exchange:
             return
         self._exchanges.popleft()
-        conn = exchange._conn
         keep_alive = (
             not exchange._close_after
             and exchange._rejection is None
-            and conn.our_state is h11.DONE
-            and conn.their_state is h11.DONE
+            and exchange._framer.keep_alive
+            and exchange._body_done  # the request's body was read to its end
         )
         if not keep_alive:
             self._shutdown()

@@ -79,8 +79,12 @@ def _check_framing(lengths: list[bytes], codings: list[bytes]) -> Rejection | No
     return None if reason is None else Rejection(400, reason)
 
 
-def check_fields(head: bytes) -> Rejection | None:
-    """Check the framing fields of a complete head that passed :func:`scan_head`."""
+def check_fields(head: bytes, max_body_size: int | None = None) -> Rejection | None:
+    """Check the framing fields of a complete head that passed :func:`scan_head`.
+
+    A ``Content-Length`` over ``max_body_size`` is a 413 here, before any
+    parser sees it: llhttp refuses one past 2**64 as malformed.
+    """
     lengths: list[bytes] = []
     codings: list[bytes] = []
     hosts: list[bytes] = []
@@ -94,6 +98,8 @@ def check_fields(head: bytes) -> Rejection | None:
     rejection = _check_framing(lengths, codings)
     if rejection is not None:
         return rejection
+    if lengths and max_body_size is not None and int(lengths[0]) > max_body_size:
+        return Rejection(413, "request body too large")
     if any(not _HOST.fullmatch(host) for host in hosts):
         return Rejection(400, "malformed Host")
     return None
