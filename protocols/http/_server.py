@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import email.utils
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -74,11 +75,11 @@ class _DateCache:
 _DATES = _DateCache()
 
 
+_REASONS = {int(status): status.phrase.encode("ascii") for status in HTTPStatus}
+
+
 def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
+    return _REASONS.get(status, b"")
 
 
 #: body pieces this large are written alone rather than copied into a join
@@ -385,6 +386,24 @@ class HTTPExchange:
         )
 
 
+def _address(info: Any) -> tuple[str, int] | None:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return str(info[0]), int(info[1])
+    return None
+
+
+class _Timeout(enum.Enum):
+    """What a connection's timer is waiting for."""
+
+    HEADER = "header"  # a request head to be complete
+    IDLE = "idle"  # a next request on a kept-alive connection
+    LINGER = "linger"  # the peer to close after our last response
+
+
+#: a timer firing this close to its deadline counts as on time (clock resolution)
+_TIMER_SLACK = 0.001
+
+
 def _closes(request: RequestHead) -> bool:
     # h11 answers HTTP/1.0 with "Connection: close" even if asked to keep alive.
     if request.http_version == b"1.0":
@@ -415,6 +434,8 @@ class HTTPServerProtocol(asyncio.Protocol):
         self.config: HTTPConfig = config or HTTPConfig()
         self.transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
         self._buffer = bytearray()
         self._exchanges: collections.deque[HTTPExchange] = collections.deque()
         self._reading: HTTPExchange | None = None
@@ -426,8 +447,10 @@ class HTTPServerProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        # One armed handle serves every timeout in turn (see _set_timer).
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_kind = ""
+        self._timer_kind: _Timeout | None = None
+        self._deadline = 0.0
         self._upgraded: asyncio.BaseProtocol | None = None
         self._closed: asyncio.Future[None] | None = None
         self._disconnected: asyncio.Future[None] | None = None
@@ -512,10 +535,14 @@ class HTTPServerProtocol(asyncio.Protocol):
         # Not an isinstance check: uvloop's transports do not subclass asyncio's.
         self.transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
+        #: the peer's and our own (host, port), None on a Unix socket; read
+        #: once, not once a request
+        self.client = _address(transport.get_extra_info("peername"))
+        self.server = _address(transport.get_extra_info("sockname"))
         # TCP_NODELAY is already on: every loop's TCP transport sets it (the
         # conformance suite checks), so responses of several writes do not
         # wait on Nagle and the peer's delayed ACK.
-        self._set_timer("header", self.config.header_timeout)
+        self._set_timer(_Timeout.HEADER, self.config.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         """Parse as many requests as the limits allow."""
@@ -692,8 +719,8 @@ class HTTPServerProtocol(asyncio.Protocol):
             if self._eof:
                 self._stopped = True
             return False
-        if self._timer_kind != "header":
-            self._set_timer("header", self.config.header_timeout)
+        if self._timer_kind is not _Timeout.HEADER:
+            self._set_timer(_Timeout.HEADER, self.config.header_timeout)
         end = buf.find(b"\r\n\r\n")
         complete = end >= 0 and end + 4 <= self.config.max_header_size
         region = buf[: end + 2] if complete else buf[: self.config.max_header_size + 1]
@@ -903,7 +930,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
-        self._set_timer("linger", self.config.linger_timeout)
+        self._set_timer(_Timeout.LINGER, self.config.linger_timeout)
 
     # -- timers --------------------------------------------------------------
 
@@ -911,29 +938,42 @@ class HTTPServerProtocol(asyncio.Protocol):
         if self._closing or self.lost:
             return
         if self._exchanges or self._upgraded is not None or self._stopped:
-            if self._timer_kind in ("header", "idle"):
-                self._cancel_timer()
-        elif not self._buffer and self._timer_kind != "idle" and self._requests:
-            self._set_timer("idle", self.config.keepalive_timeout)
+            if self._timer_kind in (_Timeout.HEADER, _Timeout.IDLE):
+                self._timer_kind = None  # the armed handle, when it fires, finds nothing to do
+        elif not self._buffer and self._timer_kind is not _Timeout.IDLE and self._requests:
+            self._set_timer(_Timeout.IDLE, self.config.keepalive_timeout)
 
-    def _set_timer(self, kind: str, delay: float) -> None:
-        self._cancel_timer()
+    def _set_timer(self, kind: _Timeout, delay: float) -> None:
+        """Make ``kind`` expire ``delay`` seconds from now.
+
+        A handle already armed to fire sooner is kept and re-armed when it
+        fires, so a busy keep-alive connection does not create and cancel
+        two timers per request.
+        """
         self._timer_kind = kind
-        self._timer = self.loop.call_later(delay, self._timer_fired)
+        self._deadline = deadline = self.loop.time() + delay
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._timer_fired)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._timer_kind = ""
+        self._timer_kind = None
 
     def _timer_fired(self) -> None:
-        kind = self._timer_kind
         self._timer = None
-        self._timer_kind = ""
-        if self.transport is None or self.lost:
+        kind = self._timer_kind
+        if kind is None or self.transport is None or self.lost:
             return
-        log.debug("closing connection: %s timeout", kind)
+        if self.loop.time() + _TIMER_SLACK < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._timer_fired)
+            return
+        self._timer_kind = None
+        log.debug("closing connection: %s timeout", kind.value)
         self._stopped = True
         self.transport.close()
 
