@@ -61,12 +61,6 @@ _EXTENSIONS = ("http.response.pathsend", "websocket.http.response")
 _FORBIDDEN = 403
 
 
-def _address(info: Any) -> tuple[str, int] | None:
-    if isinstance(info, tuple) and len(info) >= 2:
-        return str(info[0]), int(info[1])
-    return None  # a Unix socket, or no address at all
-
-
 def _decode_path(raw: bytes) -> str:
     if b"%" not in raw:
         return raw.decode("utf-8", "replace")
@@ -301,6 +295,7 @@ class ASGIHandler:
     def _scope(self, exchange: HTTPExchange, kind: str, scheme: str) -> Scope:
         version = exchange.http_version
         raw_path = self._raw_root + exchange.path
+        protocol = exchange.protocol
         return {
             "type": kind,
             "asgi": {"version": "3.0", "spec_version": SPEC_VERSION},
@@ -312,8 +307,8 @@ class ASGIHandler:
             "query_string": exchange.query,
             "root_path": self.root_path,
             "headers": exchange.headers,
-            "client": _address(exchange.get_extra_info("peername")),
-            "server": _address(exchange.get_extra_info("sockname")),
+            "client": protocol.client,
+            "server": protocol.server,
             "state": self.state.copy(),
             "extensions": {name: {} for name in _EXTENSIONS},
         }

@@ -25,6 +25,12 @@ _REASON = re.compile(rb"(?:[ \t]|[^\x00\s])*")
 _DIGITS = re.compile(rb"[0-9]{1,20}")
 
 
+#: fields already found valid: an application sends the same few on every
+#: response, and the same bytes always get the same verdict
+_VALID: set[tuple[bytes, bytes]] = set()
+_VALID_LIMIT = 1024
+
+
 class FramingMisuse(Exception):
     """Signal a body that does not match the framing its head declared."""
 
@@ -41,11 +47,16 @@ def _checked(
     chunked = False
     close = False
     out: list[tuple[bytes, bytes]] = []
-    for name, value in fields:
-        if not _NAME.fullmatch(name):
-            raise ValueError(f"illegal header name {name!r}")
-        if not _VALUE.fullmatch(value):
-            raise ValueError(f"illegal header value {value!r}")
+    for field in fields:
+        name, value = field
+        if field not in _VALID:
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"illegal header name {name!r}")
+            if not _VALUE.fullmatch(value):
+                raise ValueError(f"illegal header value {value!r}")
+            if len(_VALID) >= _VALID_LIMIT:
+                _VALID.clear()  # e.g. one Date a second: start over, never grow
+            _VALID.add(field)
         lower = name.lower()
         if lower == b"content-length":
             values = {token.strip() for token in value.split(b",")}
