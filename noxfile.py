@@ -294,7 +294,7 @@ AUTOBAHN_DIR = ROOT / "build" / "autobahn"
 
 
 # Every Autobahn case, compression included, on one release per framework.
-# About ten minutes a framework, most of it compressing 1000 large messages
+# About 13 minutes a framework, most of it compressing 1000 large messages
 # per case in the 12.* and 13.* groups; the conformance suite runs a quick
 # selection (conformance/http/test_autobahn.py), so this is not a default.
 @nox.session(python=PYTHON, default=False)

@@ -1,7 +1,7 @@
 """The Autobahn TestSuite's WebSocket cases (a quick selection) against the echo handler.
 
 kosoku runs the cases from a child process; the loop under test serves.
-``nox -s autobahn`` runs every case on each framework (about ten minutes
+``nox -s autobahn`` runs every case on each framework (about 13 minutes
 each, mostly compressing large messages).
 """
 
