@@ -290,6 +290,29 @@ def reliability(session: nox.Session, cell: Cell) -> None:
     )
 
 
+AUTOBAHN_DIR = ROOT / "build" / "autobahn"
+
+
+# Every Autobahn case, compression included, on one release per framework.
+# About 13 minutes a framework, most of it compressing 1000 large messages
+# per case in the 12.* and 13.* groups; the conformance suite runs a quick
+# selection (conformance/http/test_autobahn.py), so this is not a default.
+@nox.session(python=PYTHON, default=False)
+@nox.parametrize("cell", RELIABILITY_CELLS, ids=[cell.framework for cell in RELIABILITY_CELLS])
+def autobahn(session: nox.Session, cell: Cell) -> None:
+    """Run every Autobahn TestSuite case against the WebSocket echo handler on one framework."""
+    _install_project(session, "http")
+    if cell.requirement:
+        session.install(cell.requirement)
+    if cell.pyuv:
+        _install_pyuv(session)
+    report = AUTOBAHN_DIR / f"{cell.framework}.json"
+    session.run(
+        *("python", "-m", "protoshim.conformance.thirdparty.autobahn"),
+        *("--framework", cell.framework, "--report", str(report), *session.posargs),
+    )
+
+
 # anyio's own test suite, from its sdist, on every adapter: a yardstick that
 # nobody in this project wrote.  Slow (a few minutes per framework), so not
 # in the default set yet.

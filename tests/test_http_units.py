@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import threading
+import tracemalloc
 
 import h11
 import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto import events as wsevents
+from wsproto.extensions import PerMessageDeflate
 
 from protoshim.protocols.http import (
     LOOP_ATTRIBUTE,
@@ -21,6 +25,7 @@ from protoshim.protocols.http import (
 )
 from protoshim.protocols.http._static import _byte_range
 from protoshim.protocols.http._validate import check_fields, scan_head
+from protoshim.protocols.http._websocket import _extensions
 
 
 @pytest.mark.parametrize(
@@ -312,3 +317,52 @@ def test_both_parsers_refuse_a_malformed_head(head):
 
     for name in ("h11", "httptools"):
         assert isinstance(head_parser(name)(head, 16384), Rejection), name
+
+
+def _deflate_pair(limit: int, offer: str) -> tuple[WSConnection, WSConnection]:
+    """Return a (server, client) pair that agreed on ``offer`` with a bounded server."""
+    client = WSConnection(ConnectionType.CLIENT)
+    server = WSConnection(ConnectionType.SERVER)
+    head = client.send(wsevents.Request(host="h", target="/", extensions=[PerMessageDeflate()]))
+    head = head.replace(
+        b"permessage-deflate; client_max_window_bits=15; server_max_window_bits=15", offer.encode()
+    )
+    server.receive_data(head)
+    assert isinstance(next(server.events()), wsevents.Request)
+    extensions = _extensions(HTTPConfig(websocket_max_message_size=limit))
+    client.receive_data(server.send(wsevents.AcceptConnection(extensions=extensions)))
+    accepted = next(client.events())
+    assert isinstance(accepted, wsevents.AcceptConnection)
+    assert accepted.extensions, "deflate was not agreed"
+    return server, client
+
+
+def test_deflate_inflates_no_message_far_past_the_limit():
+    server, client = _deflate_pair(1024, "permessage-deflate")
+    bomb = client.send(wsevents.BytesMessage(data=bytes(64 * 1024 * 1024)))
+    assert len(bomb) < 100 * 1024
+    tracemalloc.start()
+    try:
+        server.receive_data(bomb)
+        events = list(server.events())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [type(event) for event in events] == [wsevents.CloseConnection]
+    assert events[0].code == 1009
+    assert peak < 4 * 1024 * 1024  # inflated whole, the message would take 64 MiB
+
+
+def test_deflate_accepts_the_first_acceptable_offer():
+    offers = (
+        "permessage-deflate; server_no_context_takeover; server_max_window_bits=8, "
+        "permessage-deflate; client_max_window_bits=10, "
+        "permessage-deflate; client_max_window_bits=12"
+    )
+    server, client = _deflate_pair(4096, offers)
+    (deflate,) = server.connection._proto.extensions  # type: ignore[union-attr]
+    # The first offer is declined (8 bits) and leaves nothing behind; the
+    # second is taken and the third ignored.
+    assert repr(deflate) == "<_BoundedDeflate client_max_window_bits=10; server_max_window_bits=15>"
+    server.receive_data(client.send(wsevents.TextMessage(data="y" * 2000)))
+    assert [event.data for event in server.events()] == ["y" * 2000]  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 from wsgiref.validate import validator
@@ -21,6 +21,7 @@ import h11
 from wsproto import ConnectionType, WSConnection
 from wsproto import events as wsevents
 from wsproto.connection import ConnectionState
+from wsproto.extensions import Extension
 from wsproto.utilities import LocalProtocolError
 
 from protoshim.conformance._helpers import Recorder, wait, wait_until
@@ -273,6 +274,8 @@ class WebSocketClient(asyncio.Protocol):
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.transport: asyncio.Transport | None = None
         self.events: collections.deque[wsevents.Event] = collections.deque()
+        #: every byte received, handshake response included, as on the wire
+        self.raw = bytearray()
         self.lost: asyncio.Future[None] = loop.create_future()
         self.accepted: wsevents.AcceptConnection | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -283,6 +286,7 @@ class WebSocketClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse frames into events."""
+        self.raw += data
         self.ws.receive_data(data)
         self.events.extend(self.ws.events())
         self._wake()
@@ -348,11 +352,27 @@ class WebSocketClient(asyncio.Protocol):
             if not isinstance(event, wsevents.TextMessage | wsevents.BytesMessage | wsevents.Pong):
                 raise AssertionError(f"expected a close, got {event!r}")
 
+    def response_header(self, name: str) -> str | None:
+        """Return header ``name`` of the handshake response, or None."""
+        head = bytes(self.raw).split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        for line in head.split("\r\n")[1:]:
+            key, _, value = line.partition(":")
+            if key.strip().lower() == name.lower():
+                return value.strip()
+        return None
+
+    def frames_after_handshake(self) -> bytes:
+        """Return the raw bytes received after the handshake response."""
+        return bytes(self.raw).split(b"\r\n\r\n", 1)[1]
+
 
 async def websocket(
-    served: Served, path: str = "/ws", subprotocols: Iterable[str] = ()
+    served: Served,
+    path: str = "/ws",
+    extensions: Sequence[Extension] = (),
+    subprotocols: Iterable[str] = (),
 ) -> WebSocketClient:
-    """Open a WebSocket to ``path``; fail unless the server accepts.
+    """Open a WebSocket to ``path`` offering ``extensions``; fail unless the server accepts.
 
     The server's :class:`~wsproto.events.AcceptConnection` is kept as
     ``client.accepted``.
@@ -363,7 +383,10 @@ async def websocket(
         ),
         "create_connection",
     )
-    client.send(wsevents.Request(host="test", target=path, subprotocols=list(subprotocols)))
+    request = wsevents.Request(
+        host="test", target=path, extensions=list(extensions), subprotocols=list(subprotocols)
+    )
+    client.send(request)
     event = await client.next_event()
     if not isinstance(event, wsevents.AcceptConnection):
         if client.transport is not None:

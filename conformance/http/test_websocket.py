@@ -1,4 +1,5 @@
-"""WebSocket over the HTTP protocol: handshake, echo, ping, fragments, close codes, limits."""
+"""WebSocket over the HTTP protocol: handshake, echo, ping, fragments, close codes, limits,
+permessage-deflate."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 from wsproto import events as ws
+from wsproto.extensions import PerMessageDeflate
 
 from protoshim.conformance.http._support import (
     Environ,
@@ -274,3 +276,118 @@ def test_websocket_and_http_share_a_server(
             assert await client.message() == "still here"
 
     run(main())
+
+
+def server_frames(data: bytes) -> list[tuple[bool, int, int]]:
+    """Split unmasked (server) frames into (RSV1 set, opcode, payload length)."""
+    frames = []
+    while data:
+        length = data[1] & 0x7F
+        offset = 2
+        if length == 126:
+            (length,) = struct.unpack("!H", data[2:4])
+            offset = 4
+        elif length == 127:
+            (length,) = struct.unpack("!Q", data[2:10])
+            offset = 10
+        frames.append((bool(data[0] & 0x40), data[0] & 0x0F, length))
+        data = data[offset + length :]
+    return frames
+
+
+def test_permessage_deflate_round_trip(loop: asyncio.AbstractEventLoop, run: RunCoroutine) -> None:
+    text = "compress me, " * 1000
+    binary = bytes(range(256)) * 64
+
+    async def main() -> None:
+        async with serve_ws(loop) as served:
+            client = await websocket(served, extensions=[PerMessageDeflate()])
+            assert client.response_header("sec-websocket-extensions") == (
+                "permessage-deflate; client_max_window_bits=15; server_max_window_bits=15"
+            )
+            client.send(ws.TextMessage(data=text))  # the client compresses too
+            assert await client.message() == text
+            client.send(ws.BytesMessage(data=binary))
+            assert await client.message() == binary
+            frames = server_frames(client.frames_after_handshake())
+            assert [(rsv1, opcode) for rsv1, opcode, _ in frames] == [(True, 0x1), (True, 0x2)]
+            assert all(length < 1000 for _, _, length in frames)
+
+    run(main())
+
+
+def test_permessage_deflate_follows_the_client_parameters(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    offer = PerMessageDeflate(
+        client_no_context_takeover=True,
+        client_max_window_bits=9,
+        server_no_context_takeover=True,
+        server_max_window_bits=10,
+    )
+    text = "the same words again and again; " * 50
+
+    async def main() -> None:
+        async with serve_ws(loop) as served:
+            client = await websocket(served, extensions=[offer])
+            assert client.response_header("sec-websocket-extensions") == (
+                "permessage-deflate; client_no_context_takeover; server_no_context_takeover; "
+                "client_max_window_bits=9; server_max_window_bits=10"
+            )
+            for _ in range(3):
+                client.send(ws.TextMessage(data=text))
+                assert await client.message() == text
+            lengths = [length for _, _, length in server_frames(client.frames_after_handshake())]
+            # No context takeover: a repeated message is never a back-reference
+            # to the previous one, so every copy compresses to the same size.
+            assert len(set(lengths)) == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("offer", "compression"), [(False, True), (True, False)], ids=["not-offered", "disabled"]
+)
+def test_no_compression_unless_offered_and_enabled(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine, offer: bool, compression: bool
+) -> None:
+    greeting = "hello " * 100
+
+    async def greet_then_echo(socket: WebSocket) -> None:
+        await socket.send(greeting)  # before anything was read from the client
+        await echo(socket)
+
+    async def main() -> None:
+        async with serve_ws(loop, greet_then_echo, websocket_compression=compression) as served:
+            client = await websocket(served, extensions=[PerMessageDeflate()] if offer else [])
+            assert await client.message() == greeting
+            client.send(ws.TextMessage(data="plain"))
+            assert await client.message() == "plain"
+            assert client.response_header("sec-websocket-extensions") is None
+            frames = server_frames(client.frames_after_handshake())
+            assert frames == [(False, 0x1, len(greeting)), (False, 0x1, 5)]
+
+    run(main())
+
+
+def test_compressed_message_is_limited_by_its_inflated_size(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    received: list[str | bytes] = []
+
+    async def record(socket: WebSocket) -> None:
+        async for message in socket:
+            received.append(message)
+
+    async def main() -> None:
+        async with serve_ws(loop, record, websocket_max_message_size=64 * 1024) as served:
+            client = await websocket(served, extensions=[PerMessageDeflate()])
+            assert client.response_header("sec-websocket-extensions") is not None
+            client.send(ws.BytesMessage(data=bytes(64 * 1024)))  # exactly the limit: fine
+            # 16 MiB of zeros deflate to about 16 KiB: far below the limit on
+            # the wire, 256 times over it inflated.
+            client.send(ws.BytesMessage(data=bytes(16 * 1024 * 1024)))
+            assert await client.close_code() == 1009
+
+    run(main())
+    assert received == [bytes(64 * 1024)]

@@ -43,7 +43,10 @@ class HTTPConfig:
     #: value of the ``Server`` header; empty to send none
     server_name: str = "protoshim"
     #: largest WebSocket message accepted; a larger one is closed with 1009
+    #: (for a compressed message, its inflated size: inflating stops there)
     websocket_max_message_size: int = 1024 * 1024
+    #: agree to permessage-deflate (RFC 7692) when the client offers it
+    websocket_compression: bool = True
     #: size of each read when streaming a static file
     file_chunk_size: int = 64 * 1024
     #: how blocking code (WSGI applications, file reads) runs; ``None`` means

@@ -5,6 +5,11 @@ with wsproto, answers 101 and hands the connection to a
 :class:`_WebSocketProtocol`, then runs the application's handler with a
 :class:`WebSocket`.  A bad handshake gets 400 (or 426 with the supported
 version, or when no upgrade was asked for at all).
+
+:func:`accept` also negotiates permessage-deflate (RFC 7692) with wsproto's
+extension, so every caller of it (the handler API, ASGI) compresses alike.
+This module owns the one rule wsproto leaves out: inflating a message stops
+at ``websocket_max_message_size``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import cast
 
@@ -28,6 +34,8 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ._config import HTTPConfig
@@ -61,6 +69,82 @@ class WebSocketClosed(ConnectionError):
         super().__init__(f"WebSocket closed with code {code} {reason}".rstrip())
         self.code = code
         self.reason = reason
+
+
+class _BoundedDeflate(PerMessageDeflate):
+    """Speak permessage-deflate as wsproto does, inflating no message past a limit.
+
+    wsproto inflates each received piece of a frame whole, so a few KiB of
+    compressed zeros would become megabytes before the message size is even
+    seen.  This inflates at most one byte past ``max_message_size`` and then
+    fails the connection with 1009.
+    """
+
+    def __init__(self, max_message_size: int) -> None:
+        super().__init__()
+        self._max_message_size = max_message_size
+        self._inflated = 0
+
+    @staticmethod
+    def acceptable(offer: str) -> bool:
+        """Return True if wsproto would accept ``offer`` (a deflate offer)."""
+        return PerMessageDeflate().accept(offer) is not None
+
+    def accept(self, offer: str) -> bool | str | None:
+        """Accept the first acceptable offer only (RFC 7692 section 5)."""
+        # wsproto asks about every offer in turn and a later answer would
+        # replace the earlier one; a declined offer must change nothing.
+        if self.enabled() or not self.acceptable(offer):
+            return None
+        return super().accept(offer)
+
+    def frame_inbound_header(
+        self,
+        proto: FrameDecoder | FrameProtocol,
+        opcode: Opcode,
+        rsv: RsvBits,
+        payload_length: int,
+    ) -> CloseReason | RsvBits:
+        """Start counting anew at the first frame of each message."""
+        if opcode in (Opcode.TEXT, Opcode.BINARY):
+            self._inflated = 0
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        """Inflate ``data``, but never more than one byte past the limit."""
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        assert self._decompressor is not None
+        room = self._max_message_size - self._inflated
+        try:
+            inflated = self._decompressor.decompress(data, room + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        return self._count(inflated)
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        """Count what the end of the message flushes out."""
+        # Bounded already: the payload was inflated without reaching the cap,
+        # so zlib holds no output back and the tail is an empty block.
+        tail = super().frame_inbound_complete(proto, fin)
+        return self._count(tail) if isinstance(tail, bytes) else tail
+
+    def _count(self, inflated: bytes) -> bytes | CloseReason:
+        self._inflated += len(inflated)
+        if self._inflated > self._max_message_size:
+            return CloseReason.MESSAGE_TOO_BIG
+        return inflated
+
+
+def _extensions(config: HTTPConfig) -> list[Extension]:
+    """Return the extensions the server agrees to when a client offers them."""
+    if not config.websocket_compression:
+        return []
+    return [_BoundedDeflate(config.websocket_max_message_size)]
 
 
 class _WebSocketProtocol(asyncio.Protocol):
@@ -355,8 +439,17 @@ def accept(
     subprotocol: str | None = None,
     headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> WebSocket:
-    """Answer 101 and return the :class:`WebSocket` that now owns the connection."""
-    event = AcceptConnection(subprotocol=subprotocol, extra_headers=list(headers))
+    """Answer 101 and return the :class:`WebSocket` that now owns the connection.
+
+    permessage-deflate is agreed here when the client offers it and
+    ``websocket_compression`` is on; ``headers`` must not carry
+    ``Sec-WebSocket-Extensions``.
+    """
+    event = AcceptConnection(
+        subprotocol=subprotocol,
+        extensions=_extensions(exchange.config),
+        extra_headers=list(headers),
+    )
     protocol = _WebSocketProtocol(ws, exchange.config)
     exchange.switch_protocol(ws.send(event), protocol)
     return WebSocket(exchange, protocol, request, subprotocol)
