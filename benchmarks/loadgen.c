@@ -8,6 +8,8 @@
  *   loadgen echo   HOST PORT CONNS SIZE SECONDS WARMUP closed loop ping-pong
  *   loadgen rate   HOST PORT CONNS SIZE RATE SECONDS   open loop, fixed rate
  *   loadgen hold   HOST PORT CONNS                     open, ping once, wait
+ *   loadgen ws     HOST PORT PATH CONNS SIZE SECONDS WARMUP
+ *                                                      WebSocket echo, closed loop
  *   loadgen server PORT                                trivial echo server
  *
  * Every mode but `server` prints one JSON object on stdout.
@@ -15,7 +17,8 @@
  * Echoed bytes are checked: the stream sent on every connection is the
  * pattern byte(i) = i % 251 of its offset i, and each byte that comes back
  * must match it, so a server that loses, reorders or invents data fails the
- * run instead of looking fast.
+ * run instead of looking fast.  In `ws` mode every echoed frame must be the
+ * exact unmasked frame of the text message sent.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -405,6 +408,197 @@ static int run_hold(const char *host, int port, int nconns) {
     return 0;
 }
 
+/* ---- ws: WebSocket echo, closed loop -------------------------------------- */
+
+/*
+ * Each connection makes the opening handshake (blocking, bounded by a receive
+ * timeout), then sends one masked text frame of SIZE bytes and waits until
+ * the whole echoed frame is back before sending the next: a round is one
+ * message out and back.  No extension is offered, so the echo must be the
+ * same payload in one unmasked, minimally framed text frame, and it is
+ * checked byte by byte.  Sockets are closed without a closing handshake.
+ */
+#define WS_MAX_PAYLOAD 65535
+#define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
+
+typedef struct {
+    int fd;
+    size_t sent, received; /* offsets into the frame out and the frame back */
+    double round_start;
+    int want_out;
+} ws_conn_t;
+
+static unsigned char ws_out[WS_MAX_PAYLOAD + 8], ws_back[WS_MAX_PAYLOAD + 4];
+static size_t ws_out_len, ws_back_len;
+
+static size_t ws_frame(unsigned char *buf, const unsigned char *payload, size_t n,
+                       const unsigned char *mask) {
+    size_t h = 0;
+    buf[h++] = 0x81; /* FIN, text */
+    unsigned char masked = mask ? 0x80 : 0;
+    if (n < 126) {
+        buf[h++] = masked | (unsigned char)n;
+    } else {
+        buf[h++] = masked | 126;
+        buf[h++] = (unsigned char)(n >> 8);
+        buf[h++] = (unsigned char)n;
+    }
+    if (mask) {
+        memcpy(buf + h, mask, 4);
+        h += 4;
+    }
+    for (size_t i = 0; i < n; i++) buf[h + i] = payload[i] ^ (mask ? mask[i % 4] : 0);
+    return h + n;
+}
+
+static int ws_open(const char *host, int port, const char *path) {
+    int fd = connect_to(host, port);
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char req[1024];
+    int n = snprintf(req, sizeof req,
+                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: " WS_KEY "\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n",
+                     path, host, port);
+    if (n <= 0 || (size_t)n >= sizeof req) {
+        fprintf(stderr, "loadgen: path too long\n");
+        exit(2);
+    }
+    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) die("send handshake");
+    /* Read the response head a byte at a time: nothing may follow it yet. */
+    char head[4096];
+    size_t got = 0;
+    while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4) != 0) {
+        if (got == sizeof head - 1) {
+            fprintf(stderr, "loadgen: handshake response too long\n");
+            exit(3);
+        }
+        ssize_t r = recv(fd, head + got, 1, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) die("recv handshake");
+        got++;
+    }
+    head[got] = 0;
+    if (strncmp(head, "HTTP/1.1 101", 12) != 0) {
+        fprintf(stderr, "loadgen: handshake refused: %.80s\n", head);
+        exit(3);
+    }
+    set_nonblocking(fd);
+    return fd;
+}
+
+static int ws_pump_out(ws_conn_t *c) {
+    while (c->sent < ws_out_len) {
+        ssize_t w = send(c->fd, ws_out + c->sent, ws_out_len - c->sent, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        c->sent += (size_t)w;
+    }
+    return 0;
+}
+
+/* Read and check the echo; return -1 on EOF or error. */
+static int ws_pump_in(ws_conn_t *c) {
+    for (;;) {
+        size_t want = ws_back_len - c->received;
+        if (want == 0) return 0; /* one frame at a time: the next is not sent yet */
+        ssize_t r = recv(c->fd, readbuf, want, 0);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (r == 0) return -1;
+        if (memcmp(readbuf, ws_back + c->received, (size_t)r) != 0) {
+            fprintf(stderr, "loadgen: echoed frame does not match the message sent\n");
+            exit(3);
+        }
+        c->received += (size_t)r;
+    }
+}
+
+static void ws_watch(int ep, ws_conn_t *c, int out) {
+    if (c->want_out == out) return;
+    struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0), .data.ptr = c};
+    if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) < 0) die("epoll_ctl");
+    c->want_out = out;
+}
+
+static int run_ws(const char *host, int port, const char *path, int nconns, int size,
+                  double seconds, double warmup) {
+    if (size < 1 || size > WS_MAX_PAYLOAD) {
+        fprintf(stderr, "loadgen: ws SIZE must be 1..%d\n", WS_MAX_PAYLOAD);
+        return 2;
+    }
+    unsigned char payload[WS_MAX_PAYLOAD];
+    for (int i = 0; i < size; i++) payload[i] = (unsigned char)('a' + i % 26);
+    static const unsigned char mask[4] = {0x37, 0xfa, 0x21, 0x3d};
+    ws_out_len = ws_frame(ws_out, payload, (size_t)size, mask);
+    ws_back_len = ws_frame(ws_back, payload, (size_t)size, NULL);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0) die("epoll_create1");
+    ws_conn_t *conns = calloc((size_t)nconns, sizeof(ws_conn_t));
+    if (!conns) die("calloc");
+    for (int i = 0; i < nconns; i++) {
+        conns[i].fd = ws_open(host, port, path);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &conns[i]};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, conns[i].fd, &ev) < 0) die("epoll_ctl");
+    }
+    samples_t lat = {0};
+    uint64_t rounds = 0;
+    double start = now(), cpu0 = cpu_seconds(), end = start + warmup + seconds;
+    double measure_from = start + warmup;
+    int counting = warmup <= 0;
+    for (int i = 0; i < nconns; i++) {
+        conns[i].round_start = start;
+        if (ws_pump_out(&conns[i]) < 0) die("send");
+        ws_watch(ep, &conns[i], conns[i].sent < ws_out_len);
+    }
+    struct epoll_event events[MAX_EVENTS];
+    double t = start;
+    while (t < end) {
+        int timeout = (int)((end - t) * 1000) + 1;
+        if (!counting && timeout > (int)((measure_from - t) * 1000) + 1)
+            timeout = (int)((measure_from - t) * 1000) + 1;
+        int n = epoll_wait(ep, events, MAX_EVENTS, timeout);
+        if (n < 0 && errno != EINTR) die("epoll_wait");
+        t = now();
+        if (!counting && t >= measure_from) {
+            counting = 1;
+            rounds = 0;
+            lat.n = 0;
+            cpu0 = cpu_seconds();
+            measure_from = t;
+        }
+        for (int k = 0; k < n; k++) {
+            ws_conn_t *c = events[k].data.ptr;
+            if ((events[k].events & EPOLLOUT) && ws_pump_out(c) < 0) die("send");
+            if (events[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                if (ws_pump_in(c) < 0) {
+                    fprintf(stderr, "loadgen: server closed a WebSocket\n");
+                    return 1;
+                }
+                if (c->received == ws_back_len && t < end) {
+                    rounds++;
+                    sample_add(&lat, t - c->round_start);
+                    c->round_start = t;
+                    c->sent = c->received = 0;
+                    if (ws_pump_out(c) < 0) die("send");
+                }
+            }
+            ws_watch(ep, c, c->sent < ws_out_len);
+        }
+    }
+    double elapsed = now() - measure_from, cpu = cpu_seconds() - cpu0;
+    for (int i = 0; i < nconns; i++) close(conns[i].fd);
+    print_result("ws", nconns, size, elapsed, rounds, rounds * (uint64_t)size, cpu, &lat, 0);
+    return 0;
+}
+
 /* ---- server: the trivial C echo server ------------------------------------ */
 
 static int run_server(int port) {
@@ -474,11 +668,15 @@ int main(int argc, char **argv) {
                         atof(argv[7]));
     if (argc == 5 && strcmp(argv[1], "hold") == 0)
         return run_hold(argv[2], atoi(argv[3]), atoi(argv[4]));
+    if (argc == 9 && strcmp(argv[1], "ws") == 0)
+        return run_ws(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atoi(argv[6]),
+                      atof(argv[7]), atof(argv[8]));
     if (argc == 3 && strcmp(argv[1], "server") == 0) return run_server(atoi(argv[2]));
     fprintf(stderr,
             "usage: loadgen echo HOST PORT CONNS SIZE SECONDS WARMUP\n"
             "       loadgen rate HOST PORT CONNS SIZE RATE SECONDS\n"
             "       loadgen hold HOST PORT CONNS\n"
+            "       loadgen ws HOST PORT PATH CONNS SIZE SECONDS WARMUP\n"
             "       loadgen server PORT\n");
     return 2;
 }
