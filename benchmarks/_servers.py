@@ -12,6 +12,11 @@ echo      native       an echo written the framework's own way
 http      protoshim    ``wsgi_protocol_factory(app)`` on protoshim's loop
 http      wsgi         the framework's own WSGI server, same ``app``
 http      native       the framework's own non-WSGI handler, same bytes
+asgi      protoshim    ``asgi_server(asgi_app)`` on protoshim's loop
+asgi      uvicorn      uvicorn, httptools and websockets, ``asgi_app``
+asgi      daphne       Daphne (Twisted's asyncio reactor), ``asgi_app``
+asgi      hypercorn    Hypercorn on asyncio, ``asgi_app``
+asgi      native       the framework's fastest own server, same bytes
 ========  ===========  ==================================================
 
 Every server sets TCP_NODELAY on its connections, as protoshim's transports
@@ -21,12 +26,13 @@ do, so no row waits on Nagle's algorithm and a delayed ACK.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 HOST = "127.0.0.1"
@@ -35,16 +41,59 @@ BIG = b"x" * (1 << 20)
 READ_SIZE = 1 << 16
 
 
+def response_for(path: str) -> tuple[str, bytes]:
+    """Return the content type and body every server sends for ``path``.
+
+    ``/1m`` is 1 MiB, ``/json`` a small dict serialized anew for each
+    request, anything else ``Hello, World!``.
+    """
+    if path == "/1m":
+        return "text/plain", BIG
+    if path == "/json":
+        return "application/json", json.dumps({"message": "Hello, World!"}).encode()
+    return "text/plain", HELLO
+
+
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """Answer ``/1m`` with 1 MiB and anything else with ``Hello, World!``."""
-    body = BIG if environ.get("PATH_INFO") == "/1m" else HELLO
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    """Answer each path with ``response_for(path)``."""
+    content_type, body = response_for(environ.get("PATH_INFO", "/"))
+    start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
     return [body]
 
 
-def body_for(path: str) -> bytes:
-    """Return the body ``app`` sends for ``path``, for the non-WSGI servers."""
-    return BIG if path == "/1m" else HELLO
+Message = MutableMapping[str, Any]
+
+
+async def asgi_app(
+    scope: Message,
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
+    """Answer HTTP with ``response_for(path)``; echo every WebSocket message."""
+    if scope["type"] == "http":
+        content_type, body = response_for(scope["path"])
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+    elif scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                break
+            if message.get("text") is not None:
+                await send({"type": "websocket.send", "text": message["text"]})
+            else:
+                await send({"type": "websocket.send", "bytes": message["bytes"]})
 
 
 def _listening_socket() -> socket.socket:
@@ -356,53 +405,48 @@ def http_native(framework: str, sock: socket.socket) -> None:
             isLeaf = True
 
             def render_GET(self, request: Any) -> bytes:
-                body = body_for(request.path.decode("latin-1"))
-                request.setHeader(b"Content-Type", b"text/plain")
+                content_type, body = response_for(request.path.decode("latin-1"))
+                request.setHeader(b"Content-Type", content_type.encode())
                 request.setHeader(b"Content-Length", str(len(body)).encode())
                 return body
 
         _twisted_run(sock, Site(HelloResource()))  # type: ignore[no-untyped-call]
     elif framework == "tornado":
-        import tornado.web
-        from tornado.httpserver import HTTPServer
-
-        class HelloHandler(tornado.web.RequestHandler):
-            def get(self, path: str) -> None:
-                self.set_header("Content-Type", "text/plain")
-                self.write(body_for("/" + path))
-
-        application = tornado.web.Application([(r"/(.*)", HelloHandler)])
-        _tornado_run(sock, lambda: HTTPServer(application))
+        _tornado_native(sock)
     else:
         raise SystemExit(f"no native HTTP server for {framework!r}")
 
 
-async def _asgi_hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    body = body_for(scope["path"])
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"text/plain"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+def _tornado_native(sock: socket.socket) -> None:
+    import tornado.web
+    import tornado.websocket
+    from tornado.httpserver import HTTPServer
+
+    class HelloHandler(tornado.web.RequestHandler):
+        def get(self, path: str) -> None:
+            content_type, body = response_for("/" + path)
+            self.set_header("Content-Type", content_type)
+            self.write(body)
+
+    class EchoHandler(tornado.websocket.WebSocketHandler):
+        def on_message(self, message: str | bytes) -> None:
+            self.write_message(message, binary=isinstance(message, bytes))
+
+    application = tornado.web.Application([(r"/ws", EchoHandler), (r"/(.*)", HelloHandler)])
+    _tornado_run(sock, lambda: HTTPServer(application))
 
 
-def _uvicorn(framework: str, interface: str, sock: socket.socket) -> None:
+def _uvicorn(framework: str, interface: str, sock: socket.socket, http: str = "h11") -> None:
     import uvicorn
 
     config = uvicorn.Config(
-        app if interface == "wsgi" else _asgi_hello,
+        app if interface == "wsgi" else asgi_app,
         interface=interface,  # type: ignore[arg-type]
         loop="uvloop" if framework == "uvloop" else "asyncio",
-        # h11: the parser a plain `pip install uvicorn` uses, and protoshim's.
-        http="h11",
+        # h11 for the WSGI and native HTTP rows: the parser a plain `pip
+        # install uvicorn` uses, and protoshim's; the ASGI rows use httptools.
+        http=http,
+        ws="websockets-sansio" if http == "httptools" else "auto",
         lifespan="off",
         access_log=False,
         log_level="warning",
@@ -413,12 +457,98 @@ def _uvicorn(framework: str, interface: str, sock: socket.socket) -> None:
     server.run(sockets=[sock])
 
 
+# ---- asgi ------------------------------------------------------------------
+
+
+def asgi_protoshim(framework: str, sock: socket.socket) -> None:
+    """Serve ``asgi_app`` with protoshim's ASGI server on ``framework``."""
+    import protoshim
+    from protoshim.protocols.http import asgi_server
+
+    _serve_asyncio_loop(protoshim.new_event_loop(framework), asgi_server(asgi_app), sock)
+
+
+def asgi_uvicorn(framework: str, sock: socket.socket) -> None:
+    """Serve ``asgi_app`` with uvicorn at its fastest: httptools and websockets' sans-I/O."""
+    if framework not in ("asyncio", "uvloop"):
+        raise SystemExit(f"uvicorn runs on asyncio or uvloop, not {framework!r}")
+    _uvicorn(framework, "asgi3", sock, http="httptools")
+
+
+def asgi_daphne(framework: str, sock: socket.socket) -> None:
+    """Serve ``asgi_app`` with Daphne, which runs on Twisted's asyncio reactor."""
+    if framework != "twisted":
+        raise SystemExit(f"Daphne runs on Twisted, not {framework!r}")
+    from daphne.server import Server  # type: ignore[import-untyped]  # installs the asyncio reactor
+
+    class BenchServer(Server):  # type: ignore[misc]
+        # Daphne takes endpoint strings, and Twisted's have no way to adopt
+        # a listening socket, so it listens on a port of its own.
+        def listen_success(self, port: Any) -> None:
+            super().listen_success(port)
+            _nodelay(port.socket)
+            print(port.getHost().port, flush=True)
+
+    sock.close()
+    server = BenchServer(
+        asgi_app,
+        endpoints=[f"tcp:port=0:interface={HOST}:backlog=4096"],
+        signal_handlers=True,
+        verbosity=0,
+    )
+    server.run()
+
+
+def asgi_hypercorn(framework: str, sock: socket.socket) -> None:
+    """Serve ``asgi_app`` with Hypercorn on the stdlib asyncio loop."""
+    if framework != "asyncio":
+        raise SystemExit(f"Hypercorn is measured on asyncio, not {framework!r}")
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.accesslog = None
+    config.loglevel = "WARNING"
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        _ready(sock)
+        await serve(asgi_app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+
+
+def asgi_native(framework: str, sock: socket.socket) -> None:
+    """Serve the ASGI app's bytes with ``framework``'s fastest server of its own."""
+    if framework in ("twisted", "tornado"):
+        http_native(framework, sock)
+    elif framework == "gevent":
+        # pywsgi is gevent's own HTTP server, and it speaks WSGI.
+        http_wsgi(framework, sock)
+    else:
+        raise SystemExit(f"no native HTTP server for {framework!r}")
+
+
+def serves_websocket(impl: str, framework: str) -> bool:
+    """Tell whether the ``asgi`` server ``impl`` on ``framework`` echoes at ``/ws``."""
+    # twisted.web needs Autobahn for WebSocket, and pywsgi gevent-websocket:
+    # neither is the framework's own, so those native rows have no WS figure.
+    return not (impl == "native" and framework in ("twisted", "gevent"))
+
+
 SERVERS: dict[tuple[str, str], Callable[[str, socket.socket], None]] = {
     ("echo", "protoshim"): echo_protoshim,
     ("echo", "native"): echo_native,
     ("http", "protoshim"): http_protoshim,
     ("http", "wsgi"): http_wsgi,
     ("http", "native"): http_native,
+    ("asgi", "protoshim"): asgi_protoshim,
+    ("asgi", "uvicorn"): asgi_uvicorn,
+    ("asgi", "daphne"): asgi_daphne,
+    ("asgi", "hypercorn"): asgi_hypercorn,
+    ("asgi", "native"): asgi_native,
 }
 
 
