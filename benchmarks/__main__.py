@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -36,14 +37,26 @@ from ._harness import (
     measure_http,
     measure_idle_memory,
     measure_rate,
+    measure_ws,
 )
 from ._report import write_outputs
+from ._servers import serves_websocket
 
 FRAMEWORKS = ("asyncio", "uvloop", "selectors", "twisted", "tornado", "gevent", "pyuv")
 #: Frameworks with a WSGI server of their own (uvicorn's for asyncio and uvloop).
 OWN_WSGI = ("asyncio", "uvloop", "twisted", "tornado", "gevent")
 #: Frameworks with a native, non-WSGI HTTP row for scale.
 NATIVE_HTTP = ("asyncio", "uvloop", "twisted", "tornado")
+#: ASGI servers measured beside protoshim's: (impl, framework, module it needs).
+ASGI_SERVERS = (
+    ("uvicorn", "asyncio", "uvicorn"),
+    ("uvicorn", "uvloop", "uvicorn"),
+    ("daphne", "twisted", "daphne"),
+    ("hypercorn", "asyncio", "hypercorn"),
+)
+#: Frameworks whose fastest own HTTP server serves the ASGI rows' bytes
+#: (for asyncio and uvloop that server is uvicorn, above).
+NATIVE_ASGI = ("twisted", "tornado", "gevent")
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
 
 
@@ -59,6 +72,11 @@ class Settings:
     http_seconds: int = 2
     http_connections: int = 10
     http_paths: tuple[str, ...] = ("/", "/1m")
+    asgi_paths: tuple[str, ...] = ("/", "/json", "/1m")
+    ws_connections: int = 10
+    ws_size: int = 100
+    ws_seconds: float = 2.0
+    ws_warmup: float = 0.25
     rate: float = 5000.0
     rate_connections: int = 10
     rate_size: int = 100
@@ -76,6 +94,8 @@ QUICK = Settings(
     echo_seconds=0.3,
     echo_warmup=0.1,
     http_seconds=1,
+    ws_seconds=0.5,
+    ws_warmup=0.1,
     rate_seconds=1.0,
     idle_connections=1000,
     attempts=1,
@@ -123,6 +143,23 @@ def _http_specs(frameworks: Sequence[str]) -> list[Spec]:
     # selectors and pyuv have no WSGI server: their rows compare with uvicorn's.
     if {"selectors", "pyuv"} & set(frameworks) and "asyncio" not in frameworks:
         specs.append(Spec("http", "wsgi", "asyncio"))
+    return specs
+
+
+def _asgi_specs(frameworks: Sequence[str]) -> list[Spec]:
+    specs = [Spec("asgi", "protoshim", framework) for framework in frameworks]
+    wanted = set(frameworks)
+    # selectors and pyuv have no server of their own: their rows compare with uvicorn's.
+    if {"selectors", "pyuv"} & wanted:
+        wanted.add("asyncio")
+    for impl, framework, module in ASGI_SERVERS:
+        if framework not in wanted:
+            continue
+        if importlib.util.find_spec(module) is None:
+            print(f"benchmarks: {module} is not installed, left out", file=sys.stderr)
+            continue
+        specs.append(Spec("asgi", impl, framework))
+    specs += [Spec("asgi", "native", fw) for fw in frameworks if fw in NATIVE_ASGI]
     return specs
 
 
@@ -207,6 +244,50 @@ def run_http(
                     yield _tag(record, spec, repeat, position)
 
 
+def run_asgi(
+    settings: Settings, frameworks: Sequence[str], loadgen: Path, pinning: Pinning, logs: Path
+) -> Iterator[Record]:
+    """Measure ASGI servers: requests/s with wrk, WebSocket echoes/s, side by side."""
+    specs = _asgi_specs(frameworks)
+    with Servers(specs, loadgen, pinning, logs) as servers:
+        for path in settings.asgi_paths:
+            _progress(f"asgi: GET {path} x {settings.http_connections} connections")
+            for repeat in range(settings.repeats):
+                for position, spec in enumerate(_rotated(specs, repeat)):
+                    record = _quietly(
+                        settings,
+                        functools.partial(
+                            measure_http,
+                            servers.running[spec],
+                            pinning,
+                            path,
+                            settings.http_connections,
+                            settings.http_seconds,
+                        ),
+                    )
+                    yield _tag(record, spec, repeat, position)
+        ws_specs = [s for s in specs if serves_websocket(s.impl, s.framework)]
+        size, conns = settings.ws_size, settings.ws_connections
+        _progress(f"asgi: WebSocket echo, {size} B x {conns} connections")
+        for repeat in range(settings.repeats):
+            for position, spec in enumerate(_rotated(ws_specs, repeat)):
+                record = _quietly(
+                    settings,
+                    functools.partial(
+                        measure_ws,
+                        servers.running[spec],
+                        loadgen,
+                        pinning,
+                        "/ws",
+                        conns,
+                        size,
+                        settings.ws_seconds,
+                        settings.ws_warmup,
+                    ),
+                )
+                yield _tag(record, spec, repeat, position)
+
+
 def run_idle(
     settings: Settings, frameworks: Sequence[str], loadgen: Path, pinning: Pinning, logs: Path
 ) -> Iterator[Record]:
@@ -228,7 +309,7 @@ def run_idle(
             yield _tag(record, spec, repeat, position)
 
 
-PHASES = {"echo": run_echo, "http": run_http, "idle": run_idle}
+PHASES = {"echo": run_echo, "http": run_http, "asgi": run_asgi, "idle": run_idle}
 
 
 def _version(distribution: str) -> str | None:
@@ -271,7 +352,10 @@ def machine() -> dict[str, Any]:
         "frameworks": protoshim.frameworks(),
         "packages": {
             name: _version(name)
-            for name in ("uvicorn", "h11", "twisted", "tornado", "gevent", "uvloop", "pyuv")
+            for name in (
+                *("uvicorn", "h11", "httptools", "websockets", "daphne", "hypercorn"),
+                *("twisted", "tornado", "gevent", "uvloop", "pyuv"),
+            )
         },
         "wrk": _first_line(["wrk", "--version"]),
         "gcc": _first_line(["gcc", "--version"]),
@@ -295,8 +379,8 @@ def _run(args: argparse.Namespace) -> int:
     missing = sorted(set(FRAMEWORKS) - installed)
     if missing:
         print(f"benchmarks: not installed, left out: {', '.join(missing)}", file=sys.stderr)
-    if "http" in phases and shutil.which("wrk") is None:
-        raise SystemExit("benchmarks: wrk is needed for the HTTP phase (apt-get install wrk)")
+    if {"http", "asgi"} & set(phases) and shutil.which("wrk") is None:
+        raise SystemExit("benchmarks: wrk is needed for the HTTP phases (apt-get install wrk)")
     out = args.out or (DEFAULT_OUT if not args.quick else Path(tempfile.mkdtemp(prefix="bench-")))
     pinning = Pinning.detect()
     with tempfile.TemporaryDirectory(prefix="bench-build-") as build:
@@ -361,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in (parser, run):
         p.add_argument("--quick", action="store_true", help="short runs, one repeat (CI-sized)")
         p.add_argument("--out", type=Path, help="where results go (default docs/benchmarks)")
-        p.add_argument("--phases", default="echo,http,idle", help="comma-separated phases")
+        p.add_argument("--phases", default=",".join(PHASES), help="comma-separated phases")
         p.add_argument("--frameworks", default="", help="comma-separated subset")
         p.add_argument("--repeats", type=int, default=0, help="override the repeat count")
         p.add_argument("--no-readme", action="store_true", help="leave README.md alone")
@@ -370,12 +454,12 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--out", help="output folder (default: beside results.json)")
     report.add_argument("--readme", help="README to update between the bench markers")
     prof = sub.add_parser("profile", help="sample a server under load with py-spy")
-    prof.add_argument("kind", choices=("echo", "http"))
+    prof.add_argument("kind", choices=("echo", "http", "asgi"))
     prof.add_argument("impl")
     prof.add_argument("framework")
     prof.add_argument("--connections", type=int, default=10)
-    prof.add_argument("--size", type=int, default=100, help="echo message size")
-    prof.add_argument("--path", default="/", help="HTTP path")
+    prof.add_argument("--size", type=int, default=100, help="echo or WebSocket message size")
+    prof.add_argument("--path", default="/", help="HTTP path (asgi: /ws for WebSocket echo)")
     prof.add_argument("--seconds", type=int, default=5)
     prof.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)

@@ -37,8 +37,8 @@ Record = dict[str, Any]
 class Spec:
     """Which server: ``kind`` (echo, http), ``impl`` and ``framework``."""
 
-    kind: str
-    impl: str  # protoshim, native, wsgi, or c (the C echo server)
+    kind: str  # echo, http or asgi
+    impl: str  # protoshim, native, wsgi, c (the C echo server), or an ASGI server's name
     framework: str
 
     @property
@@ -295,6 +295,23 @@ def measure_rate(
     """Send at a fixed rate against ``server``; return latencies from the schedule."""
     args = ["rate", str(conns), str(size), str(rate), str(seconds)]
     return _measure_loadgen(server, loadgen, pinning, args, seconds)
+
+
+def measure_ws(
+    server: Server,
+    loadgen: Path,
+    pinning: Pinning,
+    path: str,
+    conns: int,
+    size: int,
+    seconds: float,
+    warmup: float,
+) -> Record:
+    """Run closed-loop WebSocket echo at ``path``; return the load generator's record."""
+    args = ["ws", path, str(conns), str(size), str(seconds), str(warmup)]
+    record = _measure_loadgen(server, loadgen, pinning, args, seconds)
+    record["path"] = path
+    return record
 
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}

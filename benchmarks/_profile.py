@@ -1,7 +1,8 @@
 """Sample a benchmark server under load with py-spy and say where its time goes.
 
 ``python -m benchmarks profile echo protoshim pyuv --connections 10`` starts
-the server as the benchmark does, loads it, records its stacks with
+the server as the benchmark does, loads it (``asgi ... --path /ws``: with
+WebSocket echoes), records its stacks with
 ``py-spy record --format raw`` and prints the functions with the most
 samples, by self time and by inclusive time.
 """
@@ -63,6 +64,9 @@ def profile(spec: Spec, args: argparse.Namespace) -> None:
             if spec.kind == "echo":
                 argv = [str(loadgen), "echo", HOST, str(server.port), str(args.connections)]
                 argv += [str(args.size), str(length), "0"]
+            elif spec.kind == "asgi" and args.path == "/ws":
+                argv = [str(loadgen), "ws", HOST, str(server.port), args.path]
+                argv += [str(args.connections), str(args.size), str(length), "0"]
             else:
                 url = f"http://{HOST}:{server.port}{args.path}"
                 argv = ["wrk", "-t1", f"-c{args.connections}", f"-d{length}s", url]

@@ -128,7 +128,7 @@ def test_summarize_counts_self_and_inclusive_time() -> None:
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--phases", "echo,latency", "unknown phase latency (choose from echo, http, idle)"),
+        ("--phases", "echo,latency", "unknown phase latency (choose from echo, http, asgi, idle)"),
         ("--frameworks", "trio", "unknown framework trio (choose from asyncio,"),
     ],
 )
