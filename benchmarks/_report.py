@@ -20,6 +20,7 @@ Record = dict[str, Any]
 FRAMEWORKS = ("asyncio", "uvloop", "selectors", "twisted", "tornado", "gevent", "pyuv")
 ECHO_TARGET = 0.9
 HTTP_TARGET = 1.0
+ASGI_TARGET = 1.0
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
 
@@ -97,7 +98,34 @@ def echo_workload(size: int, conns: int) -> str:
 
 def http_workload(path: str) -> str:
     """Name an HTTP workload by its response."""
-    return "1 MiB" if path == "/1m" else "hello"
+    return {"/1m": "1 MiB", "/json": "JSON"}.get(path, "hello")
+
+
+def ws_workload(size: int, conns: int) -> str:
+    """Name a WebSocket echo workload: ``WS 100 B x10``."""
+    return f"WS {size_label(size)} x{conns}"
+
+
+#: The ASGI comparisons, in the order of the table: (group, protoshim's
+#: framework, the other server, its name in the table, target).
+ASGI_ROWS: tuple[tuple[str, str, str, str, float | None], ...] = (
+    ("asgi vs uvicorn", "uvloop", "asgi/uvicorn/uvloop", "uvicorn (uvloop)", ASGI_TARGET),
+    ("asgi vs uvicorn", "asyncio", "asgi/uvicorn/asyncio", "uvicorn (asyncio)", ASGI_TARGET),
+    ("asgi vs daphne", "twisted", "asgi/daphne/twisted", "Daphne", ASGI_TARGET),
+    ("asgi vs native", "twisted", "asgi/native/twisted", "twisted.web `Resource`", ASGI_TARGET),
+    (
+        "asgi vs native",
+        "tornado",
+        "asgi/native/tornado",
+        "tornado.web `RequestHandler`",
+        ASGI_TARGET,
+    ),
+    ("asgi vs native", "gevent", "asgi/native/gevent", "gevent.pywsgi", ASGI_TARGET),
+    # selectors and pyuv have no server of their own: reported beside uvicorn.
+    ("asgi vs uvicorn", "selectors", "asgi/uvicorn/asyncio", "uvicorn (asyncio)", None),
+    ("asgi vs uvicorn", "pyuv", "asgi/uvicorn/asyncio", "uvicorn (asyncio)", None),
+    ("asgi vs hypercorn", "asyncio", "asgi/hypercorn/asyncio", "Hypercorn (asyncio)", None),
+)
 
 
 def _select(
@@ -207,6 +235,28 @@ def comparisons(results: dict[str, Any]) -> list[Comparison]:
                     "requests_per_s",
                 )
             )
+    ws_where: tuple[tuple[str, Any], ...] = (("mode", "ws"),)
+    asgi_workloads: list[tuple[str, tuple[tuple[str, Any], ...], str]] = [
+        (http_workload(path), (("mode", "http"), ("path", path)), "requests_per_s")
+        for path in settings.get("asgi_paths", ())
+    ]
+    if "ws_size" in settings:
+        workload = ws_workload(settings["ws_size"], settings["ws_connections"])
+        asgi_workloads.append((workload, ws_where, "rounds_per_s"))
+    for group, fw, other, _name, asgi_target in ASGI_ROWS:
+        for workload, where, metric in asgi_workloads:
+            add(
+                Comparison(
+                    group,
+                    fw,
+                    workload,
+                    f"asgi/protoshim/{fw}",
+                    other,
+                    where,
+                    metric,
+                    asgi_target,
+                )
+            )
     for fw in FRAMEWORKS:
         for metric in ("p50_us", "p99_us"):
             add(
@@ -296,13 +346,53 @@ def _workloads(results: dict[str, Any]) -> tuple[list[str], list[str]]:
     return echo, http
 
 
+def _asgi_workloads(results: dict[str, Any]) -> list[str]:
+    s = results["settings"]
+    names = [http_workload(p) for p in s.get("asgi_paths", ())]
+    if "ws_size" in s:
+        names.append(ws_workload(s["ws_size"], s["ws_connections"]))
+    return names
+
+
+def _asgi_cells(found: list[Ratio]) -> list[tuple[str, dict[str, Ratio]]]:
+    """Return each ASGI table row that has ratios: its label and its ratio per workload."""
+    rows = []
+    for group, fw, other, name, _target in ASGI_ROWS:
+        cells = {
+            r.comparison.workload: r
+            for r in found
+            if r.comparison.group == group
+            and r.comparison.framework == fw
+            and r.comparison.denominator == other
+        }
+        if cells:
+            rows.append((f"`{fw}` ÷ {name}", cells))
+    return rows
+
+
+def _asgi_table(results: dict[str, Any], found: list[Ratio]) -> str:
+    workloads = _asgi_workloads(results)
+    rows = [
+        [label, *(_mark(cells[w]) if w in cells else "-" for w in workloads)]
+        for label, cells in _asgi_cells(found)
+    ]
+    return _table(["protoshim ASGI on ÷ server", *workloads], rows)
+
+
 def _machine_line(results: dict[str, Any]) -> str:
     m = results["machine"]
     fws = ", ".join(f"{k} {v}" for k, v in m["frameworks"].items())
     commit = (m.get("protoshim_commit") or "?")[:10]
+    packages = m["packages"]
+    servers = "".join(
+        f", {name} {packages[name]}"
+        for name in ("httptools", "websockets", "daphne", "hypercorn")
+        if packages.get(name)
+    )
     return (
         f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['platform']}; "
-        f"{fws}; uvicorn {m['packages'].get('uvicorn')} (h11); commit {commit}, {m['date']}"
+        f"{fws}; uvicorn {packages.get('uvicorn')} (h11){servers}; "
+        f"commit {commit}, {m['date']}"
     )
 
 
@@ -380,6 +470,21 @@ def readme_section(results: dict[str, Any], found: list[Ratio]) -> str:
         "",
         _grid(found, "http vs own WSGI", http_w),
         "",
+    ]
+    if _asgi_cells(found):
+        s = results["settings"]
+        parts += [
+            "**ASGI**: protoshim's ASGI server on each framework ÷ another server of the same "
+            f"ASGI app (requests/s with wrk, {s['http_connections']} keep-alive connections; "
+            f"WebSocket: messages/s, {s['ws_connections']} connections each echoing "
+            f"{size_label(s['ws_size'])} text messages). uvicorn runs httptools and websockets; "
+            "the frameworks' own servers send the same bytes without ASGI. "
+            f"Target ≥ {ASGI_TARGET}; rows without one are for reference:",
+            "",
+            _asgi_table(results, found),
+            "",
+        ]
+    parts += [
         "**Scale**: latency at a fixed rate (100 B messages over 10 connections, measured from "
         "the schedule) and memory per idle connection:",
         "",
@@ -508,6 +613,9 @@ def results_markdown(results: dict[str, Any], found: list[Ratio]) -> str:
             row.append(cell)
         rows.append(row)
     out += [_table(["server", *http_w], rows), ""]
+    asgi_servers = sorted({r["server"] for r in records if r["phase"] == "asgi"})
+    if asgi_servers:
+        out += _asgi_medians(results, asgi_servers)
     out += ["## Scale", "", _scale_table(results, found), ""]
     watched = [r for r in records if "foreign_cpu" in r]
     disturbed = [r for r in watched if r["foreign_cpu"] > s.get("quiet_threshold", 0.05)]
@@ -527,7 +635,68 @@ def results_markdown(results: dict[str, Any], found: list[Ratio]) -> str:
     return "\n".join(out)
 
 
+def _asgi_medians(results: dict[str, Any], servers: list[str]) -> list[str]:
+    records = results["records"]
+    s = results["settings"]
+    rows = []
+    for server in servers:
+        row = [f"`{server}`"]
+        for path in s["asgi_paths"]:
+            where = {"phase": "asgi", "mode": "http", "path": path}
+            thr = medians(records, "requests_per_s", **where).get(server)
+            p99 = medians(records, "p99_us", **where).get(server)
+            srv = medians(records, "server_cpu", **where).get(server)
+            errors = sum(
+                r["socket_errors"] + r["non_2xx"]
+                for r in records
+                if r["server"] == server and r.get("phase") == "asgi" and r.get("path") == path
+            )
+            cell = (
+                "-"
+                if thr is None
+                else f"{thr:,.0f} (p99 {(p99 or 0) / 1000:.2f} ms, server {srv:.2f})"
+            )
+            if errors:
+                cell += f" **{errors} errors**"
+            row.append(cell)
+        where = {"phase": "asgi", "mode": "ws"}
+        thr = medians(records, "rounds_per_s", **where).get(server)
+        p99 = medians(records, "p99_us", **where).get(server)
+        srv = medians(records, "server_cpu", **where).get(server)
+        row.append(
+            "-" if thr is None else f"{thr:,.0f} (p99 {(p99 or 0) / 1000:.2f} ms, server {srv:.2f})"
+        )
+        rows.append(row)
+    return [
+        "## ASGI: requests or WebSocket messages per second (median)",
+        "",
+        "The same ASGI app on every ASGI server; the `native` rows send the same bytes with the "
+        "framework's own server (no WebSocket on twisted.web or pywsgi without a third-party "
+        "package). `server` is the server's CPU use (1.0 = one core).",
+        "",
+        _table(["server", *_asgi_workloads(results)], rows),
+        "",
+    ]
+
+
 # ---- chart ------------------------------------------------------------------
+
+
+def _chart_cell(
+    found: list[Ratio], asgi_rows: dict[str, dict[str, Ratio]], group: str, key: str, x: str
+) -> Ratio | None:
+    """Return the ratio a chart bar shows: series (``group``, ``key``) at x label ``x``."""
+    if group == "asgi":
+        return asgi_rows[x].get(key)
+    if (group == "echo" and key == "raw pyuv") or group.startswith("pyuv vs"):
+        fw, workload = "pyuv", x
+    else:
+        fw, workload = x, key
+    for r in found:
+        c = r.comparison
+        if c.group == group and c.framework == fw and c.workload == workload:
+            return r
+    return None
 
 
 def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
@@ -571,6 +740,20 @@ def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
             (),
         ),
     ]
+    # ASGI rows are not one per framework: the x labels are the table's rows.
+    asgi_rows = {
+        label.replace("`", "").replace(" ÷ ", "\n÷ "): cells for label, cells in _asgi_cells(found)
+    }
+    if asgi_rows:
+        panels.insert(
+            3,
+            (
+                "ASGI: protoshim ÷ other servers (requests/s, WebSocket messages/s)",
+                list(asgi_rows),
+                [("asgi", w) for w in _asgi_workloads(results)],
+                (ASGI_TARGET,),
+            ),
+        )
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.3 * len(panels)))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (title, xs, series, targets) in zip(axes, panels, strict=True):
@@ -579,27 +762,19 @@ def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
         for i, (group, key) in enumerate(series):
             heights, hatches, positions = [], [], []
             for j, x in enumerate(xs):
-                if (group == "echo" and key == "raw pyuv") or group.startswith("pyuv vs"):
-                    fw, workload = "pyuv", x
-                else:
-                    fw, workload = x, key
-                match = [
-                    r
-                    for r in found
-                    if r.comparison.group == group
-                    and r.comparison.framework == fw
-                    and r.comparison.workload == workload
-                ]
-                if match:
+                cell = _chart_cell(found, asgi_rows, group, key, x)
+                if cell is not None:
                     positions.append(j + (i - (len(series) - 1) / 2) * width)
-                    heights.append(match[0].median)
-                    hatches.append("//" if match[0].met is False else "")
+                    heights.append(cell.median)
+                    hatches.append("//" if cell.met is False else "")
             color = colors[i % len(colors)]
             bars = ax.bar(positions, heights, width, color=color)
             for bar, hatch in zip(bars, hatches, strict=True):
                 bar.set_hatch(hatch)
             if group.startswith(("latency", "memory")):
                 label = group
+            elif group == "asgi":
+                label = key
             elif group.startswith("http"):
                 label = f"{key} ({group.split(' vs ')[1]})"
             else:
@@ -609,7 +784,7 @@ def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
         for target in targets:
             ax.axhline(target, color="black", linewidth=0.8, linestyle="--")
         ax.axhline(1.0, color="grey", linewidth=0.5)
-        ax.set_xticks(range(len(xs)), xs)
+        ax.set_xticks(range(len(xs)), xs, fontsize=8 if "\n" in "".join(xs) else None)
         ax.set_title(title, fontsize=10)
         ax.legend(handles, labels, fontsize=7, ncol=min(len(series), 6), loc="upper right")
         ax.set_ylim(0, max([1.3, *(bar.get_height() * 1.2 for bar in ax.patches)]))

@@ -15,7 +15,9 @@ from benchmarks._harness import parse_wrk
 from benchmarks._profile import summarize
 from benchmarks._report import (
     Comparison,
+    _asgi_table,
     measure,
+    ratios,
     update_readme,
 )
 
@@ -139,3 +141,64 @@ def test_unknown_names_are_a_one_line_usage_error(
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1
+
+
+def _asgi_results() -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "echo_sizes": [],
+        "echo_connections": [],
+        "http_paths": [],
+        "asgi_paths": ["/", "/json"],
+        "http_connections": 10,
+        "ws_connections": 10,
+        "ws_size": 100,
+    }
+    records = []
+    for server, rate in (("asgi/protoshim/uvloop", 900.0), ("asgi/uvicorn/uvloop", 1000.0)):
+        for path in settings["asgi_paths"]:
+            records.append(
+                {"server": server, "repeat": 0, "phase": "asgi", "mode": "http", "path": path}
+                | {"requests_per_s": rate}
+            )
+        records.append(
+            {"server": server, "repeat": 0, "phase": "asgi", "mode": "ws", "rounds_per_s": rate}
+        )
+    # A framework's own server without WebSocket: no WS ratio for its row.
+    records.append(
+        {"server": "asgi/native/gevent", "repeat": 0, "phase": "asgi", "mode": "http"}
+        | {"path": "/", "requests_per_s": 100.0}
+    )
+    records.append(
+        {"server": "asgi/protoshim/gevent", "repeat": 0, "phase": "asgi", "mode": "http"}
+        | {"path": "/", "requests_per_s": 200.0}
+    )
+    return {"settings": settings, "records": records}
+
+
+def test_asgi_rows_pair_protoshim_with_each_server_per_workload() -> None:
+    found = {
+        (r.comparison.framework, r.comparison.denominator, r.comparison.workload): r
+        for r in ratios(_asgi_results())
+    }
+    uvloop = found["uvloop", "asgi/uvicorn/uvloop", "hello"]
+    assert uvloop.median == pytest.approx(0.9)
+    assert uvloop.met is False
+    assert ("uvloop", "asgi/uvicorn/uvloop", "WS 100 B x10") in found
+    assert found["gevent", "asgi/native/gevent", "hello"].met is True
+    assert ("gevent", "asgi/native/gevent", "WS 100 B x10") not in found
+
+
+def test_asgi_table_has_a_row_per_pairing_and_a_column_per_workload() -> None:
+    results = _asgi_results()
+    table = _asgi_table(results, ratios(results))
+    lines = table.splitlines()
+    assert lines[0] == "| protoshim ASGI on ÷ server | hello | JSON | WS 100 B x10 |"
+    miss = "**0.90 MISS**"
+    assert f"| `uvloop` ÷ uvicorn (uvloop) | {miss} | {miss} | {miss} |" in lines
+    assert "| `gevent` ÷ gevent.pywsgi | 2.00 ✓ | - | - |" in lines
+
+
+def test_results_without_an_asgi_phase_have_no_asgi_ratios() -> None:
+    results = _asgi_results()
+    del results["settings"]["asgi_paths"], results["settings"]["ws_size"]
+    assert ratios(results) == []
