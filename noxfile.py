@@ -249,7 +249,12 @@ def bench(session: nox.Session) -> None:
     _apt_install({"wrk": "wrk", "gcc": "gcc"})
     _install_project(session, "all")
     _install_pyuv(session)
-    session.install("uvicorn", "matplotlib", "py-spy")
+    # The servers protoshim is measured against, at their fastest (uvicorn
+    # with httptools and websockets), and the tools that draw and profile.
+    session.install(
+        *("uvicorn", "httptools", "websockets", "daphne", "hypercorn"),
+        *("matplotlib", "py-spy"),
+    )
     session.run("python", "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
