@@ -220,28 +220,40 @@ def run_echo(
                 yield _tag(record, spec, repeat, position)
 
 
+def _wrk_rounds(
+    settings: Settings,
+    specs: Sequence[Spec],
+    servers: Servers,
+    pinning: Pinning,
+    paths: Sequence[str],
+    phase: str,
+) -> Iterator[Record]:
+    """Run wrk on each path against every server, in rotated order each repeat."""
+    for path in paths:
+        _progress(f"{phase}: GET {path} x {settings.http_connections} connections")
+        for repeat in range(settings.repeats):
+            for position, spec in enumerate(_rotated(specs, repeat)):
+                record = _quietly(
+                    settings,
+                    functools.partial(
+                        measure_http,
+                        servers.running[spec],
+                        pinning,
+                        path,
+                        settings.http_connections,
+                        settings.http_seconds,
+                    ),
+                )
+                yield _tag(record, spec, repeat, position)
+
+
 def run_http(
     settings: Settings, frameworks: Sequence[str], loadgen: Path, pinning: Pinning, logs: Path
 ) -> Iterator[Record]:
     """Measure HTTP requests/s with wrk, all servers side by side."""
     specs = _http_specs(frameworks)
     with Servers(specs, loadgen, pinning, logs) as servers:
-        for path in settings.http_paths:
-            _progress(f"http: GET {path} x {settings.http_connections} connections")
-            for repeat in range(settings.repeats):
-                for position, spec in enumerate(_rotated(specs, repeat)):
-                    record = _quietly(
-                        settings,
-                        functools.partial(
-                            measure_http,
-                            servers.running[spec],
-                            pinning,
-                            path,
-                            settings.http_connections,
-                            settings.http_seconds,
-                        ),
-                    )
-                    yield _tag(record, spec, repeat, position)
+        yield from _wrk_rounds(settings, specs, servers, pinning, settings.http_paths, "http")
 
 
 def run_asgi(
@@ -250,22 +262,7 @@ def run_asgi(
     """Measure ASGI servers: requests/s with wrk, WebSocket echoes/s, side by side."""
     specs = _asgi_specs(frameworks)
     with Servers(specs, loadgen, pinning, logs) as servers:
-        for path in settings.asgi_paths:
-            _progress(f"asgi: GET {path} x {settings.http_connections} connections")
-            for repeat in range(settings.repeats):
-                for position, spec in enumerate(_rotated(specs, repeat)):
-                    record = _quietly(
-                        settings,
-                        functools.partial(
-                            measure_http,
-                            servers.running[spec],
-                            pinning,
-                            path,
-                            settings.http_connections,
-                            settings.http_seconds,
-                        ),
-                    )
-                    yield _tag(record, spec, repeat, position)
+        yield from _wrk_rounds(settings, specs, servers, pinning, settings.asgi_paths, "asgi")
         ws_specs = [s for s in specs if serves_websocket(s.impl, s.framework)]
         size, conns = settings.ws_size, settings.ws_connections
         _progress(f"asgi: WebSocket echo, {size} B x {conns} connections")
