@@ -99,6 +99,15 @@ def _install_pyuv(session: nox.Session) -> None:
     session.run("python", "-m", "protoshim._pyuv_build")
 
 
+def _install_cell(session: nox.Session, cell: Cell) -> None:
+    """Install the project with HTTP, and the framework release ``cell`` names."""
+    _install_project(session, "http")
+    if cell.requirement:
+        session.install(cell.requirement)
+    if cell.pyuv:
+        _install_pyuv(session)
+
+
 @nox.session(python=False)
 def build_python(session: nox.Session) -> None:
     """Build Python 3.13 with tools/build-python.sh where missing (once per machine)."""
@@ -128,11 +137,7 @@ def build_python(session: nox.Session) -> None:
 def conformance(session: nox.Session, cell: Cell) -> None:
     """Run the conformance suite on one framework release."""
     _apt_install(BROWSER)
-    _install_project(session, "http")
-    if cell.requirement:
-        session.install(cell.requirement)
-    if cell.pyuv:
-        _install_pyuv(session)
+    _install_cell(session, cell)
     MATRIX_DIR.mkdir(exist_ok=True)
     report = MATRIX_DIR / f"{cell.id}.json"
     report.unlink(missing_ok=True)
@@ -271,11 +276,7 @@ RELIABILITY_CELLS = list(
 @nox.parametrize("cell", RELIABILITY_CELLS, ids=[cell.framework for cell in RELIABILITY_CELLS])
 def reliability(session: nox.Session, cell: Cell) -> None:
     """Run the reliability tests (faults, load, hostile input) on one framework."""
-    _install_project(session, "http")
-    if cell.requirement:
-        session.install(cell.requirement)
-    if cell.pyuv:
-        _install_pyuv(session)
+    _install_cell(session, cell)
     RELIABILITY_DIR.mkdir(parents=True, exist_ok=True)
     report = RELIABILITY_DIR / f"{cell.framework}.json"
     report.unlink(missing_ok=True)
@@ -306,11 +307,7 @@ AUTOBAHN_DIR = ROOT / "build" / "autobahn"
 @nox.parametrize("cell", RELIABILITY_CELLS, ids=[cell.framework for cell in RELIABILITY_CELLS])
 def autobahn(session: nox.Session, cell: Cell) -> None:
     """Run every Autobahn TestSuite case against the WebSocket echo handler on one framework."""
-    _install_project(session, "http")
-    if cell.requirement:
-        session.install(cell.requirement)
-    if cell.pyuv:
-        _install_pyuv(session)
+    _install_cell(session, cell)
     report = AUTOBAHN_DIR / f"{cell.framework}.json"
     session.run(
         *("python", "-m", "protoshim.conformance.thirdparty.autobahn"),
