@@ -35,6 +35,15 @@ _TRAILER_LINE = re.compile(_TOKEN + rb":[ \t]*[\t \x21-\x7e\x80-\xff]*\r\n")
 _LINE_LIMIT = 4096
 
 
+def _take(buffer: bytearray, size: int) -> bytes:
+    """Remove and return the first ``size`` bytes of ``buffer`` (none if ``size`` <= 0)."""
+    if size <= 0:
+        return b""
+    data = bytes(buffer[:size])
+    del buffer[:size]
+    return data
+
+
 class BodyReader:
     """Take body bytes from the front of a buffer until the body ends.
 
@@ -60,12 +69,8 @@ class LengthReader(BodyReader):
 
     def read(self, buffer: bytearray, room: int) -> bytes:
         """Consume up to ``room`` bytes of the body."""
-        size = min(self._left, room, len(buffer))
-        if size <= 0:
-            return b""
-        data = bytes(buffer[:size])
-        del buffer[:size]
-        self._left -= size
+        data = _take(buffer, min(self._left, room, len(buffer)))
+        self._left -= len(data)
         self.done = self._left == 0
         return data
 
@@ -84,12 +89,8 @@ class ChunkedReader(BodyReader):
         """Consume chunk framing, and up to ``room`` bytes of chunk data."""
         while not self.done:
             if self._state == "data":
-                size = min(self._left, room, len(buffer))
-                if size <= 0:
-                    return b""
-                data = bytes(buffer[:size])
-                del buffer[:size]
-                self._left -= size
+                data = _take(buffer, min(self._left, room, len(buffer)))
+                self._left -= len(data)
                 if self._left == 0:
                     self._state = "data-end"
                 return data
