@@ -224,6 +224,27 @@ def test_receive_after_the_body_waits_for_disconnect(
     run(main())
 
 
+def test_two_tasks_waiting_for_disconnect_both_wake(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    seen: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        listeners = [asyncio.ensure_future(receive()) for _ in range(2)]
+        await asyncio.sleep(0)
+        await respond(send)
+        seen.extend(await asyncio.gather(*listeners))
+
+    async def main() -> None:
+        async with serve(loop, app) as served:
+            assert (await served.exchange(request())).status == 200
+            await wait_until(lambda: len(seen) == 2, "both listeners to wake")
+            assert seen == [{"type": "http.disconnect"}] * 2
+
+    run(main())
+
+
 def test_receive_after_the_response_is_disconnect(
     loop: asyncio.AbstractEventLoop, run: RunCoroutine
 ) -> None:

@@ -163,7 +163,9 @@ class _Response:
     async def wait_complete_or_disconnect(self) -> None:
         if self.complete:
             return
-        self._waiter = self._exchange.loop.create_future()
+        # Shared: an application may wait in two tasks at once.
+        if self._waiter is None:
+            self._waiter = self._exchange.loop.create_future()
         gone = self._exchange.protocol.disconnect_future()
         await asyncio.wait((gone, self._waiter), return_when=asyncio.FIRST_COMPLETED)
 
