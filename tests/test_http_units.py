@@ -366,3 +366,35 @@ def test_deflate_accepts_the_first_acceptable_offer():
     assert repr(deflate) == "<_BoundedDeflate client_max_window_bits=10; server_max_window_bits=15>"
     server.receive_data(client.send(wsevents.TextMessage(data="y" * 2000)))
     assert [event.data for event in server.events()] == ["y" * 2000]  # type: ignore[attr-defined]
+
+
+def test_flow_gate_holds_writers_until_resumed_and_fails_them_when_lost():
+    from protoshim.protocols.http._flow import FlowGate
+
+    async def main():
+        gate = FlowGate(asyncio.get_running_loop())
+        await gate.wait()  # not paused: no wait
+        gate.pause()
+        waiter = asyncio.ensure_future(gate.wait())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        gate.resume()
+        await waiter
+        gate.pause()
+        waiter = asyncio.ensure_future(gate.wait())
+        await asyncio.sleep(0)
+        gate.fail("connection lost")
+        with pytest.raises(ConnectionResetError, match="connection lost"):
+            await waiter
+        with pytest.raises(ConnectionResetError):
+            await gate.wait()  # and every later writer
+
+        released = FlowGate(asyncio.get_running_loop())
+        released.pause()
+        waiter = asyncio.ensure_future(released.wait())
+        await asyncio.sleep(0)
+        released.release()
+        await waiter
+        await released.wait()  # paused, but released for good
+
+    asyncio.run(main())

@@ -23,6 +23,7 @@ from typing import Any, cast
 from ._blocking import BlockingRunner, blocking_runner_for
 from ._body import BodyReader, ChunkedReader, FramingError, LengthReader
 from ._config import HTTPConfig
+from ._flow import FlowGate
 from ._parse import RequestHead, head_parser
 from ._response import CONTINUE, FramingMisuse, ResponseFramer
 from ._validate import Rejection, check_fields, scan_head
@@ -445,8 +446,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         self._eof = False
         self.lost = False
         self._reading_paused = False
-        self._writing_paused = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._gate: FlowGate | None = None
         # One armed handle serves every timeout in turn (see _set_timer).
         self._timer: asyncio.TimerHandle | None = None
         self._timer_kind: _Timeout | None = None
@@ -479,7 +479,7 @@ class HTTPServerProtocol(asyncio.Protocol):
     @property
     def writing_paused(self) -> bool:
         """Tell whether the transport has asked us to stop writing."""
-        return self._writing_paused
+        return self._gate is not None and self._gate.paused
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Return the transport's extra info ``name``."""
@@ -535,6 +535,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         # Not an isinstance check: uvloop's transports do not subclass asyncio's.
         self.transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
+        self._gate = FlowGate(self._loop)
         #: the peer's and our own (host, port), None on a Unix socket; read
         #: once, not once a request
         self.client = _address(transport.get_extra_info("peername"))
@@ -572,12 +573,8 @@ class HTTPServerProtocol(asyncio.Protocol):
         self._peer_gone()
         if self._upgraded is not None:
             self._upgraded.connection_lost(exc)
-        error = ConnectionResetError("connection lost")
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_exception(error)
-                waiter.exception()  # retrieved: nobody may be left to await it
-        self._drain_waiters.clear()
+        if self._gate is not None:
+            self._gate.fail("connection lost")
         for exchange in self._exchanges:
             exchange._wake()
         self._buffer.clear()
@@ -585,17 +582,15 @@ class HTTPServerProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """Make writers wait."""
-        self._writing_paused = True
+        if self._gate is not None:
+            self._gate.pause()
         if self._upgraded is not None:
             self._upgraded.pause_writing()
 
     def resume_writing(self) -> None:
         """Let writers go on."""
-        self._writing_paused = False
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drain_waiters.clear()
+        if self._gate is not None:
+            self._gate.resume()
         if self._upgraded is not None:
             self._upgraded.resume_writing()
 
@@ -629,10 +624,8 @@ class HTTPServerProtocol(asyncio.Protocol):
     async def _drain(self) -> None:
         if self.lost:
             raise ConnectionResetError("connection lost")
-        if self._writing_paused:
-            waiter = self.loop.create_future()
-            self._drain_waiters.append(waiter)
-            await waiter
+        if self._gate is not None:
+            await self._gate.wait()
 
     # -- parsing -------------------------------------------------------------
 
@@ -899,7 +892,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         self._buffer.clear()
         self._upgraded = protocol
         protocol.connection_made(self.transport)
-        if self._writing_paused:
+        if self.writing_paused:
             protocol.pause_writing()
         self._set_reading(True)
         if leftover:

@@ -39,6 +39,7 @@ from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opc
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ._config import HTTPConfig
+from ._flow import FlowGate
 from ._server import HTTPExchange
 
 __all__ = [
@@ -161,8 +162,7 @@ class _WebSocketProtocol(asyncio.Protocol):
         self._part_size = 0
         self._oversized = False
         self._reader: asyncio.Future[None] | None = None
-        self._drainers: list[asyncio.Future[None]] = []
-        self._paused = False
+        self._gate = FlowGate(self._loop)
         self._reading_paused = False
         self.close_code: int | None = None
         self.close_reason = ""
@@ -197,24 +197,17 @@ class _WebSocketProtocol(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
         self._wake_reader()
-        for waiter in self._drainers:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drainers.clear()
+        self._gate.release()  # the next send() finds the connection closed
         if not self.closed.done():
             self.closed.set_result(None)
 
     def pause_writing(self) -> None:
         """Make senders wait."""
-        self._paused = True
+        self._gate.pause()
 
     def resume_writing(self) -> None:
         """Let senders go on."""
-        self._paused = False
-        for waiter in self._drainers:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drainers.clear()
+        self._gate.resume()
 
     # -- events ----------------------------------------------------------
 
@@ -328,10 +321,7 @@ class _WebSocketProtocol(asyncio.Protocol):
         else:
             event = BytesMessage(data=bytes(message))
         self.transport.write(self._ws.send(event))
-        if self._paused and not self.closed.done():
-            waiter = self._loop.create_future()
-            self._drainers.append(waiter)
-            await waiter
+        await self._gate.wait()
 
     async def close(self, code: int, reason: str) -> None:
         self._close(code, reason)

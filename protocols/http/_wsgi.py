@@ -247,7 +247,7 @@ class _Call:
         self.headers_sent = True
         if self._failure is not None:
             raise self._failure
-        if self._posted >= _POST_LIMIT or self.exchange._protocol.writing_paused:
+        if self._posted >= _POST_LIMIT or self.exchange.protocol.writing_paused:
             self.wait(self._send(data, end=False))
             return
         data = bytes(data)
