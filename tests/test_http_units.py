@@ -372,7 +372,7 @@ def test_flow_gate_holds_writers_until_resumed_and_fails_them_when_lost():
     from protoshim.protocols.http._flow import FlowGate
 
     async def main():
-        gate = FlowGate(asyncio.get_running_loop())
+        gate = FlowGate()
         await gate.wait()  # not paused: no wait
         gate.pause()
         waiter = asyncio.ensure_future(gate.wait())
@@ -389,7 +389,7 @@ def test_flow_gate_holds_writers_until_resumed_and_fails_them_when_lost():
         with pytest.raises(ConnectionResetError):
             await gate.wait()  # and every later writer
 
-        released = FlowGate(asyncio.get_running_loop())
+        released = FlowGate()
         released.pause()
         waiter = asyncio.ensure_future(released.wait())
         await asyncio.sleep(0)

@@ -16,10 +16,9 @@ __all__ = ["FlowGate"]
 class FlowGate:
     """Hold writers while paused; let them go on resume; fail them once the connection is lost."""
 
-    __slots__ = ("_failure", "_loop", "_released", "_waiters", "paused")
+    __slots__ = ("_failure", "_released", "_waiters", "paused")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self._waiters: list[asyncio.Future[None]] = []
         #: the transport asked us to stop writing
         self.paused = False
@@ -46,11 +45,14 @@ class FlowGate:
         self._wake()
 
     async def wait(self) -> None:
-        """Return once writing may go on; raise if the connection was lost."""
+        """Return once writing may go on; raise if the connection was lost.
+
+        Callers on a hot path check :attr:`paused` first and skip the call.
+        """
         if self._failure:
             raise ConnectionResetError(self._failure)
         if self.paused and not self._released:
-            waiter = self._loop.create_future()
+            waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             await waiter
 

@@ -121,7 +121,6 @@ class HTTPExchange:
         self.query: bytes = query
         self._body: collections.deque[bytes] = collections.deque()
         self._body_size = 0
-        self._body_received = 0
         self._body_done = False
         self._body_error: RequestBodyError | None = None
         self._body_waiter: asyncio.Future[None] | None = None
@@ -446,7 +445,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         self._eof = False
         self.lost = False
         self._reading_paused = False
-        self._gate: FlowGate | None = None
+        self._gate = FlowGate()
         # One armed handle serves every timeout in turn (see _set_timer).
         self._timer: asyncio.TimerHandle | None = None
         self._timer_kind: _Timeout | None = None
@@ -479,7 +478,7 @@ class HTTPServerProtocol(asyncio.Protocol):
     @property
     def writing_paused(self) -> bool:
         """Tell whether the transport has asked us to stop writing."""
-        return self._gate is not None and self._gate.paused
+        return self._gate.paused
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Return the transport's extra info ``name``."""
@@ -535,7 +534,6 @@ class HTTPServerProtocol(asyncio.Protocol):
         # Not an isinstance check: uvloop's transports do not subclass asyncio's.
         self.transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
-        self._gate = FlowGate(self._loop)
         #: the peer's and our own (host, port), None on a Unix socket; read
         #: once, not once a request
         self.client = _address(transport.get_extra_info("peername"))
@@ -573,8 +571,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         self._peer_gone()
         if self._upgraded is not None:
             self._upgraded.connection_lost(exc)
-        if self._gate is not None:
-            self._gate.fail("connection lost")
+        self._gate.fail("connection lost")
         for exchange in self._exchanges:
             exchange._wake()
         self._buffer.clear()
@@ -582,15 +579,13 @@ class HTTPServerProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """Make writers wait."""
-        if self._gate is not None:
-            self._gate.pause()
+        self._gate.pause()
         if self._upgraded is not None:
             self._upgraded.pause_writing()
 
     def resume_writing(self) -> None:
         """Let writers go on."""
-        if self._gate is not None:
-            self._gate.resume()
+        self._gate.resume()
         if self._upgraded is not None:
             self._upgraded.resume_writing()
 
@@ -624,7 +619,7 @@ class HTTPServerProtocol(asyncio.Protocol):
     async def _drain(self) -> None:
         if self.lost:
             raise ConnectionResetError("connection lost")
-        if self._gate is not None:
+        if self._gate.paused:
             await self._gate.wait()
 
     # -- parsing -------------------------------------------------------------
@@ -679,7 +674,6 @@ class HTTPServerProtocol(asyncio.Protocol):
                     return False
                 data = reader.read(self._buffer, room)
                 if data:
-                    exchange._body_received += len(data)
                     exchange._push_body(data)
                 elif not reader.done:
                     if self._eof:

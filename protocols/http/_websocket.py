@@ -162,7 +162,7 @@ class _WebSocketProtocol(asyncio.Protocol):
         self._part_size = 0
         self._oversized = False
         self._reader: asyncio.Future[None] | None = None
-        self._gate = FlowGate(self._loop)
+        self._gate = FlowGate()
         self._reading_paused = False
         self.close_code: int | None = None
         self.close_reason = ""
@@ -321,7 +321,8 @@ class _WebSocketProtocol(asyncio.Protocol):
         else:
             event = BytesMessage(data=bytes(message))
         self.transport.write(self._ws.send(event))
-        await self._gate.wait()
+        if self._gate.paused:
+            await self._gate.wait()
 
     async def close(self, code: int, reason: str) -> None:
         self._close(code, reason)
