@@ -24,7 +24,7 @@ from wsproto.events import RejectConnection, Request
 
 from ._config import HTTPConfig
 from ._server import HTTPExchange, HTTPServerProtocol, RequestBodyError
-from ._static import _open_regular, _read_at
+from ._static import _open_regular, send_file
 from ._websocket import (
     INTERNAL_ERROR,
     NORMAL_CLOSURE,
@@ -72,6 +72,13 @@ def _wants_websocket(exchange: HTTPExchange) -> bool:
         if name == b"upgrade":
             return b"websocket" in value.lower()
     return False
+
+
+def _abort_unfinished(exchange: HTTPExchange) -> None:
+    """Cut the connection if the application returned in the middle of its response."""
+    if exchange.response_started and not exchange.finished:
+        log.error("ASGI application returned mid-response to %s", exchange.target)
+        exchange.abort()
 
 
 class _Response:
@@ -139,21 +146,9 @@ class _Response:
             raise FileNotFoundError(f"http.response.pathsend: cannot open {message['path']!r}")
         file, info = opened
         try:
-            offset, size, chunk = 0, info.st_size, exchange.config.file_chunk_size
-            while offset < size and exchange.method != "HEAD":
-                read = functools.partial(_read_at, file, offset, min(chunk, size - offset))
-                data = await runner.run(exchange.loop, read)
-                if not data:
-                    break  # the file shrank: end() reports the short body and closes
-                offset += len(data)
-                if offset < size:
-                    await exchange.write(data)
-                else:
-                    await exchange.end(data)
-                    return
+            await send_file(exchange, file, 0, info.st_size)
         finally:
             file.close()
-        await exchange.end()
 
     def _finish(self) -> None:
         self.complete = True
@@ -326,9 +321,7 @@ class ASGIHandler:
         await self.app(scope, cycle.receive, cycle.send)
         if cycle.body_error is not None:
             raise cycle.body_error  # the protocol answers it, or closes if too late
-        if exchange.response_started and not exchange.finished:
-            log.error("ASGI application returned mid-response to %s", exchange.target)
-            exchange.abort()
+        _abort_unfinished(exchange)
         # Not started at all: the protocol logs it and answers 500.
 
     async def _websocket(self, exchange: HTTPExchange, scheme: str) -> None:
@@ -350,9 +343,8 @@ class ASGIHandler:
             return
         if cycle.websocket is not None:
             await cycle.websocket.close(NORMAL_CLOSURE, "")
-        elif exchange.response_started and not exchange.finished:
-            log.error("ASGI application returned mid-response to %s", exchange.target)
-            exchange.abort()
+        else:
+            _abort_unfinished(exchange)
 
 
 class LifespanFailed(RuntimeError):

@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 from ._server import HTTPExchange
 
-__all__ = ["StaticFiles"]
+__all__ = ["StaticFiles", "send_file"]
 
 _RANGE = re.compile(rb"bytes=([0-9]*)-([0-9]*)")
 # Percent-encoded slash, backslash and NUL would let one segment become several.
@@ -41,6 +41,27 @@ def _open_regular(path: str) -> tuple[BinaryIO, os.stat_result] | None:
 def _read_at(file: BinaryIO, offset: int, size: int) -> bytes:
     file.seek(offset)
     return file.read(size)
+
+
+async def send_file(exchange: HTTPExchange, file: BinaryIO, start: int, end: int) -> None:
+    """Send bytes ``start`` to ``end`` of ``file`` as the rest of the response, and end it.
+
+    Each ``file_chunk_size`` piece is read through the blocking runner and
+    waits for the transport, so memory stays flat; HEAD reads nothing.
+    """
+    offset = start
+    while offset < end and exchange.method != "HEAD":
+        want = min(exchange.config.file_chunk_size, end - offset)
+        read = functools.partial(_read_at, file, offset, want)
+        data = await exchange.blocking.run(exchange.loop, read)
+        if not data:
+            break  # the file shrank: end() reports the short body and closes
+        offset += len(data)
+        if offset >= end:
+            await exchange.end(data)  # the last (often only) piece goes with the head
+            return
+        await exchange.write(data)
+    await exchange.end()
 
 
 def _etag_matches(header: bytes, etag: bytes) -> bool:
@@ -144,24 +165,7 @@ class StaticFiles:
             headers.append((b"Content-Range", f"bytes {start}-{end - 1}/{size}".encode()))
         headers.append((b"Content-Length", str(end - start).encode("ascii")))
         exchange.start_response(status, headers)
-        if exchange.method == "HEAD":
-            await exchange.end()
-            return
-        chunk_size = exchange.config.file_chunk_size
-        offset = start
-        while offset < end:
-            want = min(chunk_size, end - offset)
-            data = await exchange.blocking.run(
-                exchange.loop, functools.partial(_read_at, file, offset, want)
-            )
-            if not data:
-                break  # the file shrank: end() reports the short body and closes
-            offset += len(data)
-            if offset >= end:
-                await exchange.end(data)  # the last (often only) piece goes with the head
-                return
-            await exchange.write(data)
-        await exchange.end()
+        await send_file(exchange, file, start, end)
 
     @staticmethod
     def _not_modified(exchange: HTTPExchange, etag: bytes, mtime: float) -> bool:
