@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -162,6 +164,44 @@ def test_run_in_executor_propagates_exceptions(
             await loop.run_in_executor(None, empty.__getitem__, "missing")
 
     run(main())
+
+
+def _post_until_closed(
+    loop: asyncio.AbstractEventLoop, posting: threading.Event, unexpected: list[BaseException]
+) -> None:
+    try:
+        for n in itertools.count():
+            loop.call_soon_threadsafe(lambda: None)
+            posting.set()
+            if n % 100 == 99:
+                time.sleep(0)  # lets green threads switch too
+    except RuntimeError as exc:
+        if "closed" not in str(exc):
+            unexpected.append(exc)
+    except BaseException as exc:
+        unexpected.append(exc)
+
+
+@pytest.mark.requires("threads")
+def test_call_soon_threadsafe_racing_close_raises_only_closed(
+    adapter: protoshim.Adapter, fd_guard: None
+) -> None:
+    # A worker (a child watcher, an executor) may post its result just as the
+    # loop thread closes the loop: it is told "closed", or nothing at all.
+    for _ in range(60):
+        each = adapter.new_event_loop()
+        each.run_until_complete(asyncio.sleep(0))
+        unexpected: list[BaseException] = []
+        posting = threading.Event()
+        thread = threading.Thread(target=_post_until_closed, args=(each, posting, unexpected))
+        thread.start()
+        try:
+            assert posting.wait(5), "the thread never posted"
+        finally:
+            each.close()
+            thread.join(5)
+        assert not thread.is_alive()
+        assert unexpected == []
 
 
 # -- context variables ---------------------------------------------------------

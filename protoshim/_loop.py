@@ -288,7 +288,7 @@ class EventLoop(base_events.BaseEventLoop):
             self._check_callback(callback, "call_soon_threadsafe")
         handle = events.Handle(callback, args, self, context)
         self._ready.append(handle)  # deque.append is atomic
-        self._driver.wakeup_threadsafe(self._request_tick)
+        self._write_to_self()
         return handle
 
     def _write_to_self(self) -> None:
@@ -842,7 +842,7 @@ class EventLoop(base_events.BaseEventLoop):
         handle = self._signal_handlers.get(signum)
         if handle is not None and not self._closed:
             self._ready.append(handle)
-            self._driver.wakeup_threadsafe(self._request_tick)
+            self._write_to_self()
 
     def _wake_on_signals(self) -> None:
         # Frameworks that poll in C (libuv, libev) only return to Python, and

@@ -231,6 +231,9 @@ class Driver(Protocol):
         """From any thread, make the loop thread call ``callback`` soon.
 
         The callback must run even while :meth:`run` is blocked polling I/O.
+        It never raises: a thread may call it while the loop thread closes
+        the driver (the stdlib loop's ``_write_to_self`` has the same race),
+        and then the wakeup is dropped.
         """
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:

@@ -168,6 +168,7 @@ class TwistedDriver:
         self._owned = owned
         self._stopping = False
         self._closed = False
+        self._wake_lock = threading.RLock()
         self._watchers: dict[int, _Watcher] = {}
         self._streams: weakref.WeakSet[TwistedStream] = weakref.WeakSet()
         self.loop: EventLoop | None = None
@@ -264,7 +265,12 @@ class TwistedDriver:
         return _Timer(self._reactor.callLater(delay, self.run_callback, callback))
 
     def wakeup_threadsafe(self, callback: Callback) -> None:
-        self._reactor.callFromThread(self.run_callback, callback)
+        # Under the lock close() takes, so no thread writes to the waker's
+        # pipe after it is closed (or its descriptor reused).  Reentrant: a
+        # signal handler can run on the loop thread while it closes.
+        with self._wake_lock:
+            if not self._closed:
+                self._reactor.callFromThread(self.run_callback, callback)
 
     # -- descriptors --------------------------------------------------------
 
@@ -342,9 +348,10 @@ class TwistedDriver:
     # -- closing ------------------------------------------------------------
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._wake_lock:
+            if self._closed:
+                return
+            self._closed = True
         reactor: Any = self._reactor
         for watcher in list(self._watchers.values()):
             _unwatch(reactor, watcher, read=True)
