@@ -47,6 +47,9 @@ import pytest
 
 import protoshim
 
+from .runner import PROGRESS_ENV
+from .switch import LoopSwitch
+
 __all__ = [
     "DEFAULT_FRAMEWORK",
     "DEFAULT_TIMEOUT",
@@ -114,6 +117,7 @@ class _State:
     report_path: Path | None
     requested: bool
     _adapter: protoshim.Adapter | None = None
+    switch: LoopSwitch | None = None
     stable_ids: dict[str, str] = field(default_factory=dict)
     results: dict[str, _Result] = field(default_factory=dict)
     failure_message: str = ""
@@ -210,9 +214,8 @@ def pytest_configure(config: pytest.Config) -> None:
     pyargs = bool(config.getoption("pyargs", False))
     # --framework alone does not select the suite: other test directories may
     # use the fixtures with it.
-    requested = report is not None or any(
-        _arg_selects_suite(str(arg), pyargs) for arg in config.args
-    )
+    suite = any(_arg_selects_suite(str(arg), pyargs) for arg in config.args)
+    requested = report is not None or suite
     state = _State(
         framework=framework or DEFAULT_FRAMEWORK,
         explicit=framework is not None,
@@ -222,7 +225,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE] = state
     config.pluginmanager.register(_SuiteHooks(state), "protoshim-conformance-suite")
     if state.explicit:
-        state.adapter()  # a typo must fail now, as a usage error
+        adapter = state.adapter()  # a typo must fail now, as a usage error
+        if not suite:
+            # A project's own tests: every loop they make runs on the framework.
+            state.switch = LoopSwitch(adapter)
+            state.switch.install()
+            config.pluginmanager.register(state.switch, "protoshim-loop-switch")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Put back the event loop policy the switch replaced."""
+    state = config.stash.get(_STATE, None)
+    if state is not None and state.switch is not None:
+        state.switch.uninstall()
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -263,7 +278,11 @@ class _SuiteHooks:
         """Fold the setup/call/teardown reports of a suite test into one outcome."""
         stable_id = self.state.stable_ids.get(report.nodeid)
         if stable_id is None:
-            return
+            if self.state.switch is None or self.state.report_path is None:
+                return
+            # A project's own test, reported under its node id.
+            self.state.requested = True
+            stable_id = self.state.stable_ids[report.nodeid] = report.nodeid
         result = _fold(self.state.results.get(stable_id), report)
         if result is not None:
             self.state.results[stable_id] = result
@@ -292,6 +311,21 @@ class _SuiteHooks:
             terminalreporter.write_line(self.state.failure_message, red=True, bold=True)
         if self.state.report_path is not None and self.state.requested:
             terminalreporter.write_line(f"protoshim conformance report: {self.state.report_path}")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the progress file ``protoshim matrix`` watches, with the test count."""
+    path = os.environ.get(PROGRESS_ENV)
+    if path:
+        Path(path).write_text(f"total {len(session.items)}\n", encoding="utf-8")
+
+
+def pytest_runtest_logfinish(nodeid: str) -> None:
+    """Add one line to the progress file per finished test."""
+    path = os.environ.get(PROGRESS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as progress:
+            progress.write(nodeid + "\n")
 
 
 def record_outside_test(item: pytest.Item) -> None:
@@ -376,6 +410,13 @@ def _fold_call(report: pytest.TestReport, wasxfail: str | None) -> _Result:
     )
 
 
+def _result_entry(state: _State, test_id: str, result: _Result) -> dict[str, Any]:
+    entry: dict[str, Any] = {"outcome": result.outcome, "reason": result.reason}
+    if state.switch is not None:
+        entry["loops"] = state.switch.loops.get(test_id, [])
+    return entry
+
+
 def _write_report(state: _State) -> None:
     assert state.report_path is not None
     adapter = state.adapter()
@@ -385,7 +426,7 @@ def _write_report(state: _State) -> None:
         "version": adapter.version(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "results": {
-            test_id: {"outcome": result.outcome, "reason": result.reason}
+            test_id: _result_entry(state, test_id, result)
             for test_id, result in sorted(state.results.items())
         },
     }

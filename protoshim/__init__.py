@@ -21,6 +21,7 @@ from ._registry import UnknownFramework as UnknownFramework
 from ._registry import frameworks as frameworks
 from ._registry import get_adapter as get_adapter
 from ._registry import new_event_loop as new_event_loop
+from ._run import EventLoopPolicy as EventLoopPolicy
 from ._run import loop_factory as loop_factory
 from ._run import run as run
 
@@ -32,6 +33,7 @@ __all__ = [
     "BufferedProtocol",
     "DatagramProtocol",
     "DatagramTransport",
+    "EventLoopPolicy",
     "Protocol",
     "ReadTransport",
     "Transport",

@@ -313,6 +313,11 @@ def _parser() -> argparse.ArgumentParser:
             help="time open connections get to finish on Ctrl-C or SIGTERM (default: %(default)s)",
         )
 
+    # Only listed here: main() hands everything after "matrix" to its own parser.
+    commands.add_parser(
+        "matrix", help="run a pytest command on every framework and draw the grid", add_help=False
+    )
+
     listing = commands.add_parser("frameworks", help="list the installed adapters")
     listing.set_defaults(handler=_cmd_frameworks)
 
@@ -324,9 +329,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _matrix(argv: list[str]) -> int:
+    # Its own parser: everything after `--` is the user's pytest command.
+    from .conformance.runner import main as matrix_main
+
+    try:
+        return matrix_main(argv)
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["matrix"]:
+        return _matrix(given[1:])
+    args = _parser().parse_args(given)
     try:
         args.handler(args)
     except (CliError, UnknownFramework) as exc:
