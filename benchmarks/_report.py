@@ -8,6 +8,7 @@ per-repeat ratios is reported, next to the median of each side.
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from collections.abc import Iterable
@@ -309,7 +310,10 @@ def _mark(ratio: Ratio) -> str:
     text = f"{ratio.median:.2f}"
     if met is None:
         return text
-    return f"{text} ✓" if met else f"**{text} MISS**"
+    if met:
+        return f"{text} ✓"
+    # Rounded down, so that a miss by a hair never reads as the target.
+    return f"**{math.floor(ratio.median * 100) / 100:.2f} MISS**"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
