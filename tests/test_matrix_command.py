@@ -100,8 +100,10 @@ def test_unchanged_tests_run_on_the_framework_loop(framework: str, tmp_path: Pat
     project = _project(tmp_path, test_loops=LOOP_TESTS)
     report = tmp_path / "report.json"
     done = _run(
-        [sys.executable, "-m", "pytest", "tests", "-s", "-p", "no:cacheprovider"]
-        + ["--framework", framework, "--conformance-report", str(report)],
+        [
+            *(sys.executable, "-m", "pytest", "tests", "-s", "-p", "no:cacheprovider"),
+            *("--framework", framework, "--conformance-report", str(report)),
+        ],
         project,
     )
     assert done.returncode == 0, done.stdout + done.stderr

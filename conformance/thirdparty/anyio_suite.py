@@ -108,6 +108,10 @@ def run_framework(
         PLUGIN,
         "-p",
         "no:cacheprovider",
+        # anyio's suite does not use pytest-asyncio; installed with protoshim's
+        # test extra, it would only warn about its own settings.
+        "-p",
+        "no:asyncio",
         "--framework",
         framework,
         "--conformance-report",
