@@ -13,6 +13,7 @@ import importlib
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,14 +56,46 @@ def load_object(spec: str) -> Any:
         sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
         raise CliError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:  # the module's own code failed: say where, in one line
+        raise CliError(f"cannot import {module_name!r}: {_where(exc)}") from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
     return obj
+
+
+def _where(exc: BaseException) -> str:
+    """Describe an exception with the file and line it was raised at."""
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    # The innermost frame outside importlib's machinery is the app's line.
+    mine = [f for f in frames if "importlib" not in f.filename]
+    place = f" ({mine[-1].filename}, line {mine[-1].lineno})" if mine else ""
+    return f"{type(exc).__name__}: {exc}{place}"
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535; 0 picks a free one)")
+    return port
+
+
+def _needs(extra: str, what: str) -> Callable[[ImportError], CliError]:
+    def error(exc: ImportError) -> CliError:
+        return CliError(
+            f"{what} needs {exc.name or 'a missing package'}: pip install 'protoshim[{extra}]'"
+        )
+
+    return error
 
 
 class _Connections:
@@ -220,11 +253,15 @@ def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     get_adapter(args.framework)  # an unknown name fails before any import
-    if args.asgi and args.wsgi:
-        raise CliError("give --asgi or --wsgi, not both")
+    given = [what for what in (args.factory, args.asgi, args.wsgi) if what]
+    if len(given) > 1:
+        raise CliError("give one of MODULE:FACTORY, --asgi MODULE:APP and --wsgi MODULE:APP")
     config = _http_config(args)
     if args.asgi:
-        from .protocols.http import Lifespan, asgi_server
+        try:
+            from .protocols.http import Lifespan, asgi_server
+        except ImportError as exc:
+            raise _needs("http", "--asgi")(exc) from None
 
         app = load_object(args.asgi)
         if not callable(app):
@@ -234,9 +271,13 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         _run_server(args, serve_asgi, args.asgi, lifespan)
         return
     if args.wsgi:
-        from .protocols.http import wsgi_protocol_factory
-
         app = load_object(args.wsgi)
+        if not callable(app):
+            raise CliError(f"{args.wsgi} is not callable")
+        try:
+            from .protocols.http import wsgi_protocol_factory
+        except ImportError as exc:
+            raise _needs("http", "--wsgi")(exc) from None
         factory: Any = wsgi_protocol_factory(app, config)
         label = args.wsgi
     elif args.factory:
@@ -251,7 +292,10 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     get_adapter(args.framework)
-    from .examples.echo_test import protocol_factory
+    try:
+        from .examples.echo_test import protocol_factory
+    except ImportError as exc:
+        raise _needs("http", "the demo")(exc) from None
 
     _run_server(args, protocol_factory(args.port), "the Echo Test demo")
 
@@ -304,7 +348,7 @@ def _parser() -> argparse.ArgumentParser:
     for sub, default_port in ((serve, 8888), (demo, 8081)):
         sub.add_argument("--framework", default="asyncio", help="adapter name (default: asyncio)")
         sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
-        sub.add_argument("--port", type=int, default=default_port, help="TCP port to listen on")
+        sub.add_argument("--port", type=_port, default=default_port, help="TCP port to listen on")
         sub.add_argument(
             "--grace",
             type=float,

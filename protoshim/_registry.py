@@ -72,6 +72,8 @@ class Adapter:
     #: True for the loop whose behaviour defines the expected one (the stdlib's):
     #: reports compare every other column with it.
     reference: bool = False
+    #: how to install the framework, for the error when it is missing
+    install: str = ""
 
     def available(self) -> bool:
         """Return True when the framework can be imported."""
@@ -135,9 +137,14 @@ def get_adapter(framework: str) -> Adapter:
     Raise :class:`UnknownFramework` with the installed names if there is none.
     """
     adapter = _descriptors().get(framework)
-    if adapter is None or not adapter.available():
-        known = ", ".join(frameworks()) or "none"
+    known = ", ".join(frameworks()) or "none"
+    if adapter is None:
         raise UnknownFramework(f"unknown framework {framework!r} (installed: {known})")
+    if not adapter.available():
+        hint = adapter.install or f"pip install 'protoshim[{framework}]'"
+        raise UnknownFramework(
+            f"framework {framework!r} is not installed: {hint} (installed: {known})"
+        )
     return adapter
 
 

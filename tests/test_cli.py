@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,89 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("protoshim: error: ")
     assert message in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("source", "args", "message"),
+    [
+        ("raise RuntimeError('boom')\n", [], "RuntimeError: boom (app_mod.py, line 1)"),
+        ("def (\n", [], "SyntaxError: invalid syntax (app_mod.py, line 1)"),
+        ("app = 3\n", ["--wsgi"], "app_mod:app is not callable"),
+        ("app = 3\n", ["--asgi"], "app_mod:app is not callable"),
+    ],
+)
+def test_a_broken_app_module_is_one_line(
+    source: str, args: list[str], message: str, tmp_path: Path
+) -> None:
+    # Run from the app's folder, as a user would: the folder is on the import path.
+    (tmp_path / "app_mod.py").write_text(source)
+    result = subprocess.run(
+        [sys.executable, "-m", "protoshim", "serve", *args, "app_mod:app"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message.replace("app_mod.py", str(tmp_path / "app_mod.py")) in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args", [[ECHO, "--wsgi", "os:getcwd"], ["--asgi", "a:b", "--wsgi", "c:d"]]
+)
+def test_a_factory_and_apps_together_are_refused(args: list[str]) -> None:
+    result = protoshim_cmd("serve", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "protoshim: error: give one of MODULE:FACTORY, --asgi MODULE:APP and --wsgi MODULE:APP"
+    )
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_bad_port_is_a_usage_error(port: str) -> None:
+    result = protoshim_cmd("serve", "--port", port, ECHO)
+    assert result.returncode == 2
+    assert "argument --port:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("framework", "hint"),
+    [("gevent", "pip install 'protoshim[gevent]'"), ("pyuv", "protoshim install-pyuv")],
+)
+def test_a_framework_not_installed_says_how_to_install_it(
+    framework: str, hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(protoshim.Adapter, "available", lambda self: self.name != framework)
+    with pytest.raises(protoshim.UnknownFramework) as caught:
+        protoshim.get_adapter(framework)
+    assert str(caught.value).startswith(f"framework '{framework}' is not installed: {hint}")
+
+
+@pytest.mark.parametrize(
+    ("args", "hidden", "message"),
+    [
+        (["demo"], "flask", "the demo needs flask: pip install 'protoshim[http]'"),
+        (["serve", "--wsgi", "os:getcwd"], "h11", "--wsgi needs h11: pip install "
+         "'protoshim[http]'"),
+    ],
+)
+def test_a_missing_http_package_says_how_to_install_it(
+    args: list[str], hidden: str, message: str
+) -> None:
+    # Block the package, as if it were not installed.
+    code = (
+        f"import sys; sys.modules[{hidden!r}] = None; "
+        f"from protoshim._cli import main; sys.exit(main({args!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"protoshim: error: {message}"
 
 
 def test_port_in_use_is_one_line_and_exit_2() -> None:
@@ -284,9 +368,3 @@ def test_failed_asgi_startup_is_one_line_and_exit_3(tmp_path) -> None:
     assert result.returncode == 3
     assert result.stderr.strip() == "protoshim: error: application startup failed: no database"
     assert "serving" not in result.stdout
-
-
-def test_asgi_and_wsgi_together_is_a_usage_error() -> None:
-    result = protoshim_cmd("serve", "--asgi", "a:b", "--wsgi", "c:d")
-    assert result.returncode == 2
-    assert result.stderr.strip() == "protoshim: error: give --asgi or --wsgi, not both"

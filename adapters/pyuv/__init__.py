@@ -26,6 +26,8 @@ ADAPTER = Adapter(
     requires="pyuv",
     distribution="pyuv",
     description="protoshim's core on a pyuv (libuv) loop, with libuv's TCP, Pipe and UDP handles",
+    # pyuv 1.4.0 does not build from PyPI on current Pythons
+    install="protoshim install-pyuv",
 )
 
 __getattr__ = lazy_exports(
