@@ -11,11 +11,14 @@ and the README's reliability table from the last run's reports.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -57,27 +60,31 @@ class Cell:
         return cell if self.python == PYTHON else f"{cell}-py{self.python}"
 
 
-# The oldest release of each framework that installs and passes on Python
-# 3.11, and the newest the index offers at run time.
+def _load_releases() -> Any:
+    # The package's own list, loaded from its file: nox runs before (and
+    # outside) the environments that install protoshim.
+    spec = importlib.util.spec_from_file_location(
+        "_protoshim_releases", ROOT / "conformance" / "releases.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+RELEASES = _load_releases().RELEASES
+
+# Each framework at its oldest and newest release (conformance/releases.py),
+# gevent once more under monkey-patching, and on 3.13 the newest only.
 CELLS = [
-    Cell("asyncio", "stdlib", None),
-    Cell("selectors", "stdlib", None),
-    # uvloop's known failures (adapters/asyncio) are those of this release;
-    # releases before it also report an empty write buffer after a write.
-    Cell("uvloop", "0.23.0", "uvloop==0.23.0"),
-    Cell("twisted", "oldest", "twisted==21.2.0"),
-    Cell("twisted", "newest", "twisted"),
-    Cell("tornado", "oldest", "tornado==6.0"),
-    Cell("tornado", "newest", "tornado"),
-    Cell("gevent", "oldest", "gevent==22.10.1"),
-    Cell("gevent", "newest", "gevent"),
+    *(Cell(r.framework, r.label, r.requirement, pyuv=r.pyuv) for r in RELEASES),
     Cell(
         "gevent",
         "monkey",
         "gevent",
         pytest_prefix=("python", "-m", "gevent.monkey", "--module"),
     ),
-    Cell("pyuv", "1.4.0", None, pyuv=True),
     # On 3.13, the stdlib loops and each framework's newest release only:
     # gevent 22.10.1 has no wheel for 3.13, and the oldest releases are
     # there to pin down the lower bounds, which 3.11 does.
