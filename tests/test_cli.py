@@ -18,9 +18,12 @@ import protoshim
 ECHO = "protoshim.protocols.echo:EchoServer"
 
 
-def protoshim_cmd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def protoshim_cmd(
+    *args: str, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "protoshim", *args],
+        cwd=cwd,
         check=False,
         capture_output=True,
         text=True,
@@ -68,14 +71,7 @@ def test_a_broken_app_module_is_one_line(
 ) -> None:
     # Run from the app's folder, as a user would: the folder is on the import path.
     (tmp_path / "app_mod.py").write_text(source)
-    result = subprocess.run(
-        [sys.executable, "-m", "protoshim", "serve", *args, "app_mod:app"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = protoshim_cmd("serve", *args, "app_mod:app", cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -356,14 +352,9 @@ def test_serve_asgi_runs_lifespan_around_the_server(tmp_path, lifespan: str, bod
 
 def test_failed_asgi_startup_is_one_line_and_exit_3(tmp_path) -> None:
     write_asgi_app(tmp_path, fail=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "protoshim", "serve", "--asgi", "asgi_mod:app",
-         "--port", str(free_port()), "--lifespan", "on"],
-        capture_output=True,
-        text=True,
+    result = protoshim_cmd(
+        *("serve", "--asgi", "asgi_mod:app", "--port", str(free_port()), "--lifespan", "on"),
         cwd=tmp_path,
-        timeout=60,
-        check=False,
     )
     assert result.returncode == 3
     assert result.stderr.strip() == "protoshim: error: application startup failed: no database"
