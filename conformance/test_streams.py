@@ -157,3 +157,34 @@ def test_buffered_protocol_receives_everything(
             await server.wait_closed()
 
     run(main())
+
+
+def test_writing_to_a_closed_peer_fails_within_the_high_water_mark(
+    loop: asyncio.AbstractEventLoop, run: RunCoroutine
+) -> None:
+    # A writer that loops on write() and drain() to a peer that has gone
+    # (an FTP client on a dropped data connection) must see the failure:
+    # the stdlib transport is closing as soon as a send fails, and drain()
+    # yields while it is.  The loop is bounded, so a miss fails, not hangs.
+    async def main() -> None:
+        async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        server = await asyncio.start_server(drop, "127.0.0.1", 0)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await wait(reader.read(), "the peer's EOF") == b""
+            chunk = b"-" * 8192
+            with pytest.raises(ConnectionError):
+                # 64 KiB (the default high-water mark) many times over
+                for _ in range(64):
+                    writer.write(chunk)
+                    await writer.drain()
+            assert writer.transport.is_closing()
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())

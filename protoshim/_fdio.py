@@ -111,9 +111,12 @@ class FdStream(_Watched[StreamSink]):
                 sent = self._sock.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
-            except OSError:
-                # Reported from the writer callback, where the send fails again.
-                sent = 0
+            except OSError as exc:
+                # Now, as the stdlib transport does: a writer that loops on
+                # write() and an unpaused drain() would not see a later report.
+                assert self._sink is not None
+                self._sink._on_error(exc)
+                return
             if sent == len(data):
                 return
             data = data[sent:]

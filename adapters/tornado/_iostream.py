@@ -230,6 +230,7 @@ class TornadoStream:
         self._held: asyncio.Future[bytes] | None = None
         self._deliver_pending = False
         self._failed = False
+        self._fail_pending = False
         self._released = False
         stream.on_events = self._on_events
         stream.on_close = self._deliver_soon
@@ -351,11 +352,15 @@ class TornadoStream:
     def write(self, data: bytes) -> None:
         ios = self._ios
         if ios.closed():
-            self._fail_soon(ios.error)
+            # Now, as the stdlib transport does: a writer that loops on
+            # write() and an unpaused drain() never yields to a later report.
+            self._fail(ios.error)
             return
         # Like _read, safe in protoshim's context: send() creates no Future.
         ios.send(data)
-        if ios.wrote:
+        if ios.closed():
+            self._fail(ios.error)  # the send itself failed
+        elif ios.wrote:
             # Bytes queued earlier went out, or the write failed: tell core
             # afterwards, so a queue that emptied here still resumes the protocol.
             self._deliver_soon()
@@ -380,7 +385,8 @@ class TornadoStream:
     # -- errors and closing -------------------------------------------------
 
     def _fail_soon(self, exc: BaseException | None) -> None:
-        if not self._failed:
+        if not self._failed and not self._fail_pending:
+            self._fail_pending = True
             self._driver.add_callback(self._fail, exc)
 
     def _fail(self, exc: BaseException | None) -> None:
