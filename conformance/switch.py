@@ -34,7 +34,14 @@ import pytest
 
 import protoshim
 
-__all__ = ["LoopSwitch"]
+__all__ = ["LoopSwitch", "describe_loop"]
+
+
+def describe_loop(loop: asyncio.AbstractEventLoop) -> str:
+    """Name a loop's class and, for protoshim's shared loop, the framework driving it."""
+    name = f"{type(loop).__module__}.{type(loop).__qualname__}"
+    driver = getattr(loop, "_driver", None)
+    return name if driver is None else f"{name} on {type(driver).__qualname__}"
 
 
 class LoopSwitch:
@@ -61,7 +68,7 @@ class LoopSwitch:
         loop = self.adapter.new_event_loop()
         if self._current is not None:
             names = self.loops.setdefault(self._current, [])
-            name = f"{type(loop).__module__}.{type(loop).__qualname__}"
+            name = describe_loop(loop)
             if name not in names:
                 names.append(name)
         return loop

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import protoshim
+from protoshim.conformance.switch import describe_loop
 
 FRAMEWORKS = sorted(protoshim.frameworks())
 TIMEOUT = 300
@@ -80,10 +81,11 @@ def _project(root: Path, **tests: str) -> Path:
     return root
 
 
-def _loop_class(framework: str) -> str:
+def _loop_names(framework: str) -> tuple[str, str]:
+    """Return the loop's class, as the tests print it, and as the report names it."""
     loop = protoshim.new_event_loop(framework)
     try:
-        return f"{type(loop).__module__}.{type(loop).__qualname__}"
+        return f"{type(loop).__module__}.{type(loop).__qualname__}", describe_loop(loop)
     finally:
         loop.close()
 
@@ -107,9 +109,9 @@ def test_unchanged_tests_run_on_the_framework_loop(framework: str, tmp_path: Pat
         project,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    expected = _loop_class(framework)
+    printed, described = _loop_names(framework)
     # Each test printed the loop it ran on; the report says the same.
-    assert done.stdout.count(f"ran on {expected}") == 4, done.stdout
+    assert done.stdout.count(f"ran on {printed}") == 4, done.stdout
     results = json.loads(report.read_text())["results"]
     assert sorted(results) == [
         "tests/test_loops.py::IsolatedCase::test_isolated",
@@ -119,7 +121,7 @@ def test_unchanged_tests_run_on_the_framework_loop(framework: str, tmp_path: Pat
     ]
     for test, result in results.items():
         assert result["outcome"] == "passed", test
-        assert result["loops"] == [expected], test
+        assert result["loops"] == [described], test
     assert f"4 of 4 tests created a {framework} loop" in done.stdout
 
 
@@ -166,7 +168,7 @@ def test_matrix_draws_the_grid_and_passes_a_portable_project(tmp_path: Path) -> 
     out = project / "build" / "protoshim-matrix"
     grid = (out / "matrix.md").read_text()
     assert "| `tests/test_portable.py::test_sleeps` | pass | pass |" in grid
-    assert _loop_class("selectors") in grid
+    assert _loop_names("selectors")[1] in grid
     html = (out / "matrix.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "test_sleeps" in html
     assert "<rect" in (out / "matrix.svg").read_text()
