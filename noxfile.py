@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ nox.options.sessions = [
     "conformance",
     "grid",
     "reliability",
+    "library",
 ]
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = False
@@ -341,3 +343,49 @@ def anyio(session: nox.Session) -> None:
     session.run("python", "-m", suite, "fetch", "--workdir", str(ANYIO_DIR))
     session.install("-r", str(ANYIO_DIR / "requirements.txt"))
     session.run("python", "-m", suite, "run", "--workdir", str(ANYIO_DIR), *session.posargs)
+
+
+# A real asyncio protocol library's own tests, unmodified, from its sdist,
+# run through `protoshim matrix` as a library author would: the proof that
+# "verify everywhere" works on code nobody here wrote.
+LIBRARY = "aioftp==0.28.3"
+LIBRARY_TEST_REQUIREMENTS = ("async_timeout>=4", "pytest-mock", "pytest-cov", "siosocks", "trustme")
+LIBRARY_DIR = ROOT / "build" / "library"
+
+
+@nox.session(python=PYTHON)
+def library(session: nox.Session) -> None:
+    """Run aioftp's own test suite on every framework with `protoshim matrix`."""
+    _install_project(session, "all")
+    _install_pyuv(session)
+    shutil.rmtree(LIBRARY_DIR, ignore_errors=True)
+    sdists = LIBRARY_DIR / "sdist"
+    session.run(
+        *("python", "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"),
+        *("--dest", str(sdists), LIBRARY),
+    )
+    (archive,) = sdists.glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(sdists, filter="data")
+    source = archive.with_name(archive.name.removesuffix(".tar.gz"))
+    # Its tests import the installed package (importlib mode, src layout).
+    session.install("--no-deps", str(source))
+    session.install(*LIBRARY_TEST_REQUIREMENTS, "pytest-timeout")
+    session.chdir(source)
+    session.run(
+        *("protoshim", "matrix", "--out", str(LIBRARY_DIR / "grid")),
+        *("--title", f"{LIBRARY.replace('==', ' ')}'s own tests on every framework"),
+        # Its pytest settings ask for coverage and stop at the first failure;
+        # the grid wants every test, and a hang must end as a failure.
+        *("--", "pytest", "tests", "--no-cov", "--maxfail=1000000", "--timeout=60", "-q"),
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON, default=False)
+def library_docs(session: nox.Session) -> None:
+    """Copy the last `nox -s library` grid into docs/library-matrix.md."""
+    grid = LIBRARY_DIR / "grid" / "matrix.md"
+    if not grid.exists():
+        session.error(f"no grid at {grid}; run `nox -s library` first")
+    shutil.copy(grid, ROOT / "docs" / "library-matrix.md")
