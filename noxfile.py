@@ -373,7 +373,7 @@ def library(session: nox.Session) -> None:
     session.install(*LIBRARY_TEST_REQUIREMENTS, "pytest-timeout")
     session.chdir(source)
     session.run(
-        *("protoshim", "matrix", "--out", str(LIBRARY_DIR / "grid")),
+        *("protoshim", "matrix", "--out", str(LIBRARY_DIR / "grid"), "--timeout", "900"),
         *("--title", f"{LIBRARY.replace('==', ' ')}'s own tests on every framework"),
         # Its pytest settings ask for coverage and stop at the first failure;
         # the grid wants every test, and a hang must end as a failure.

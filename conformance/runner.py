@@ -51,7 +51,7 @@ class _Run:
     log: Path
     progress: Path
     status: str = "waiting"
-    returncode: int | None = None
+    returncode: int | None = None  # None: killed by --timeout
     seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -79,7 +79,7 @@ def _pytest_argv(command: Sequence[str]) -> list[str]:
     )
 
 
-def _run_one(run: _Run, argv: list[str], lock: threading.Lock) -> None:
+def _run_one(run: _Run, argv: list[str], lock: threading.Lock, timeout: float | None) -> None:
     for path in (run.report, run.progress):
         path.unlink(missing_ok=True)
     args = [
@@ -98,9 +98,16 @@ def _run_one(run: _Run, argv: list[str], lock: threading.Lock) -> None:
     with run.log.open("w", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(args)}\n")
         log.flush()
-        done = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+        child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            returncode = child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            returncode = None
+            log.write(f"\nprotoshim matrix: killed after {timeout:g} s (--timeout)\n")
     with lock:
-        run.returncode = done.returncode
+        run.returncode = returncode
         run.seconds = time.monotonic() - started
         run.status = "done"
 
@@ -139,11 +146,13 @@ class _Progress:
         self._last = text
 
 
-def _run_all(runs: Sequence[_Run], argv: list[str], jobs: int, stream: TextIO) -> None:
+def _run_all(
+    runs: Sequence[_Run], argv: list[str], jobs: int, timeout: float | None, stream: TextIO
+) -> None:
     lock = threading.Lock()
     progress = _Progress(runs, stream)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_run_one, run, argv, lock) for run in runs]
+        futures = [pool.submit(_run_one, run, argv, lock, timeout) for run in runs]
         while not all(f.done() for f in futures):
             progress.update()
             time.sleep(0.5)
@@ -171,7 +180,10 @@ def _verdict(columns: Sequence[Column], runs: Sequence[_Run], stream: TextIO) ->
     status = 0
     reported = {column.name for column in columns}
     for run in runs:
-        if run.framework not in reported or run.returncode not in (0, 1):
+        if run.returncode is None:
+            print(f"matrix: {run.framework}: killed by --timeout (see {run.log})", file=stream)
+            status = 1
+        elif run.framework not in reported or run.returncode not in (0, 1):
             print(
                 f"matrix: {run.framework}: pytest exited {run.returncode} "
                 f"{'without a report' if run.framework not in reported else ''}"
@@ -218,6 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})"
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="kill a framework's run that takes longer (default: no limit)",
+    )
     parser.add_argument("--title", default="Framework matrix", help="heading of the grid")
     parser.add_argument(
         "--from-reports",
@@ -241,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         frameworks = _frameworks(args.frameworks)
         if args.jobs < 1:
             raise ValueError(f"--jobs must be at least 1, not {args.jobs}")
+        if args.timeout is not None and args.timeout <= 0:
+            raise ValueError(f"--timeout must be positive, not {args.timeout:g}")
     except ValueError as exc:
         print(f"protoshim matrix: {exc}", file=sys.stderr)
         return 2
@@ -256,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in frameworks
     ]
     print(f"matrix: {shlex.join(command)} on {', '.join(frameworks)}, {args.jobs} at a time")
-    _run_all(runs, pytest_argv, args.jobs, sys.stdout)
+    _run_all(runs, pytest_argv, args.jobs, args.timeout, sys.stdout)
     columns = load_columns(reports)
     for run in runs:
         print(f"matrix: {run.framework}: exit {run.returncode} in {run.seconds:.0f} s")

@@ -22,7 +22,7 @@ FRAMEWORKS = sorted(protoshim.frameworks())
 TIMEOUT = 300
 
 #: One test per way a project's tests get a loop; each says which one it got.
-LOOP_TESTS = '''
+LOOP_TESTS = """
 import asyncio
 import unittest
 
@@ -54,16 +54,16 @@ def test_asyncio_run() -> None:
         return loop_name()
 
     print("ran on", asyncio.run(main()))
-'''
+"""
 
-CONFTEST = '''
+CONFTEST = """
 import pytest
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-'''
+"""
 
 #: pytest's own settings for the project, so this repository's do not apply.
 PYTEST_INI = """
@@ -158,14 +158,20 @@ def test_broken_everywhere() -> None:
 
 
 def _matrix(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return _run([sys.executable, "-m", "protoshim", "matrix", *args], project)
+    # A bounded run: a hang ends as a failure that shows the runs' logs.
+    return _run([sys.executable, "-m", "protoshim", "matrix", "--timeout", "120", *args], project)
+
+
+def _explain(done: subprocess.CompletedProcess[str], out: Path) -> str:
+    logs = "".join(log.read_text() for log in sorted((out / "logs").glob("*.log")))
+    return f"{done.stdout}\n{done.stderr}\n{logs}"
 
 
 def test_matrix_draws_the_grid_and_passes_a_portable_project(tmp_path: Path) -> None:
     project = _project(tmp_path, test_portable=PORTABLE)
     done = _matrix(project, "--frameworks", "selectors", "--", "pytest", "tests")
-    assert done.returncode == 0, done.stdout + done.stderr
     out = project / "build" / "protoshim-matrix"
+    assert done.returncode == 0, _explain(done, out)
     grid = (out / "matrix.md").read_text()
     assert "| `tests/test_portable.py::test_sleeps` | pass | pass |" in grid
     assert _loop_names("selectors")[1] in grid
@@ -179,7 +185,7 @@ def test_matrix_blames_a_framework_only_for_what_passes_on_asyncio(tmp_path: Pat
     project = _project(tmp_path, test_stdlib_only=STDLIB_ONLY)
     out = tmp_path / "grid"
     done = _matrix(project, "--frameworks", "selectors", "--out", str(out), "--", "pytest")
-    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.returncode == 1, _explain(done, out)
     assert (
         "portability bug on selectors: tests/test_stdlib_only.py::test_assumes_the_stdlib_loop"
         in done.stderr
@@ -202,10 +208,29 @@ def test_matrix_fails_when_a_run_collects_nothing(tmp_path: Path) -> None:
     assert "selectors: no test ran" in done.stderr
 
 
+HANGS = """
+import time
+
+
+def test_hangs() -> None:
+    time.sleep(60)
+"""
+
+
+def test_matrix_kills_a_run_that_outlives_its_timeout(tmp_path: Path) -> None:
+    project = _project(tmp_path, test_hangs=HANGS)
+    args = ["--frameworks", "selectors", "--timeout", "2", "--", "pytest", "tests"]
+    done = _run([sys.executable, "-m", "protoshim", "matrix", *args], project)
+    assert done.returncode == 1
+    assert "asyncio: killed by --timeout" in done.stderr
+    assert "selectors: killed by --timeout" in done.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--", "ls"], "the command must run pytest"),
+        (["--timeout", "0", "--", "pytest"], "--timeout must be positive"),
         ([], "give the pytest command after --"),
         (["--frameworks", "nope", "--", "pytest"], "not installed: nope"),
         (["--jobs", "0", "--", "pytest"], "--jobs must be at least 1"),
