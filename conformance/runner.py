@@ -24,11 +24,9 @@ import os
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -44,7 +42,7 @@ REFERENCE = "asyncio"
 DEFAULT_OUT = Path("build") / "protoshim-matrix"
 
 
-@dataclass
+@dataclass(eq=False)
 class _Run:
     framework: str
     report: Path
@@ -53,7 +51,7 @@ class _Run:
     status: str = "waiting"
     returncode: int | None = None  # None: killed by --timeout
     seconds: float = 0.0
-    counts: dict[str, int] = field(default_factory=dict)
+    started: float = 0.0
 
     def done_tests(self) -> tuple[int, int | None]:
         """Return the tests finished so far and the number collected, once known."""
@@ -79,37 +77,34 @@ def _pytest_argv(command: Sequence[str]) -> list[str]:
     )
 
 
-def _run_one(run: _Run, argv: list[str], lock: threading.Lock, timeout: float | None) -> None:
+def _start(run: _Run, argv: list[str]) -> subprocess.Popen[bytes]:
     for path in (run.report, run.progress):
         path.unlink(missing_ok=True)
     args = [
         *argv,
-        "--framework",
-        run.framework,
-        "--conformance-report",
-        str(run.report),
-        "-p",
-        "no:cacheprovider",
+        *("--framework", run.framework, "--conformance-report", str(run.report)),
+        *("-p", "no:cacheprovider"),
     ]
     env = {**os.environ, PROGRESS_ENV: str(run.progress)}
-    with lock:
-        run.status = "running"
-    started = time.monotonic()
     with run.log.open("w", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(args)}\n")
         log.flush()
-        child = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            returncode = child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-            returncode = None
-            log.write(f"\nprotoshim matrix: killed after {timeout:g} s (--timeout)\n")
-    with lock:
-        run.returncode = returncode
-        run.seconds = time.monotonic() - started
-        run.status = "done"
+        # The child has its own copy of the log's descriptor.
+        child = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    run.status = "running"
+    run.started = time.monotonic()
+    return child
+
+
+def _finish(run: _Run, returncode: int | None) -> None:
+    run.returncode = returncode
+    run.seconds = time.monotonic() - run.started
+    run.status = "done"
+    if returncode is None:
+        with run.log.open("a", encoding="utf-8") as log:
+            log.write(f"\nprotoshim matrix: killed after {run.seconds:.0f} s (--timeout)\n")
 
 
 class _Progress:
@@ -149,15 +144,29 @@ class _Progress:
 def _run_all(
     runs: Sequence[_Run], argv: list[str], jobs: int, timeout: float | None, stream: TextIO
 ) -> None:
-    lock = threading.Lock()
+    """Run up to ``jobs`` children at a time, from this thread alone."""
     progress = _Progress(runs, stream)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_run_one, run, argv, lock, timeout) for run in runs]
-        while not all(f.done() for f in futures):
-            progress.update()
-            time.sleep(0.5)
-        for future in futures:
-            future.result()
+    waiting = list(runs)
+    running: dict[_Run, subprocess.Popen[bytes]] = {}
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            run = waiting.pop(0)
+            running[run] = _start(run, argv)
+        for run, child in list(running.items()):
+            returncode = child.poll()
+            if returncode is None and timeout is not None:
+                if time.monotonic() - run.started > timeout:
+                    child.kill()
+                    child.wait()
+                    _finish(run, None)
+                    del running[run]
+                continue
+            if returncode is not None:
+                _finish(run, returncode)
+                del running[run]
+        progress.update()
+        if running:
+            time.sleep(0.2)
     progress.update(final=True)
 
 
