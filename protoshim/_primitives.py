@@ -115,7 +115,14 @@ class Stream(Protocol):
         """
 
     def write(self, data: bytes) -> None:
-        """Queue ``data`` (non-empty, immutable) for sending; never block."""
+        """Queue ``data`` (non-empty, immutable) for sending; never block.
+
+        A send that fails should be reported to the sink's ``_on_error``
+        before this returns, as the stdlib transport does: a writer that
+        loops on ``write()`` and an unpaused ``drain()`` never yields to a
+        later report.  Bytes kept for a later report must at least count in
+        :meth:`queued`, so the high-water mark pauses such a writer.
+        """
 
     def queued(self) -> int:
         """Return the number of bytes accepted by :meth:`write` and not yet sent."""
