@@ -316,10 +316,26 @@ def _cmd_install_pyuv(args: argparse.Namespace) -> None:
         raise CliError(str(exc)) from None
 
 
+def _version() -> str:
+    import importlib.metadata
+    import platform
+
+    try:
+        mine = importlib.metadata.version("protoshim")
+    except importlib.metadata.PackageNotFoundError:
+        mine = "unknown"
+    installed = ", ".join(f"{name} {version}" for name, version in frameworks().items())
+    return f"protoshim {mine} (Python {platform.python_version()}; {installed})"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="protoshim", description="Run PEP 3156 protocols on any framework."
+        prog="protoshim",
+        description="Run PEP 3156 protocols on any framework.",
+        # --version prints one line, unwrapped
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve a protocol factory, an ASGI or a WSGI app")

@@ -144,6 +144,15 @@ def test_port_in_use_is_one_line_and_exit_2() -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
+def test_version_names_protoshim_python_and_the_frameworks() -> None:
+    result = protoshim_cmd("--version")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("protoshim 0."), result.stdout
+    for name, version in protoshim.frameworks().items():
+        assert f"{name} {version}" in lines[0]
+
+
 def test_frameworks_lists_installed_adapters() -> None:
     result = protoshim_cmd("frameworks")
     assert result.returncode == 0
