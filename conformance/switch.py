@@ -44,6 +44,17 @@ def describe_loop(loop: asyncio.AbstractEventLoop) -> str:
     return name if driver is None else f"{name} on {type(driver).__qualname__}"
 
 
+class _NotingPolicy(protoshim.EventLoopPolicy):
+    """The framework's policy, its loops noted by the switch."""
+
+    def __init__(self, switch: LoopSwitch) -> None:
+        super().__init__(switch.adapter.name)
+        self._switch = switch
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return self._switch.new_event_loop()
+
+
 class LoopSwitch:
     """A pytest plugin object: route every new event loop to one framework."""
 
@@ -55,13 +66,7 @@ class LoopSwitch:
         self._ran = 0
         self._previous_policy: asyncio.AbstractEventLoopPolicy | None = None
         self._previous_factory: Any = None
-        switch = self
-
-        class _Policy(protoshim.EventLoopPolicy):
-            def new_event_loop(self) -> asyncio.AbstractEventLoop:
-                return switch.new_event_loop()
-
-        self._policy = _Policy(adapter.name)
+        self._policy = _NotingPolicy(self)
 
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
         """Create a loop of the framework and note it against the running test."""
