@@ -173,12 +173,7 @@ def _loop_names(column: Column) -> str:
 
 
 def _totals(column: Column) -> str:
-    counts: dict[str, int] = {}
-    for result in column.results.values():
-        outcome = result.get("outcome", "error")
-        counts[outcome] = counts.get(outcome, 0) + 1
-    summary = ", ".join(f"{n} {SYMBOLS.get(k, k)}" for k, n in sorted(counts.items()))
-    return summary or "no results"
+    return _count(column, list(column.results)) if column.results else "no results"
 
 
 def _reason_numbers(columns: Sequence[Column]) -> dict[str, int]:
