@@ -89,13 +89,10 @@ def _port(text: str) -> int:
     return port
 
 
-def _needs(extra: str, what: str) -> Callable[[ImportError], CliError]:
-    def error(exc: ImportError) -> CliError:
-        return CliError(
-            f"{what} needs {exc.name or 'a missing package'}: pip install 'protoshim[{extra}]'"
-        )
-
-    return error
+def _missing(exc: ImportError, what: str) -> CliError:
+    """Say which package ``what`` lacks, and the extra that installs it."""
+    package = exc.name or "a missing package"
+    return CliError(f"{what} needs {package}: pip install 'protoshim[http]'")
 
 
 class _Connections:
@@ -261,7 +258,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         try:
             from .protocols.http import Lifespan, asgi_server
         except ImportError as exc:
-            raise _needs("http", "--asgi")(exc) from None
+            raise _missing(exc, "--asgi") from None
 
         app = load_object(args.asgi)
         if not callable(app):
@@ -277,7 +274,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         try:
             from .protocols.http import wsgi_protocol_factory
         except ImportError as exc:
-            raise _needs("http", "--wsgi")(exc) from None
+            raise _missing(exc, "--wsgi") from None
         factory: Any = wsgi_protocol_factory(app, config)
         label = args.wsgi
     elif args.factory:
@@ -295,7 +292,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     try:
         from .examples.echo_test import protocol_factory
     except ImportError as exc:
-        raise _needs("http", "the demo")(exc) from None
+        raise _missing(exc, "the demo") from None
 
     _run_server(args, protocol_factory(args.port), "the Echo Test demo")
 
