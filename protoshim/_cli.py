@@ -8,75 +8,24 @@ ASGI application whose lifespan startup fails ends in one line and status 3.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
 import os
-import signal
 import sys
-import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._registry import UnknownFramework, frameworks, get_adapter
+from .serving import SHUTDOWN_GRACE, AppError, CliError, Target, bind_tcp, load_target, run_server
+from .serving._errors import missing_package
 
 if TYPE_CHECKING:
-    from .protocols.http import HTTPConfig, Lifespan
+    from .protocols.http import HTTPConfig
 
 __all__ = ["main"]
 
 USAGE_ERROR = 2
 #: the application itself refused to start (uvicorn uses the same status)
 APP_ERROR = 3
-#: Seconds that open connections get to finish after Ctrl-C or SIGTERM.
-SHUTDOWN_GRACE = 5.0
-#: A protocol with this method is asked to finish its current work and then
-#: close; any other protocol's transport is closed (flushed) at once.
-SHUTDOWN_HOOK = "begin_shutdown"
-
-
-class CliError(Exception):
-    """A mistake in the command line or the environment, reported in one line."""
-
-
-class AppError(Exception):
-    """The application failed to start or stop, reported in one line."""
-
-
-def load_object(spec: str) -> Any:
-    """Import ``MODULE:NAME`` (NAME may be dotted) and return the object.
-
-    The current directory is searched first, as ``python -m`` and uvicorn do,
-    so ``protoshim serve --asgi main:app`` finds ``./main.py``.
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise CliError(f"expected MODULE:NAME, got {spec!r}")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise CliError(f"cannot import {module_name!r}: {exc}") from None
-    except Exception as exc:  # the module's own code failed: say where, in one line
-        raise CliError(f"cannot import {module_name!r}: {_where(exc)}") from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
-    return obj
-
-
-def _where(exc: BaseException) -> str:
-    """Describe an exception with the file and line it was raised at."""
-    if isinstance(exc, SyntaxError):
-        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
-    frames = traceback.extract_tb(exc.__traceback__)
-    # The innermost frame outside importlib's machinery is the app's line.
-    mine = [f for f in frames if "importlib" not in f.filename]
-    place = f" ({mine[-1].filename}, line {mine[-1].lineno})" if mine else ""
-    return f"{type(exc).__name__}: {exc}{place}"
 
 
 def _port(text: str) -> int:
@@ -87,154 +36,6 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535; 0 picks a free one)")
     return port
-
-
-def _missing(exc: ImportError, what: str) -> CliError:
-    """Say which package ``what`` lacks, and the extra that installs it."""
-    package = exc.name or "a missing package"
-    return CliError(f"{what} needs {package}: pip install 'protoshim[http]'")
-
-
-class _Connections:
-    """Track the transports of a server so shutdown can close each one."""
-
-    def __init__(self) -> None:
-        self.open: dict[asyncio.BaseTransport, asyncio.BaseProtocol] = {}
-        self.idle: asyncio.Event | None = None
-
-    def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], Any]:
-        def tracked() -> asyncio.BaseProtocol:
-            protocol = factory()
-            made, lost = protocol.connection_made, protocol.connection_lost
-            transports: list[asyncio.BaseTransport] = []
-
-            def connection_made(transport: asyncio.BaseTransport) -> None:
-                transports.append(transport)
-                self.open[transport] = protocol
-                made(transport)
-
-            def connection_lost(exc: Exception | None) -> None:
-                try:
-                    lost(exc)
-                finally:
-                    for transport in transports:
-                        self.open.pop(transport, None)
-                    if not self.open and self.idle is not None:
-                        self.idle.set()
-
-            # Instance attributes shadow the class's methods, so the protocol's
-            # own class (Protocol or BufferedProtocol) is left untouched.
-            protocol.connection_made = connection_made  # type: ignore[method-assign]
-            protocol.connection_lost = connection_lost  # type: ignore[method-assign]
-            return protocol
-
-        return tracked
-
-    async def close_all(self, timeout: float) -> bool:
-        """Close every connection; return True if some had to be aborted."""
-        if not self.open:
-            return False
-        self.idle = asyncio.Event()
-        for transport, protocol in list(self.open.items()):
-            hook = getattr(protocol, SHUTDOWN_HOOK, None)
-            if callable(hook):
-                hook()
-            else:
-                transport.close()
-        try:
-            await asyncio.wait_for(self.idle.wait(), timeout)
-        except TimeoutError:
-            for transport in list(self.open):
-                # Not an isinstance check: uvloop's transports do not
-                # inherit from asyncio's classes.
-                abort = getattr(transport, "abort", None)
-                if callable(abort):
-                    abort()
-            return True
-        return False
-
-
-async def _serve(
-    factory: Callable[[], asyncio.BaseProtocol],
-    host: str,
-    port: int,
-    label: str,
-    framework: str,
-    grace: float,
-    lifespan: Lifespan | None = None,
-) -> bool:
-    loop = asyncio.get_running_loop()
-    connections = _Connections()
-    if lifespan is not None:
-        await _lifespan_step(lifespan.startup)
-    try:
-        server = await loop.create_server(connections.wrap(factory), host, port)
-    except OSError as exc:
-        if lifespan is not None:
-            await _lifespan_step(lifespan.shutdown)
-        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    addresses = ", ".join(_format(s.getsockname()) for s in server.sockets)
-    print(
-        f"protoshim: serving {label} on {framework} at {addresses} (Ctrl-C to stop)",
-        flush=True,
-    )
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        print("protoshim: shutting down", flush=True)
-        server.close()
-        forced = await connections.close_all(grace)
-        await server.wait_closed()
-        if lifespan is not None:
-            await _lifespan_step(lifespan.shutdown)
-    return forced
-
-
-async def _lifespan_step(step: Callable[[], Awaitable[None]]) -> None:
-    from .protocols.http import LifespanFailed
-
-    try:
-        await step()
-    except LifespanFailed as exc:
-        raise AppError(str(exc)) from None
-
-
-def _format(address: Any) -> str:
-    if isinstance(address, tuple):
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(address)
-
-
-def _run_server(
-    args: argparse.Namespace,
-    factory: Callable[[], asyncio.BaseProtocol],
-    label: str,
-    lifespan: Lifespan | None = None,
-) -> None:
-    if args.grace < 0:
-        raise CliError(f"--grace must be >= 0, got {args.grace}")
-    adapter = get_adapter(args.framework)
-    with asyncio.Runner(loop_factory=adapter.new_event_loop) as runner:
-        forced = runner.run(
-            _serve(factory, args.host, args.port, label, args.framework, args.grace, lifespan)
-        )
-        if forced:
-            # Work that outlived the grace period may still hold executor
-            # threads, which no one can stop and the interpreter would wait
-            # for at exit: the connections are gone, so leave now.
-            print(
-                "protoshim: connections outlived the grace period and were aborted",
-                file=sys.stderr,
-                flush=True,
-            )
-            sys.stdout.flush()
-            os._exit(0)
 
 
 def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
@@ -248,43 +49,30 @@ def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
         raise CliError(f"--http: {exc}") from None
 
 
+def _serve_target(args: argparse.Namespace, target: Target) -> None:
+    if args.grace < 0:
+        raise CliError(f"--grace must be >= 0, got {args.grace}")
+    sockets = bind_tcp(args.host, args.port)
+    run_server(target, sockets, args.framework, args.grace)
+
+
 def _cmd_serve(args: argparse.Namespace) -> None:
     get_adapter(args.framework)  # an unknown name fails before any import
     given = [what for what in (args.factory, args.asgi, args.wsgi) if what]
     if len(given) > 1:
         raise CliError("give one of MODULE:FACTORY, --asgi MODULE:APP and --wsgi MODULE:APP")
+    if not given:
+        raise CliError("give a MODULE:FACTORY, --asgi MODULE:APP or --wsgi MODULE:APP")
     config = _http_config(args)
     if args.asgi:
-        try:
-            from .protocols.http import Lifespan, asgi_server
-        except ImportError as exc:
-            raise _missing(exc, "--asgi") from None
-
-        app = load_object(args.asgi)
-        if not callable(app):
-            raise CliError(f"{args.asgi} is not callable")
-        lifespan = Lifespan(app, args.lifespan)
-        serve_asgi = asgi_server(app, config, root_path=args.root_path, lifespan=lifespan)
-        _run_server(args, serve_asgi, args.asgi, lifespan)
-        return
-    if args.wsgi:
-        app = load_object(args.wsgi)
-        if not callable(app):
-            raise CliError(f"{args.wsgi} is not callable")
-        try:
-            from .protocols.http import wsgi_protocol_factory
-        except ImportError as exc:
-            raise _missing(exc, "--wsgi") from None
-        factory: Any = wsgi_protocol_factory(app, config)
-        label = args.wsgi
-    elif args.factory:
-        factory = load_object(args.factory)
-        label = args.factory
+        target = load_target(
+            "asgi", args.asgi, config, root_path=args.root_path, lifespan=args.lifespan
+        )
+    elif args.wsgi:
+        target = load_target("wsgi", args.wsgi, config)
     else:
-        raise CliError("give a MODULE:FACTORY, --asgi MODULE:APP or --wsgi MODULE:APP")
-    if not callable(factory):
-        raise CliError(f"{label} is not callable")
-    _run_server(args, factory, label)
+        target = load_target("factory", args.factory)
+    _serve_target(args, target)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -292,9 +80,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     try:
         from .examples.echo_test import protocol_factory
     except ImportError as exc:
-        raise _missing(exc, "the demo") from None
+        raise missing_package(exc, "the demo") from None
 
-    _run_server(args, protocol_factory(args.port), "the Echo Test demo")
+    _serve_target(args, Target(protocol_factory(args.port), "the Echo Test demo"))
 
 
 def _cmd_frameworks(args: argparse.Namespace) -> None:

@@ -1,0 +1,28 @@
+"""Serving a protocol factory or a web application as a long-running server.
+
+The pieces the ``protoshim serve`` command and the gunicorn worker share:
+
+- :mod:`._listen` opens the listening sockets, before any loop exists, so a
+  parent process can bind once and hand them to its workers;
+- :mod:`._target` turns ``MODULE:NAME`` into a protocol factory (a protocol
+  factory itself, an ASGI or a WSGI application);
+- :mod:`._server` runs one process's loop on those sockets until a signal,
+  then shuts its connections down gracefully.
+"""
+
+from ._errors import AppError, CliError
+from ._listen import bind_tcp
+from ._server import SHUTDOWN_GRACE, SHUTDOWN_HOOK, run_server
+from ._target import Target, load_object, load_target
+
+__all__ = [
+    "SHUTDOWN_GRACE",
+    "SHUTDOWN_HOOK",
+    "AppError",
+    "CliError",
+    "Target",
+    "bind_tcp",
+    "load_object",
+    "load_target",
+    "run_server",
+]

@@ -1,0 +1,166 @@
+"""One process serving on its listening sockets until a signal stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .._registry import get_adapter
+from ._errors import AppError, CliError
+from ._target import Target
+
+__all__ = ["SHUTDOWN_GRACE", "SHUTDOWN_HOOK", "run_server"]
+
+#: Seconds that open connections get to finish after Ctrl-C or SIGTERM.
+SHUTDOWN_GRACE = 5.0
+#: A protocol with this method is asked to finish its current work and then
+#: close; any other protocol's transport is closed (flushed) at once.
+SHUTDOWN_HOOK = "begin_shutdown"
+
+
+class _Connections:
+    """Track the transports of a server so shutdown can close each one."""
+
+    def __init__(self) -> None:
+        self.open: dict[asyncio.BaseTransport, asyncio.BaseProtocol] = {}
+        self.idle: asyncio.Event | None = None
+
+    def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], Any]:
+        def tracked() -> asyncio.BaseProtocol:
+            protocol = factory()
+            made, lost = protocol.connection_made, protocol.connection_lost
+            transports: list[asyncio.BaseTransport] = []
+
+            def connection_made(transport: asyncio.BaseTransport) -> None:
+                transports.append(transport)
+                self.open[transport] = protocol
+                made(transport)
+
+            def connection_lost(exc: Exception | None) -> None:
+                try:
+                    lost(exc)
+                finally:
+                    for transport in transports:
+                        self.open.pop(transport, None)
+                    if not self.open and self.idle is not None:
+                        self.idle.set()
+
+            # Instance attributes shadow the class's methods, so the protocol's
+            # own class (Protocol or BufferedProtocol) is left untouched.
+            protocol.connection_made = connection_made  # type: ignore[method-assign]
+            protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+            return protocol
+
+        return tracked
+
+    async def close_all(self, timeout: float) -> bool:
+        """Close every connection; return True if some had to be aborted."""
+        if not self.open:
+            return False
+        self.idle = asyncio.Event()
+        for transport, protocol in list(self.open.items()):
+            hook = getattr(protocol, SHUTDOWN_HOOK, None)
+            if callable(hook):
+                hook()
+            else:
+                transport.close()
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout)
+        except TimeoutError:
+            for transport in list(self.open):
+                # Not an isinstance check: uvloop's transports do not
+                # inherit from asyncio's classes.
+                abort = getattr(transport, "abort", None)
+                if callable(abort):
+                    abort()
+            return True
+        return False
+
+
+async def _serve(
+    target: Target, sockets: list[socket.socket], framework: str, grace: float
+) -> bool:
+    loop = asyncio.get_running_loop()
+    connections = _Connections()
+    lifespan = target.lifespan
+    if lifespan is not None:
+        await _lifespan_step(lifespan.startup)
+    servers: list[asyncio.AbstractServer] = []
+    try:
+        for sock in sockets:
+            servers.append(await loop.create_server(connections.wrap(target.factory), sock=sock))
+    except OSError as exc:
+        for server in servers:
+            server.close()
+        if lifespan is not None:
+            await _lifespan_step(lifespan.shutdown)
+        raise CliError(f"cannot serve: {exc.strerror or exc}") from None
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    addresses = ", ".join(_format(s.getsockname()) for s in sockets)
+    print(
+        f"protoshim: serving {target.label} on {framework} at {addresses} (Ctrl-C to stop)",
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        print("protoshim: shutting down", flush=True)
+        for server in servers:
+            server.close()
+        forced = await connections.close_all(grace)
+        for server in servers:
+            await server.wait_closed()
+        if lifespan is not None:
+            await _lifespan_step(lifespan.shutdown)
+    return forced
+
+
+async def _lifespan_step(step: Callable[[], Awaitable[None]]) -> None:
+    from ..protocols.http import LifespanFailed
+
+    try:
+        await step()
+    except LifespanFailed as exc:
+        raise AppError(str(exc)) from None
+
+
+def _format(address: Any) -> str:
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)
+
+
+def run_server(
+    target: Target,
+    sockets: list[socket.socket],
+    framework: str = "asyncio",
+    grace: float = SHUTDOWN_GRACE,
+) -> None:
+    """Serve ``target`` on ``sockets`` with a new loop of ``framework`` until
+    SIGINT or SIGTERM, then give open connections ``grace`` seconds to finish."""
+    if grace < 0:
+        raise CliError(f"--grace must be >= 0, got {grace}")
+    adapter = get_adapter(framework)
+    with asyncio.Runner(loop_factory=adapter.new_event_loop) as runner:
+        forced = runner.run(_serve(target, sockets, framework, grace))
+        if forced:
+            # Work that outlived the grace period may still hold executor
+            # threads, which no one can stop and the interpreter would wait
+            # for at exit: the connections are gone, so leave now.
+            print(
+                "protoshim: connections outlived the grace period and were aborted",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.stdout.flush()
+            os._exit(0)

@@ -1,0 +1,97 @@
+"""What a server serves: ``MODULE:NAME`` turned into a protocol factory."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._errors import CliError, missing_package
+
+if TYPE_CHECKING:
+    from ..protocols.http import HTTPConfig, Lifespan
+
+__all__ = ["Target", "load_object", "load_target"]
+
+Kind = Literal["factory", "asgi", "wsgi"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A protocol factory ready to serve, and how to describe it."""
+
+    factory: Callable[[], asyncio.BaseProtocol]
+    label: str
+    #: the ASGI lifespan to run around the server, if any
+    lifespan: Lifespan | None = None
+
+
+def load_object(spec: str) -> Any:
+    """Import ``MODULE:NAME`` (NAME may be dotted) and return the object.
+
+    The current directory is searched first, as ``python -m`` and uvicorn do,
+    so ``protoshim serve --asgi main:app`` finds ``./main.py``.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CliError(f"expected MODULE:NAME, got {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise CliError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:  # the module's own code failed: say where, in one line
+        raise CliError(f"cannot import {module_name!r}: {_where(exc)}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def _where(exc: BaseException) -> str:
+    """Describe an exception with the file and line it was raised at."""
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    # The innermost frame outside importlib's machinery is the app's line.
+    mine = [f for f in frames if "importlib" not in f.filename]
+    place = f" ({mine[-1].filename}, line {mine[-1].lineno})" if mine else ""
+    return f"{type(exc).__name__}: {exc}{place}"
+
+
+def load_target(
+    kind: Kind,
+    spec: str,
+    config: HTTPConfig | None = None,
+    *,
+    root_path: str = "",
+    lifespan: Literal["auto", "on", "off"] = "auto",
+) -> Target:
+    """Import ``spec`` and wrap it as ``kind`` says, checking it can be called."""
+    if kind == "asgi":
+        try:
+            from ..protocols.http import Lifespan, asgi_server
+        except ImportError as exc:
+            raise missing_package(exc, "--asgi") from None
+    elif kind == "wsgi":
+        try:
+            from ..protocols.http import wsgi_protocol_factory
+        except ImportError as exc:
+            raise missing_package(exc, "--wsgi") from None
+    obj = load_object(spec)
+    if not callable(obj):
+        raise CliError(f"{spec} is not callable")
+    if kind == "asgi":
+        steps = Lifespan(obj, lifespan)
+        return Target(asgi_server(obj, config, root_path=root_path, lifespan=steps), spec, steps)
+    if kind == "wsgi":
+        return Target(wsgi_protocol_factory(obj, config), spec)
+    return Target(obj, spec)
