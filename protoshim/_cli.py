@@ -8,11 +8,12 @@ ASGI application whose lifespan startup fails ends in one line and status 3.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._registry import UnknownFramework, frameworks, get_adapter
 from .serving import SHUTDOWN_GRACE, AppError, CliError, Target, bind_tcp, load_target, run_server
@@ -49,11 +50,22 @@ def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
         raise CliError(f"--http: {exc}") from None
 
 
-def _serve_target(args: argparse.Namespace, target: Target) -> None:
+def _serve_target(args: argparse.Namespace, load: Callable[[], Target]) -> None:
     if args.grace < 0:
         raise CliError(f"--grace must be >= 0, got {args.grace}")
+    if not args.reload:
+        target = load()  # a broken app is reported before the port is taken
+        run_server(target, bind_tcp(args.host, args.port), args.framework, args.grace)
+        return
+    from .serving._reload import run_reloading
+
     sockets = bind_tcp(args.host, args.port)
-    run_server(target, sockets, args.framework, args.grace)
+
+    def serve_once() -> int:
+        return _report(lambda: run_server(load(), sockets, args.framework, args.grace))
+
+    directories = args.reload_dir or [Path(args.app_dir or os.getcwd())]
+    run_reloading(serve_once, directories, args.grace)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -65,14 +77,20 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         raise CliError("give a MODULE:FACTORY, --asgi MODULE:APP or --wsgi MODULE:APP")
     config = _http_config(args)
     if args.asgi:
-        target = load_target(
-            "asgi", args.asgi, config, root_path=args.root_path, lifespan=args.lifespan
+        load = functools.partial(
+            load_target,
+            "asgi",
+            args.asgi,
+            config,
+            root_path=args.root_path,
+            lifespan=args.lifespan,
+            app_dir=args.app_dir,
         )
     elif args.wsgi:
-        target = load_target("wsgi", args.wsgi, config)
+        load = functools.partial(load_target, "wsgi", args.wsgi, config, app_dir=args.app_dir)
     else:
-        target = load_target("factory", args.factory)
-    _serve_target(args, target)
+        load = functools.partial(load_target, "factory", args.factory, app_dir=args.app_dir)
+    _serve_target(args, load)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -82,7 +100,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     except ImportError as exc:
         raise missing_package(exc, "the demo") from None
 
-    _serve_target(args, Target(protocol_factory(args.port), "the Echo Test demo"))
+    _serve_target(args, lambda: Target(protocol_factory(args.port), "the Echo Test demo"))
 
 
 def _cmd_frameworks(args: argparse.Namespace) -> None:
@@ -157,6 +175,25 @@ def _parser() -> argparse.ArgumentParser:
             metavar="SECONDS",
             help="time open connections get to finish on Ctrl-C or SIGTERM (default: %(default)s)",
         )
+        comforts = sub.add_argument_group("development")
+        comforts.add_argument(
+            "--reload",
+            action="store_true",
+            help="restart the server when a Python file changes (needs watchfiles)",
+        )
+        comforts.add_argument(
+            "--reload-dir",
+            action="append",
+            type=Path,
+            metavar="DIR",
+            help="folder to watch with --reload; may be repeated (default: the app folder)",
+        )
+        comforts.add_argument(
+            "--app-dir",
+            default="",
+            metavar="DIR",
+            help="folder searched first for MODULE (default: the current folder)",
+        )
 
     # Only listed here: main() hands everything after "matrix" to its own parser.
     commands.add_parser(
@@ -171,7 +208,54 @@ def _parser() -> argparse.ArgumentParser:
     pyuv.add_argument("--cache-dir", type=Path, default=None, help="where built wheels are kept")
     pyuv.add_argument("--quiet", action="store_true", help="print only the result")
     pyuv.set_defaults(handler=_cmd_install_pyuv)
+    _defaults_from_environment((serve, demo), os.environ)
     return parser
+
+
+#: Prefix of the environment variables that give an option's default:
+#: ``PROTOSHIM_PORT=9000`` is ``--port 9000``, ``PROTOSHIM_RELOAD=1`` is ``--reload``.
+ENV_PREFIX = "PROTOSHIM_"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def _defaults_from_environment(
+    parsers: Iterable[argparse.ArgumentParser], environ: Mapping[str, str]
+) -> None:
+    """Take each option's default from ``PROTOSHIM_<OPTION>`` when it is set;
+    the command line still wins."""
+    for parser in parsers:
+        for action in parser._actions:
+            if not action.option_strings or action.dest in ("help", "version"):
+                continue
+            name = ENV_PREFIX + action.dest.upper()
+            if name not in environ:
+                continue
+            parser.set_defaults(**{action.dest: _env_value(action, name, environ[name])})
+
+
+def _env_value(action: argparse.Action, name: str, text: str) -> Any:
+    if action.nargs == 0:  # a flag such as --reload
+        if text.lower() not in _TRUE | _FALSE:
+            raise _EnvError(f"{name}: expected 1 or 0, true or false, got {text!r}")
+        on = text.lower() in _TRUE
+        return on if action.const is True else not on
+    words = text.split() if isinstance(action, argparse._AppendAction) else [text]
+    values: list[Any] = []
+    for word in words:
+        try:
+            value = action.type(word) if callable(action.type) else word
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise _EnvError(f"{name}: {exc}") from None
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise _EnvError(f"{name}: {text!r} is not one of {choices}")
+        values.append(value)
+    return values if isinstance(action, argparse._AppendAction) else values[0]
+
+
+class _EnvError(CliError):
+    """A ``PROTOSHIM_*`` variable that the option it sets would refuse."""
 
 
 def _matrix(argv: list[str]) -> int:
@@ -184,14 +268,10 @@ def _matrix(argv: list[str]) -> int:
         return 130
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    given = list(sys.argv[1:] if argv is None else argv)
-    if given[:1] == ["matrix"]:
-        return _matrix(given[1:])
-    args = _parser().parse_args(given)
+def _report(run: Callable[[], None]) -> int:
+    """Run ``run``; turn the failures a user can cause into one line and a status."""
     try:
-        args.handler(args)
+        run()
     except (CliError, UnknownFramework) as exc:
         print(f"protoshim: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
@@ -206,6 +286,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["matrix"]:
+        return _matrix(given[1:])
+    try:
+        parser = _parser()
+    except _EnvError as exc:
+        print(f"protoshim: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    args = parser.parse_args(given)
+    return _report(lambda: args.handler(args))
 
 
 if __name__ == "__main__":

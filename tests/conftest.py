@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -19,3 +20,16 @@ def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
     finally:
         new_loop.run_until_complete(new_loop.shutdown_default_executor())
         new_loop.close()
+
+
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def free_ports() -> Callable[[], int]:
+    """Return a function giving a TCP port on 127.0.0.1 that nothing listens on now."""
+    return _unused_port

@@ -31,17 +31,21 @@ class Target:
     lifespan: Lifespan | None = None
 
 
-def load_object(spec: str) -> Any:
+def load_object(spec: str, app_dir: str = "") -> Any:
     """Import ``MODULE:NAME`` (NAME may be dotted) and return the object.
 
-    The current directory is searched first, as ``python -m`` and uvicorn do,
-    so ``protoshim serve --asgi main:app`` finds ``./main.py``.
+    ``app_dir`` (the current directory if empty) is searched first, as
+    ``python -m`` and uvicorn do, so ``protoshim serve --asgi main:app`` finds
+    ``./main.py``.
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise CliError(f"expected MODULE:NAME, got {spec!r}")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    folder = os.path.abspath(app_dir or os.getcwd())
+    if not os.path.isdir(folder):
+        raise CliError(f"--app-dir: {app_dir} is not a directory")
+    if folder not in sys.path and not (folder == os.getcwd() and "" in sys.path):
+        sys.path.insert(0, folder)
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -74,6 +78,7 @@ def load_target(
     *,
     root_path: str = "",
     lifespan: Literal["auto", "on", "off"] = "auto",
+    app_dir: str = "",
 ) -> Target:
     """Import ``spec`` and wrap it as ``kind`` says, checking it can be called."""
     if kind == "asgi":
@@ -86,7 +91,7 @@ def load_target(
             from ..protocols.http import wsgi_protocol_factory
         except ImportError as exc:
             raise missing_package(exc, "--wsgi") from None
-    obj = load_object(spec)
+    obj = load_object(spec, app_dir)
     if not callable(obj):
         raise CliError(f"{spec} is not callable")
     if kind == "asgi":
