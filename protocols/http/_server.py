@@ -392,6 +392,15 @@ def _address(info: Any) -> tuple[str, int] | None:
     return None
 
 
+class _State(enum.Enum):
+    """Where a connection is in its life; ``lost`` and the peer's EOF are separate facts."""
+
+    OPEN = "open"  # requests are parsed as they arrive
+    DRAINING = "draining"  # no new request is parsed; those received are answered
+    UPGRADED = "upgraded"  # the transport belongs to another protocol now
+    CLOSING = "closing"  # close or half-close has begun
+
+
 class _Timeout(enum.Enum):
     """What a connection's timer is waiting for."""
 
@@ -440,8 +449,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         self._exchanges: collections.deque[HTTPExchange] = collections.deque()
         self._reading: HTTPExchange | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stopped = False  # no more requests are parsed
-        self._closing = False
+        self._state = _State.OPEN
         self._eof = False
         self.lost = False
         self._reading_paused = False
@@ -450,7 +458,6 @@ class HTTPServerProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_kind: _Timeout | None = None
         self._deadline = 0.0
-        self._upgraded: asyncio.BaseProtocol | None = None
         self._closed: asyncio.Future[None] | None = None
         self._disconnected: asyncio.Future[None] | None = None
         self._requests = 0
@@ -516,12 +523,12 @@ class HTTPServerProtocol(asyncio.Protocol):
         ``protoshim serve`` calls this on Ctrl-C or SIGTERM, so in-flight
         requests finish within the grace period instead of being cut off.
         """
-        if self.transport is None or self.lost or self._closing:
+        if self.transport is None or self.lost or self._state is _State.CLOSING:
             return
-        if self._upgraded is not None:
+        if self._state is _State.UPGRADED:
             self.transport.close()
             return
-        self._stopped = True
+        self._stop()
         if self._exchanges:
             self._exchanges[-1]._close_after = True
         else:
@@ -545,22 +552,16 @@ class HTTPServerProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse as many requests as the limits allow."""
-        if self._upgraded is not None:
-            self._upgraded.data_received(data)  # type: ignore[attr-defined]
-            return
-        if self._stopped:
+        if self._state is not _State.OPEN:
             return  # closing: discard what the peer still sends
         self._buffer += data
         self._run()
 
     def eof_received(self) -> bool | None:
         """Finish answering what was received, then close."""
-        if self._upgraded is not None:
-            result: bool | None = self._upgraded.eof_received()  # type: ignore[attr-defined]
-            return result
         self._eof = True
         self._peer_gone()
-        if not self._stopped:
+        if self._state is _State.OPEN:
             self._run()  # parse what is left; an unfinished body or head fails
         return bool(self._exchanges)  # if answers are owed, keep writing them
 
@@ -569,8 +570,6 @@ class HTTPServerProtocol(asyncio.Protocol):
         self.lost = True
         self._cancel_timer()
         self._peer_gone()
-        if self._upgraded is not None:
-            self._upgraded.connection_lost(exc)
         self._gate.fail("connection lost")
         for exchange in self._exchanges:
             exchange._wake()
@@ -580,14 +579,10 @@ class HTTPServerProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         """Make writers wait."""
         self._gate.pause()
-        if self._upgraded is not None:
-            self._upgraded.pause_writing()
 
     def resume_writing(self) -> None:
         """Let writers go on."""
         self._gate.resume()
-        if self._upgraded is not None:
-            self._upgraded.resume_writing()
 
     # -- writing -----------------------------------------------------------
 
@@ -630,15 +625,15 @@ class HTTPServerProtocol(asyncio.Protocol):
         except Exception:
             # A bug here must not become a traceback in the loop: drop the peer.
             log.exception("HTTP protocol failure; aborting the connection")
-            self._stopped = True
+            self._stop()
             if self.transport is not None:
                 self.transport.abort()
             return
-        self._set_reading(wants_more or self._stopped)
+        self._set_reading(wants_more or self._state is not _State.OPEN)
         self._update_timer()
 
     def _set_reading(self, on: bool) -> None:
-        if self.transport is None or self.lost or self._closing:
+        if self.transport is None or self.lost or self._state is _State.CLOSING:
             return
         if on and self._reading_paused:
             self._reading_paused = False
@@ -649,7 +644,7 @@ class HTTPServerProtocol(asyncio.Protocol):
 
     def _process(self) -> bool:
         """Parse what the buffer holds; return False when a limit says stop reading."""
-        while not self._stopped:
+        while self._state is _State.OPEN:
             exchange = self._reading
             if exchange is not None:
                 if not self._feed_body(exchange):
@@ -687,7 +682,7 @@ class HTTPServerProtocol(asyncio.Protocol):
         return True
 
     def _body_failed(self, exchange: HTTPExchange, error: RequestBodyError) -> None:
-        self._stopped = True
+        self._stop()
         self._buffer.clear()
         self._reading = None
         exchange._close_after = True
@@ -704,7 +699,7 @@ class HTTPServerProtocol(asyncio.Protocol):
             del buf[:2]
         if not buf:
             if self._eof:
-                self._stopped = True
+                self._stop()
             return False
         if self._timer_kind is not _Timeout.HEADER:
             self._set_timer(_Timeout.HEADER, self.config.header_timeout)
@@ -780,7 +775,7 @@ class HTTPServerProtocol(asyncio.Protocol):
 
     def _reject(self, rejection: Rejection, method: bytes = b"GET") -> None:
         """Queue an error answer; nothing after it on this connection is parsed."""
-        self._stopped = True
+        self._stop()
         self._buffer.clear()
         exchange = HTTPExchange(self, _placeholder(method))
         exchange._rejection = rejection
@@ -840,7 +835,7 @@ class HTTPServerProtocol(asyncio.Protocol):
             exchange.abort()
 
     def _body_consumed(self, exchange: HTTPExchange) -> None:
-        if exchange is self._reading and not self._stopped:
+        if exchange is self._reading and self._state is _State.OPEN:
             self._run()
 
     def _response_done(self, exchange: HTTPExchange) -> None:
@@ -859,16 +854,16 @@ class HTTPServerProtocol(asyncio.Protocol):
         if self._exchanges:
             self._dispatch(self._exchanges[0])
         self._run()
-        if not self._exchanges and (self._eof or self._stopped):
+        if not self._exchanges and (self._eof or self._state is not _State.OPEN):
             self._shutdown()
 
     def _abandon(self, exchange: HTTPExchange, abort: bool) -> None:
         """Give up the connection because ``exchange``'s response cannot be completed."""
-        self._stopped = True
+        self._stop()
         self._exchanges.clear()
         self._cancel_timer()
-        if self.transport is not None and not self.lost and not self._closing:
-            self._closing = True
+        if self.transport is not None and not self.lost and self._state is not _State.CLOSING:
+            self._state = _State.CLOSING
             if abort:
                 self.transport.abort()
             else:
@@ -877,22 +872,34 @@ class HTTPServerProtocol(asyncio.Protocol):
     def _switch(
         self, exchange: HTTPExchange, response: bytes, protocol: asyncio.BaseProtocol
     ) -> None:
-        assert self.transport is not None
+        transport = self.transport
+        assert transport is not None
         self._write([response])
         self._cancel_timer()
-        self._stopped = True
+        self._state = _State.UPGRADED
         self._exchanges.clear()
         leftover = bytes(self._buffer)
         self._buffer.clear()
-        self._upgraded = protocol
-        protocol.connection_made(self.transport)
+        # The transport talks to ``protocol`` directly from now on; only the
+        # end of the connection is still ours to hear (wait_closed, shutdown).
+        lost = protocol.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            try:
+                lost(exc)
+            finally:
+                self.connection_lost(exc)
+
+        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
         if self.writing_paused:
             protocol.pause_writing()
         self._set_reading(True)
         if leftover:
             protocol.data_received(leftover)  # type: ignore[attr-defined]
         if self._eof and not protocol.eof_received():  # type: ignore[attr-defined]
-            self.transport.close()
+            transport.close()
 
     def _shutdown(self) -> None:
         """Close after the last response, reading and discarding until the peer closes.
@@ -901,10 +908,9 @@ class HTTPServerProtocol(asyncio.Protocol):
         destroy the response before the peer reads it; half-closing and
         lingering lets the peer see it.
         """
-        if self._closing or self.transport is None:
+        if self._state is _State.CLOSING or self.transport is None:
             return
-        self._stopped = True
-        self._closing = True
+        self._state = _State.CLOSING
         self._buffer.clear()
         self._exchanges.clear()
         self._cancel_timer()
@@ -922,9 +928,9 @@ class HTTPServerProtocol(asyncio.Protocol):
     # -- timers --------------------------------------------------------------
 
     def _update_timer(self) -> None:
-        if self._closing or self.lost:
+        if self._state is _State.CLOSING or self.lost:
             return
-        if self._exchanges or self._upgraded is not None or self._stopped:
+        if self._exchanges or self._state is not _State.OPEN:
             if self._timer_kind in (_Timeout.HEADER, _Timeout.IDLE):
                 self._timer_kind = None  # the armed handle, when it fires, finds nothing to do
         elif not self._buffer and self._timer_kind is not _Timeout.IDLE and self._requests:
@@ -961,8 +967,13 @@ class HTTPServerProtocol(asyncio.Protocol):
             return
         self._timer_kind = None
         log.debug("closing connection: %s timeout", kind.value)
-        self._stopped = True
+        self._state = _State.CLOSING
         self.transport.close()
+
+    def _stop(self) -> None:
+        """Parse no more requests; answer those already received."""
+        if self._state is _State.OPEN:
+            self._state = _State.DRAINING
 
     def _check_closed(self) -> None:
         if self._closed is not None and self.lost and not self._tasks and not self._closed.done():
