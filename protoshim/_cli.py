@@ -9,14 +9,31 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._registry import UnknownFramework, frameworks, get_adapter
-from .serving import SHUTDOWN_GRACE, AppError, CliError, Target, bind_tcp, load_target, run_server
+from .serving import (
+    DEFAULT_BACKLOG,
+    HTTP_ALPN,
+    SHUTDOWN_GRACE,
+    AppError,
+    Bind,
+    CliError,
+    Target,
+    TLSConfig,
+    activated_binds,
+    load_target,
+    open_listeners,
+    parse_bind,
+    parse_cert_reqs,
+    run_server,
+)
 from .serving._errors import missing_package
+from .serving._listen import parse_fd
 
 if TYPE_CHECKING:
     from .protocols.http import HTTPConfig
@@ -49,11 +66,33 @@ def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
         raise CliError(f"--http: {exc}") from None
 
 
-def _serve_target(args: argparse.Namespace, target: Target) -> None:
+def _binds(args: argparse.Namespace) -> list[Bind]:
+    """Every listener the options name: --host/--port is one of them when
+    either is given, or when no other listener is."""
+    binds = [parse_bind(text) for text in args.bind]
+    if args.uds is not None:
+        binds.append(Bind("unix", path=args.uds))
+    if args.fd is not None:
+        binds.append(Bind("fd", fd=parse_fd(args.fd, "--fd")))
+    binds.extend(activated_binds())
+    if args.host is not None or args.port is not None or not binds:
+        host = "127.0.0.1" if args.host is None else args.host
+        port = args.default_port if args.port is None else args.port
+        binds.insert(0, Bind("tcp", host=host, port=port))
+    return binds
+
+
+def _serve_target(args: argparse.Namespace, target: Target, alpn: Sequence[str] = ()) -> None:
     if args.grace < 0:
         raise CliError(f"--grace must be >= 0, got {args.grace}")
-    sockets = bind_tcp(args.host, args.port)
-    run_server(target, sockets, args.framework, args.grace)
+    if not args.backlog.isdigit() or int(args.backlog) < 1:
+        raise CliError(f"--backlog must be a whole number >= 1, got {args.backlog!r}")
+    backlog = int(args.backlog)
+    cert_reqs = ssl.CERT_NONE if args.cert_reqs is None else parse_cert_reqs(args.cert_reqs)
+    tls = TLSConfig(args.certfile, args.keyfile, args.keyfile_password, args.ca_certs, cert_reqs)
+    context = tls.context(alpn)
+    with open_listeners(_binds(args), backlog) as listeners:
+        run_server(target, listeners.sockets, args.framework, args.grace, context, backlog)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -72,7 +111,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         target = load_target("wsgi", args.wsgi, config)
     else:
         target = load_target("factory", args.factory)
-    _serve_target(args, target)
+    _serve_target(args, target, HTTP_ALPN if args.asgi or args.wsgi else ())
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -82,7 +121,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     except ImportError as exc:
         raise missing_package(exc, "the demo") from None
 
-    _serve_target(args, Target(protocol_factory(args.port), "the Echo Test demo"))
+    port = args.default_port if args.port is None else args.port
+    _serve_target(args, Target(protocol_factory(port), "the Echo Test demo"), HTTP_ALPN)
 
 
 def _cmd_frameworks(args: argparse.Namespace) -> None:
@@ -111,6 +151,42 @@ def _version() -> str:
         mine = "unknown"
     installed = ", ".join(f"{name} {version}" for name, version in frameworks().items())
     return f"protoshim {mine} (Python {platform.python_version()}; {installed})"
+
+
+def _add_listener_arguments(sub: argparse.ArgumentParser, default_port: int) -> None:
+    """Where to listen and with which TLS: docs/listeners.md describes each option."""
+    group = sub.add_argument_group(
+        "listeners", "every listener named is served; 127.0.0.1:PORT if none is"
+    )
+    group.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    group.add_argument(
+        "--port", type=_port, help=f"TCP port to listen on (default: {default_port})"
+    )
+    group.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="HOST:PORT, [V6]:PORT, unix:PATH or fd://N; may be repeated",
+    )
+    group.add_argument("--uds", metavar="PATH", help="listen on a Unix socket at PATH")
+    group.add_argument("--fd", metavar="N", help="serve on the inherited listening socket N")
+    group.add_argument(
+        "--backlog",
+        default=str(DEFAULT_BACKLOG),
+        metavar="N",
+        help="connections the kernel queues before accepting (default: %(default)s)",
+    )
+    group.add_argument("--certfile", metavar="PATH", help="TLS certificate chain (PEM)")
+    group.add_argument("--keyfile", metavar="PATH", help="its private key (PEM)")
+    group.add_argument("--keyfile-password", metavar="TEXT", help="password of the private key")
+    group.add_argument("--ca-certs", metavar="PATH", help="CA certificates to check clients with")
+    group.add_argument(
+        "--cert-reqs",
+        metavar="MODE",
+        help="client certificates: 0/none (default), 1/optional or 2/required",
+    )
+    sub.set_defaults(default_port=default_port)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,8 +224,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for sub, default_port in ((serve, 8888), (demo, 8081)):
         sub.add_argument("--framework", default="asyncio", help="adapter name (default: asyncio)")
-        sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
-        sub.add_argument("--port", type=_port, default=default_port, help="TCP port to listen on")
+        _add_listener_arguments(sub, default_port)
         sub.add_argument(
             "--grace",
             type=float,
