@@ -10,14 +10,31 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import ssl
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._registry import UnknownFramework, frameworks, get_adapter
-from .serving import SHUTDOWN_GRACE, AppError, CliError, Target, bind_tcp, load_target, run_server
+from .serving import (
+    DEFAULT_BACKLOG,
+    HTTP_ALPN,
+    SHUTDOWN_GRACE,
+    AppError,
+    Bind,
+    CliError,
+    Target,
+    TLSConfig,
+    activated_binds,
+    load_target,
+    open_listeners,
+    parse_bind,
+    parse_cert_reqs,
+    run_server,
+)
 from .serving._errors import missing_package
+from .serving._listen import parse_fd
 
 if TYPE_CHECKING:
     from .protocols.http import HTTPConfig
@@ -50,22 +67,52 @@ def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
         raise CliError(f"--http: {exc}") from None
 
 
-def _serve_target(args: argparse.Namespace, load: Callable[[], Target]) -> None:
+def _binds(args: argparse.Namespace) -> list[Bind]:
+    """Every listener the options name: --host/--port is one of them when
+    either is given, or when no other listener is."""
+    binds = [parse_bind(text) for text in args.bind]
+    if args.uds is not None:
+        binds.append(Bind("unix", path=args.uds))
+    if args.fd is not None:
+        binds.append(Bind("fd", fd=parse_fd(args.fd, "--fd")))
+    binds.extend(activated_binds())
+    if args.host is not None or args.port is not None or not binds:
+        host = "127.0.0.1" if args.host is None else args.host
+        port = args.default_port if args.port is None else args.port
+        binds.insert(0, Bind("tcp", host=host, port=port))
+    return binds
+
+
+def _serve_target(
+    args: argparse.Namespace, load: Callable[[], Target], alpn: Sequence[str] = ()
+) -> None:
     if args.grace < 0:
         raise CliError(f"--grace must be >= 0, got {args.grace}")
+    if not args.backlog.isdigit() or int(args.backlog) < 1:
+        raise CliError(f"--backlog must be a whole number >= 1, got {args.backlog!r}")
+    backlog = int(args.backlog)
+    cert_reqs = ssl.CERT_NONE if args.cert_reqs is None else parse_cert_reqs(args.cert_reqs)
+    tls = TLSConfig(args.certfile, args.keyfile, args.keyfile_password, args.ca_certs, cert_reqs)
+    context = tls.context(alpn)
+    binds = _binds(args)
     if not args.reload:
         target = load()  # a broken app is reported before the port is taken
-        run_server(target, bind_tcp(args.host, args.port), args.framework, args.grace)
+        with open_listeners(binds, backlog) as listeners:
+            run_server(target, listeners.sockets, args.framework, args.grace, context, backlog)
         return
     from .serving._reload import run_reloading
 
-    sockets = bind_tcp(args.host, args.port)
+    with open_listeners(binds, backlog) as listeners:
 
-    def serve_once() -> int:
-        return _report(lambda: run_server(load(), sockets, args.framework, args.grace))
+        def serve_once() -> int:
+            return _report(
+                lambda: run_server(
+                    load(), listeners.sockets, args.framework, args.grace, context, backlog
+                )
+            )
 
-    directories = args.reload_dir or [Path(args.app_dir or os.getcwd())]
-    run_reloading(serve_once, directories, args.grace)
+        directories = args.reload_dir or [Path(args.app_dir or os.getcwd())]
+        run_reloading(serve_once, directories, args.grace)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -90,7 +137,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         load = functools.partial(load_target, "wsgi", args.wsgi, config, app_dir=args.app_dir)
     else:
         load = functools.partial(load_target, "factory", args.factory, app_dir=args.app_dir)
-    _serve_target(args, load)
+    _serve_target(args, load, HTTP_ALPN if args.asgi or args.wsgi else ())
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -100,7 +147,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     except ImportError as exc:
         raise missing_package(exc, "the demo") from None
 
-    _serve_target(args, lambda: Target(protocol_factory(args.port), "the Echo Test demo"))
+    port = args.default_port if args.port is None else args.port
+    _serve_target(args, lambda: Target(protocol_factory(port), "the Echo Test demo"), HTTP_ALPN)
 
 
 def _cmd_frameworks(args: argparse.Namespace) -> None:
@@ -129,6 +177,42 @@ def _version() -> str:
         mine = "unknown"
     installed = ", ".join(f"{name} {version}" for name, version in frameworks().items())
     return f"protoshim {mine} (Python {platform.python_version()}; {installed})"
+
+
+def _add_listener_arguments(sub: argparse.ArgumentParser, default_port: int) -> None:
+    """Where to listen and with which TLS: docs/listeners.md describes each option."""
+    group = sub.add_argument_group(
+        "listeners", "every listener named is served; 127.0.0.1:PORT if none is"
+    )
+    group.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    group.add_argument(
+        "--port", type=_port, help=f"TCP port to listen on (default: {default_port})"
+    )
+    group.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="HOST:PORT, [V6]:PORT, unix:PATH or fd://N; may be repeated",
+    )
+    group.add_argument("--uds", metavar="PATH", help="listen on a Unix socket at PATH")
+    group.add_argument("--fd", metavar="N", help="serve on the inherited listening socket N")
+    group.add_argument(
+        "--backlog",
+        default=str(DEFAULT_BACKLOG),
+        metavar="N",
+        help="connections the kernel queues before accepting (default: %(default)s)",
+    )
+    group.add_argument("--certfile", metavar="PATH", help="TLS certificate chain (PEM)")
+    group.add_argument("--keyfile", metavar="PATH", help="its private key (PEM)")
+    group.add_argument("--keyfile-password", metavar="TEXT", help="password of the private key")
+    group.add_argument("--ca-certs", metavar="PATH", help="CA certificates to check clients with")
+    group.add_argument(
+        "--cert-reqs",
+        metavar="MODE",
+        help="client certificates: 0/none (default), 1/optional or 2/required",
+    )
+    sub.set_defaults(default_port=default_port)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -166,8 +250,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for sub, default_port in ((serve, 8888), (demo, 8081)):
         sub.add_argument("--framework", default="asyncio", help="adapter name (default: asyncio)")
-        sub.add_argument("--host", default="127.0.0.1", help="address to listen on")
-        sub.add_argument("--port", type=_port, default=default_port, help="TCP port to listen on")
+        _add_listener_arguments(sub, default_port)
         sub.add_argument(
             "--grace",
             type=float,

@@ -4,6 +4,7 @@ The pieces the ``protoshim serve`` command and the gunicorn worker share:
 
 - :mod:`._listen` opens the listening sockets, before any loop exists, so a
   parent process can bind once and hand them to its workers;
+- :mod:`._tls` builds the server's ``ssl.SSLContext`` from its options;
 - :mod:`._target` turns ``MODULE:NAME`` into a protocol factory (a protocol
   factory itself, an ASGI or a WSGI application);
 - :mod:`._server` runs one process's loop on those sockets until a signal,
@@ -11,18 +12,36 @@ The pieces the ``protoshim serve`` command and the gunicorn worker share:
 """
 
 from ._errors import AppError, CliError
-from ._listen import bind_tcp
+from ._listen import (
+    DEFAULT_BACKLOG,
+    Bind,
+    Listeners,
+    activated_binds,
+    bind_tcp,
+    open_listeners,
+    parse_bind,
+)
 from ._server import SHUTDOWN_GRACE, SHUTDOWN_HOOK, run_server
 from ._target import Target, load_object, load_target
+from ._tls import HTTP_ALPN, TLSConfig, parse_cert_reqs
 
 __all__ = [
+    "DEFAULT_BACKLOG",
+    "HTTP_ALPN",
     "SHUTDOWN_GRACE",
     "SHUTDOWN_HOOK",
     "AppError",
+    "Bind",
     "CliError",
+    "Listeners",
+    "TLSConfig",
     "Target",
+    "activated_binds",
     "bind_tcp",
     "load_object",
     "load_target",
+    "open_listeners",
+    "parse_bind",
+    "parse_cert_reqs",
     "run_server",
 ]

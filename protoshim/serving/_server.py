@@ -6,12 +6,14 @@ import asyncio
 import os
 import signal
 import socket
+import ssl as _ssl
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._registry import get_adapter
 from ._errors import AppError, CliError
+from ._listen import DEFAULT_BACKLOG
 from ._target import Target
 
 __all__ = ["SHUTDOWN_GRACE", "SHUTDOWN_HOOK", "run_server"]
@@ -83,7 +85,12 @@ class _Connections:
 
 
 async def _serve(
-    target: Target, sockets: list[socket.socket], framework: str, grace: float
+    target: Target,
+    sockets: list[socket.socket],
+    framework: str,
+    grace: float,
+    ssl: _ssl.SSLContext | None = None,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> bool:
     loop = asyncio.get_running_loop()
     connections = _Connections()
@@ -93,7 +100,11 @@ async def _serve(
     servers: list[asyncio.AbstractServer] = []
     try:
         for sock in sockets:
-            servers.append(await loop.create_server(connections.wrap(target.factory), sock=sock))
+            # create_server listens again, with its own backlog unless given ours.
+            created = await loop.create_server(
+                connections.wrap(target.factory), sock=sock, ssl=ssl, backlog=backlog
+            )
+            servers.append(created)
     except OSError as exc:
         for server in servers:
             server.close()
@@ -145,14 +156,19 @@ def run_server(
     sockets: list[socket.socket],
     framework: str = "asyncio",
     grace: float = SHUTDOWN_GRACE,
+    ssl: _ssl.SSLContext | None = None,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> None:
     """Serve ``target`` on ``sockets`` with a new loop of ``framework`` until
-    SIGINT or SIGTERM, then give open connections ``grace`` seconds to finish."""
+    SIGINT or SIGTERM, then give open connections ``grace`` seconds to finish.
+
+    With ``ssl``, every connection is TLS; ``backlog`` is the listen queue
+    the sockets keep once serving starts."""
     if grace < 0:
         raise CliError(f"--grace must be >= 0, got {grace}")
     adapter = get_adapter(framework)
     with asyncio.Runner(loop_factory=adapter.new_event_loop) as runner:
-        forced = runner.run(_serve(target, sockets, framework, grace))
+        forced = runner.run(_serve(target, sockets, framework, grace, ssl, backlog))
         if forced:
             # Work that outlived the grace period may still hold executor
             # threads, which no one can stop and the interpreter would wait
