@@ -51,6 +51,9 @@ def accept_pauses(exc: OSError) -> bool:
 class _Watched(Generic[SinkT]):
     """Own a non-blocking socket, its sink, and its read watcher."""
 
+    # One per connection: no __dict__.
+    __slots__ = ("_driver", "_fd", "_reading", "_sink", "_sock")
+
     def __init__(self, driver: Driver, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._driver = driver
@@ -85,9 +88,12 @@ class _Watched(Generic[SinkT]):
 class FdStream(_Watched[StreamSink]):
     """Move a stream socket's bytes with non-blocking calls and fd watchers."""
 
+    __slots__ = ("_buffer",)
+
     def __init__(self, driver: Driver, sock: socket.socket) -> None:
         super().__init__(driver, sock)
-        self._buffer = bytearray()
+        # A bytearray only while a tail is unsent: idle connections share b"".
+        self._buffer: bytes | bytearray = b""
 
     def _read_ready(self) -> None:
         assert self._sink is not None
@@ -119,8 +125,10 @@ class FdStream(_Watched[StreamSink]):
                 return
             if sent == len(data):
                 return
-            data = data[sent:]
             self._driver.add_writer(self._fd, self._write_ready)
+            # The one copy of the unsent tail.
+            self._buffer = bytearray(memoryview(data)[sent:])
+            return
         self._buffer += data
 
     def _write_ready(self) -> None:
@@ -131,11 +139,12 @@ class FdStream(_Watched[StreamSink]):
             return
         except OSError as exc:
             self._driver.remove_writer(self._fd)
-            self._buffer.clear()
+            self._buffer = b""
             self._sink._on_error(exc)
             return
-        del self._buffer[:sent]
+        del self._buffer[:sent]  # type: ignore[union-attr]
         if not self._buffer:
+            self._buffer = b""  # give the drained buffer's memory back
             self._driver.remove_writer(self._fd)
         self._sink._on_written()
 
@@ -147,8 +156,7 @@ class FdStream(_Watched[StreamSink]):
 
     def close(self) -> None:
         self.stop_reading()
-        if self._buffer:
-            self._buffer.clear()
+        self._buffer = b""
         self._driver.remove_writer(self._fd)
         self._sock.close()
 
@@ -158,6 +166,8 @@ class FdStream(_Watched[StreamSink]):
 
 class FdDatagram(_Watched[DatagramSink]):
     """Move a datagram socket's packets with non-blocking calls and fd watchers."""
+
+    __slots__ = ("_queue", "_queued")
 
     def __init__(self, driver: Driver, sock: socket.socket) -> None:
         super().__init__(driver, sock)
