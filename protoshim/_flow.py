@@ -14,11 +14,13 @@ own queue is always counted.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["FlowControl"]
 
 DEFAULT_HIGH_WATER = 64 * 1024
+# A constant, not high // 4 per transport: that would be one int object each.
+DEFAULT_LOW_WATER = DEFAULT_HIGH_WATER // 4
 
 
 class FlowControl:
@@ -30,13 +32,23 @@ class FlowControl:
     after every decrease.
     """
 
+    # The state lives in the transport's slots (asyncio's _FlowControlMixin
+    # declares these names): a mixin without __slots__ would give every
+    # transport a __dict__.  Hidden from mypy, which reads an empty __slots__
+    # as "this class sets no attributes".
+    if not TYPE_CHECKING:
+        __slots__ = ()
+
     _loop: asyncio.AbstractEventLoop
     _protocol: Any
+    _protocol_paused: bool
+    _high_water: int
+    _low_water: int
 
     def __init__(self) -> None:
         self._protocol_paused = False
         self._high_water = DEFAULT_HIGH_WATER
-        self._low_water = DEFAULT_HIGH_WATER // 4
+        self._low_water = DEFAULT_LOW_WATER
 
     def get_write_buffer_size(self) -> int:
         raise NotImplementedError

@@ -16,6 +16,7 @@ Streams and datagram endpoints end the same way, so the rules live here once:
 from __future__ import annotations
 
 import logging
+import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._flow import FlowControl
@@ -23,7 +24,10 @@ from ._flow import FlowControl
 if TYPE_CHECKING:
     from ._loop import EventLoop
 
-__all__ = ["Lifecycle"]
+__all__ = ["LIFECYCLE_SLOTS", "Lifecycle"]
+
+#: The instance state Lifecycle keeps, for a transport class's ``__slots__``.
+LIFECYCLE_SLOTS = ("_closing", "_lost_scheduled", "_released", "_lost_writes")
 
 logger = logging.getLogger("protoshim")
 
@@ -32,6 +36,7 @@ WARN_AFTER_LOST_WRITES = 5
 
 
 class _Primitive(Protocol):
+    def socket(self) -> socket.socket | None: ...
     def stop_reading(self) -> None: ...
     def queued(self) -> int: ...
     def close(self) -> None: ...
@@ -45,8 +50,19 @@ class Lifecycle(FlowControl):
     :meth:`_drained` whenever the primitive's queue shrinks.
     """
 
+    # Empty, so that a transport can also inherit asyncio's slotted classes;
+    # the transport class declares the slots (see LIFECYCLE_SLOTS).  Hidden
+    # from mypy, as in FlowControl.
+    if not TYPE_CHECKING:
+        __slots__ = ()
+
     _primitive: _Primitive
     _core_loop: EventLoop
+    _protocol: Any
+    _closing: bool
+    _lost_scheduled: bool
+    _released: bool
+    _lost_writes: int
 
     def __init__(self) -> None:
         super().__init__()
@@ -144,6 +160,7 @@ class Lifecycle(FlowControl):
         if self._released:
             return
         self._released = True
+        self._core_loop._disown(self._primitive.socket(), self)  # type: ignore[arg-type]
         if abort:
             self._primitive.abort()
         else:

@@ -27,10 +27,11 @@ import asyncio
 import socket
 import sys
 from asyncio import constants, transports, trsock
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ._lifecycle import Lifecycle
+from ._lifecycle import LIFECYCLE_SLOTS, Lifecycle
 from ._primitives import Stream
 
 if TYPE_CHECKING:
@@ -75,6 +76,28 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
     replaces) because asyncio's sendfile fallback accepts no other transport.
     """
 
+    # No __dict__: an idle connection costs only these slots (issue: memory
+    # per connection at 10k+ connections).
+    __slots__ = (
+        *LIFECYCLE_SLOTS,
+        "__weakref__",  # the loop's transport table holds weak references
+        "_core_loop",
+        "_stream",
+        "_primitive",
+        "_server",
+        "_eof",
+        "_shut",
+        "_reading_paused",
+        "_protocol",
+        "_buffered",
+        "_refusing",
+        "_flush_waiter",
+        "_sock",
+        "_peername",
+        "_sockname",
+        "_transport_socket",
+    )
+
     # BaseEventLoop.start_tls() checks for this: the transport supports
     # set_protocol() and pause/resume_reading as SSLProtocol needs.
     _start_tls_compatible = True
@@ -93,7 +116,16 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
         Lifecycle.__init__(self)
         sock = stream.socket()
         _set_nodelay(sock)
-        asyncio.Transport.__init__(self, {**socket_extra(sock), **(extra or {})})
+        # Extra info the caller gave; the socket's own is kept apart (below).
+        asyncio.Transport.__init__(self, _NO_EXTRA if extra is None else dict(extra))
+        # The peer's address now, as asyncio does: after a reset the kernel
+        # no longer knows it.  The socket wrapper and our own address are made
+        # on first use (or before the socket closes), saving two objects and a
+        # dict on every idle connection.
+        self._sock = sock
+        self._peername: Any = None if sock is None else _address(sock.getpeername)
+        self._sockname: Any = _UNKNOWN
+        self._transport_socket: trsock.TransportSocket | None = None
         self._loop = self._core_loop = loop
         self._stream = self._primitive = stream
         self._server = server
@@ -124,6 +156,29 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
     def __repr__(self) -> str:
         state = "closed" if self._released else "closing" if self._closing else "open"
         return f"<{type(self).__name__} {state} stream={self._stream!r}>"
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        extra: Mapping[str, Any] = self._extra  # type: ignore[attr-defined]
+        if name in extra:
+            return extra[name]
+        sock = self._sock
+        if sock is None or name not in _SOCKET_INFO:
+            return default
+        if name == "peername":
+            return self._peername
+        if name == "sockname":
+            if self._sockname is _UNKNOWN:
+                self._sockname = _address(sock.getsockname)
+            return self._sockname
+        if self._transport_socket is None:
+            self._transport_socket = trsock.TransportSocket(sock)
+        return self._transport_socket
+
+    def _release(self, *, abort: bool) -> None:
+        # Our address is asked of the socket, so ask before it closes.
+        if not self._released and self._sockname is _UNKNOWN and self._sock is not None:
+            self._sockname = _address(self._sock.getsockname)
+        super()._release(abort=abort)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -282,6 +337,20 @@ else:
 
     def _detach(server: Any, transport: asyncio.BaseTransport) -> None:
         server._detach()
+
+
+#: ``extra`` when the caller gave none: shared, since it is never written to.
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+#: the extra info keys that come from the transport's socket
+_SOCKET_INFO = frozenset({"socket", "sockname", "peername"})
+_UNKNOWN: Any = object()  # not asked of the socket yet
+
+
+def _address(query: Callable[[], Any]) -> Any:
+    try:
+        return query()
+    except OSError:
+        return None
 
 
 def _feed_buffered(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
