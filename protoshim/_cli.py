@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._registry import UnknownFramework, frameworks, get_adapter
-from .serving import SHUTDOWN_GRACE, AppError, CliError, Target, bind_tcp, load_target, run_server
+from .serving import (
+    LEVELS,
+    SHUTDOWN_GRACE,
+    AppError,
+    CliError,
+    Target,
+    bind_tcp,
+    configure_logging,
+    load_target,
+    run_server,
+)
 from .serving._errors import missing_package
 
 if TYPE_CHECKING:
@@ -38,22 +48,57 @@ def _port(text: str) -> int:
     return port
 
 
+#: HTTPConfig fields set by options of the serve command's "HTTP" group
+_HTTP_OPTIONS = {
+    "http": "parser",
+    "proxy_headers": "proxy_headers",
+    "forwarded_allow_ips": "forwarded_allow_ips",
+    "timeout_keep_alive": "keepalive_timeout",
+    "limit_concurrency": "limit_concurrency",
+}
+
+
 def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
-    if not args.http:
+    given = {
+        field: getattr(args, option)
+        for option, field in _HTTP_OPTIONS.items()
+        if getattr(args, option) is not None
+    }
+    if not given:
         return None
+    if args.factory:
+        names = ", ".join("--" + option.replace("_", "-") for option in _HTTP_OPTIONS)
+        raise CliError(f"{names} and --limit-max-requests need --asgi or --wsgi")
     from .protocols.http import HTTPConfig
 
+    for option, field in _HTTP_OPTIONS.items():
+        if field in given:
+            try:
+                HTTPConfig(**{field: given[field]})
+            except ValueError as exc:
+                raise CliError(f"--{option.replace('_', '-')}: {exc}") from None
+    trusted = os.environ.get("FORWARDED_ALLOW_IPS")
+    if trusted is not None and args.proxy_headers and args.forwarded_allow_ips is None:
+        given["forwarded_allow_ips"] = trusted  # as uvicorn: the option wins over it
     try:
-        return HTTPConfig(parser=args.http)
-    except ValueError as exc:
-        raise CliError(f"--http: {exc}") from None
+        return HTTPConfig(**given)
+    except ValueError as exc:  # FORWARDED_ALLOW_IPS, the one value not from an option
+        raise CliError(f"FORWARDED_ALLOW_IPS: {exc}") from None
 
 
 def _serve_target(args: argparse.Namespace, target: Target) -> None:
     if args.grace < 0:
         raise CliError(f"--grace must be >= 0, got {args.grace}")
+    max_requests = getattr(args, "limit_max_requests", None)
+    if max_requests is not None and getattr(args, "factory", None):
+        raise CliError("--limit-max-requests needs --asgi or --wsgi")
+    configure_logging(
+        getattr(args, "log_level", None),
+        getattr(args, "log_config", None),
+        getattr(args, "access_log", None),
+    )
     sockets = bind_tcp(args.host, args.port)
-    run_server(target, sockets, args.framework, args.grace)
+    run_server(target, sockets, args.framework, args.grace, max_requests=max_requests)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -69,7 +114,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
             "asgi", args.asgi, config, root_path=args.root_path, lifespan=args.lifespan
         )
     elif args.wsgi:
-        target = load_target("wsgi", args.wsgi, config)
+        target = load_target("wsgi", args.wsgi, config, root_path=args.root_path)
     else:
         target = load_target("factory", args.factory)
     _serve_target(args, target)
@@ -113,6 +158,58 @@ def _version() -> str:
     return f"protoshim {mine} (Python {platform.python_version()}; {installed})"
 
 
+def _logging_options(command: argparse.ArgumentParser) -> None:
+    group = command.add_argument_group("logging")
+    group.add_argument(
+        "--log-level", choices=LEVELS, help="level of the protoshim loggers (default: info)"
+    )
+    group.add_argument(
+        "--log-config",
+        metavar="FILE",
+        help="logging configuration: dictConfig .json or .yaml, or fileConfig .ini",
+    )
+    group.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        help="log one line per request to protoshim.access (default: on)",
+    )
+
+
+def _http_options(command: argparse.ArgumentParser) -> None:
+    group = command.add_argument_group("HTTP")
+    group.add_argument(
+        "--proxy-headers",
+        action="store_true",
+        default=None,
+        help="take the client address and scheme from X-Forwarded-For/-Proto or "
+        "Forwarded, when the peer is trusted",
+    )
+    group.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="comma-separated IPs and networks trusted with proxy headers, * for all "
+        "(default: $FORWARDED_ALLOW_IPS or 127.0.0.1)",
+    )
+    group.add_argument(
+        "--timeout-keep-alive",
+        type=float,
+        metavar="SECONDS",
+        help="close a kept-alive connection idle this long (default: 5)",
+    )
+    group.add_argument(
+        "--limit-concurrency",
+        type=int,
+        metavar="N",
+        help="answer 503 beyond N connections or requests in progress",
+    )
+    group.add_argument(
+        "--limit-max-requests",
+        type=int,
+        metavar="N",
+        help="stop gracefully after N requests",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="protoshim",
@@ -134,13 +231,18 @@ def _parser() -> argparse.ArgumentParser:
         help="run the ASGI lifespan scope: auto skips it if the app does not support it",
     )
     serve.add_argument(
-        "--root-path", default="", metavar="PATH", help="where the ASGI app is mounted"
+        "--root-path",
+        default="",
+        metavar="PATH",
+        help="where the app is mounted (ASGI root_path, WSGI SCRIPT_NAME)",
     )
     serve.add_argument(
         "--http",
         choices=("h11", "httptools"),
         help="HTTP request parser (default: httptools if installed)",
     )
+    _logging_options(serve)
+    _http_options(serve)
     serve.set_defaults(handler=_cmd_serve)
 
     demo = commands.add_parser("demo", help="serve the Echo Test demo (Flask, WebSocket, assets)")

@@ -7,21 +7,27 @@ The pieces the ``protoshim serve`` command and the gunicorn worker share:
 - :mod:`._target` turns ``MODULE:NAME`` into a protocol factory (a protocol
   factory itself, an ASGI or a WSGI application);
 - :mod:`._server` runs one process's loop on those sockets until a signal,
-  then shuts its connections down gracefully.
+  then shuts its connections down gracefully;
+- :mod:`._logs` sends its log records (``protoshim.error``,
+  ``protoshim.access``) where the command line says.
 """
 
 from ._errors import AppError, CliError
 from ._listen import bind_tcp
-from ._server import SHUTDOWN_GRACE, SHUTDOWN_HOOK, run_server
+from ._logs import LEVELS, configure_logging
+from ._server import REQUEST_HOOK, SHUTDOWN_GRACE, SHUTDOWN_HOOK, run_server
 from ._target import Target, load_object, load_target
 
 __all__ = [
+    "LEVELS",
+    "REQUEST_HOOK",
     "SHUTDOWN_GRACE",
     "SHUTDOWN_HOOK",
     "AppError",
     "CliError",
     "Target",
     "bind_tcp",
+    "configure_logging",
     "load_object",
     "load_target",
     "run_server",
