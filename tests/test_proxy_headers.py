@@ -85,7 +85,7 @@ def test_x_forwarded_headers_win_over_forwarded_and_junk_is_ignored() -> None:
     assert resolve({"X-Forwarded-For": "not an address"})[0] is None
 
 
-APPS = '''
+APPS = """
 import json
 
 def wsgi(environ, start_response):
@@ -106,7 +106,7 @@ async def asgi(scope, receive, send):
     body = json.dumps([scope["client"], scope["scheme"]]).encode()
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 Start = Callable[..., CliServer]
 SPOOF = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}

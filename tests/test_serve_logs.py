@@ -23,7 +23,7 @@ import pytest
 
 from .conftest import CliServer
 
-APPS = '''
+APPS = """
 import asyncio
 from protoshim.protocols.http import http_server
 
@@ -53,11 +53,11 @@ async def echo(websocket):
         await websocket.send(message)
 
 handlers = http_server(static={"/files": "static"}, websockets={"/ws": echo})
-'''
+"""
 
 #: ``HOST - - [day/Mon/year:h:m:s zone] "REQUEST" STATUS SIZE "REFERER" "AGENT"``
 COMBINED = (
-    r'^(?P<host>\S+) - - \[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
+    r"^(?P<host>\S+) - - \[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "
     r'"(?P<request>[^"]*)" (?P<status>\d{3}) (?P<size>\d+|-) "(?P<referer>[^"]*)" '
     r'"(?P<agent>(?:[^"\\]|\\.)*)"$'
 )
@@ -174,7 +174,13 @@ def test_log_level_warning_hides_info_and_access_log_forces_it_on(
 ) -> None:
     port = free_port()
     server = cli_server(
-        "--wsgi", "apps:wsgi", "--log-level", "warning", "--access-log", "--port", str(port),
+        "--wsgi",
+        "apps:wsgi",
+        "--log-level",
+        "warning",
+        "--access-log",
+        "--port",
+        str(port),
         ready=False,
     )
     wait_until_serving(port)
@@ -201,10 +207,8 @@ LOG_FILES = {
     "version": 1,
     "formatters": {"tagged": {"format": "%(name)s %(levelname)s %(message)s"}},
     "handlers": {
-        "errors": {"class": "logging.FileHandler", "filename": "errors.log",
-                   "formatter": "tagged"},
-        "access": {"class": "logging.FileHandler", "filename": "access.log",
-                   "formatter": "tagged"},
+        "errors": {"class": "logging.FileHandler", "filename": "errors.log", "formatter": "tagged"},
+        "access": {"class": "logging.FileHandler", "filename": "access.log", "formatter": "tagged"},
     },
     "loggers": {
         "protoshim.error": {"handlers": ["errors"], "level": "INFO"},
