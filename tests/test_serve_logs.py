@@ -400,3 +400,15 @@ def test_root_path_is_the_wsgi_script_name(apps: Path, cli_server: Start) -> Non
     server = cli_server("--wsgi", "apps:wsgi", "--root-path", "/mounted/")
     assert get(server.port, "/page?q=2") == (200, b"/mounted|/page|q=2")
     server.stop()
+
+
+def test_a_request_refused_unparsed_is_logged_without_a_request_line(
+    apps: Path, cli_server: Start
+) -> None:
+    server = cli_server("--wsgi", "apps:wsgi")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /\x01bad HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400 ")
+    line = server.wait_line(r'"-" 400 \d+ "-" "-"$').string
+    assert re.match(COMBINED, line), line
+    server.stop()

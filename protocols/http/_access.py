@@ -47,14 +47,20 @@ def _quoted(value: bytes | None) -> str:
     return value.decode("latin-1").translate(_ESCAPES)
 
 
-def log_access(exchange: HTTPExchange, status: int, size: int) -> None:
-    """Log ``exchange`` answered with ``status`` and ``size`` body bytes."""
+def log_access(exchange: HTTPExchange, status: int, size: int, parsed: bool = True) -> None:
+    """Log ``exchange`` answered with ``status`` and ``size`` body bytes.
+
+    ``parsed`` is False for a request refused before it could be parsed:
+    its request line is logged as ``-``.
+    """
     client = exchange.client
-    request = "%s %s HTTP/%s" % (  # noqa: UP031 - the target stays as received
-        exchange.method,
-        exchange.target.decode("latin-1").translate(_ESCAPES),
-        exchange.http_version,
-    )
+    request = "-"
+    if parsed:
+        request = "%s %s HTTP/%s" % (  # noqa: UP031 - the target stays as received
+            exchange.method,
+            exchange.target.decode("latin-1").translate(_ESCAPES),
+            exchange.http_version,
+        )
     access_log.info(
         '%s - - [%s] "%s" %d %s "%s" "%s"',
         client[0] if client is not None else "-",

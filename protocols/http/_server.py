@@ -372,7 +372,7 @@ class HTTPExchange:
     def _log(self) -> None:
         if not self._logged and self._status and access_log.isEnabledFor(logging.INFO):
             self._logged = True
-            log_access(self, self._status, self._sent)
+            log_access(self, self._status, self._sent, self._rejection is None)
 
     # -- fed by the protocol -------------------------------------------------
 
