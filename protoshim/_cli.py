@@ -67,8 +67,8 @@ def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
     if not given:
         return None
     if args.factory:
-        names = ", ".join("--" + option.replace("_", "-") for option in _HTTP_OPTIONS)
-        raise CliError(f"{names} and --limit-max-requests need --asgi or --wsgi")
+        first = next(option for option, field in _HTTP_OPTIONS.items() if field in given)
+        raise CliError(f"--{first.replace('_', '-')} needs --asgi or --wsgi")
     from .protocols.http import HTTPConfig
 
     for option, field in _HTTP_OPTIONS.items():

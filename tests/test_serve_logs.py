@@ -339,9 +339,9 @@ def test_a_bad_forwarded_allow_ips_variable_is_one_line(apps: Path) -> None:
 
 def test_http_options_need_an_http_application(apps: Path) -> None:
     line = run_cli(apps, "protoshim.protocols.echo:EchoServer", "--limit-max-requests", "2")
-    assert "need --asgi or --wsgi" in line or "needs --asgi or --wsgi" in line
+    assert line.endswith("--limit-max-requests needs --asgi or --wsgi")
     line = run_cli(apps, "protoshim.protocols.echo:EchoServer", "--proxy-headers")
-    assert "need --asgi or --wsgi" in line
+    assert line.endswith("--proxy-headers needs --asgi or --wsgi")
 
 
 def test_limit_max_requests_stops_the_server_gracefully(apps: Path, cli_server: Start) -> None:
