@@ -865,12 +865,6 @@ class HTTPServerProtocol(asyncio.Protocol):
 
     async def _handle(self, exchange: HTTPExchange) -> None:
         try:
-            await self._answer(exchange)
-        finally:
-            exchange._log()
-
-    async def _answer(self, exchange: HTTPExchange) -> None:
-        try:
             if exchange._rejection is not None:
                 await exchange._send_error(*exchange._rejection)
                 return
@@ -878,9 +872,10 @@ class HTTPServerProtocol(asyncio.Protocol):
                 # As uvicorn: refuse rather than queue, and close to free the slot.
                 await exchange._send_error(503, "the server is at its concurrency limit")
                 return
-            if exchange._body_error is not None:
+            failed = exchange._body_error
+            if failed is not None:
                 # The body failed before the request reached the front of the queue.
-                await exchange._send_error(exchange._body_error.status, str(exchange._body_error))
+                await exchange._send_error(failed.status, str(failed))
                 return
             await self._handler(exchange)
             if not exchange._finished:
@@ -900,6 +895,8 @@ class HTTPServerProtocol(asyncio.Protocol):
         except Exception:
             log.exception("handler failed on %s", exchange.target)
             await self._fail(exchange, 500, "handler failed")
+        finally:
+            exchange._log()
 
     async def _fail(self, exchange: HTTPExchange, status: int, reason: str) -> None:
         if exchange._finished:
