@@ -168,6 +168,8 @@ def conformance(session: nox.Session, cell: Cell) -> None:
 @nox.session(python=[PYTHON, NEW_PYTHON])
 def tests(session: nox.Session) -> None:
     """Run the unit tests, with every framework installed."""
+    # tests/test_nginx.py puts a real nginx, terminating TLS, in front of the server.
+    _apt_install({"nginx": "nginx-light", "openssl": "openssl"})
     _install_project(session, "all")
     _install_pyuv(session)
     session.run("pytest", "tests", *session.posargs, success_codes=[0])

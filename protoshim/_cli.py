@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ from ._registry import UnknownFramework, frameworks, get_adapter
 from .serving import (
     DEFAULT_BACKLOG,
     HTTP_ALPN,
+    LEVELS,
     SHUTDOWN_GRACE,
     AppError,
     Bind,
@@ -27,6 +29,7 @@ from .serving import (
     Target,
     TLSConfig,
     activated_binds,
+    configure_logging,
     load_target,
     open_listeners,
     parse_bind,
@@ -56,15 +59,42 @@ def _port(text: str) -> int:
     return port
 
 
+#: HTTPConfig fields set by options of the serve command's "HTTP" group
+_HTTP_OPTIONS = {
+    "http": "parser",
+    "proxy_headers": "proxy_headers",
+    "forwarded_allow_ips": "forwarded_allow_ips",
+    "timeout_keep_alive": "keepalive_timeout",
+    "limit_concurrency": "limit_concurrency",
+}
+
+
 def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
-    if not args.http:
+    given = {
+        field: getattr(args, option)
+        for option, field in _HTTP_OPTIONS.items()
+        if getattr(args, option) is not None
+    }
+    if not given:
         return None
+    if args.factory:
+        first = next(option for option, field in _HTTP_OPTIONS.items() if field in given)
+        raise CliError(f"--{first.replace('_', '-')} needs --asgi or --wsgi")
     from .protocols.http import HTTPConfig
 
+    for option, field in _HTTP_OPTIONS.items():
+        if field in given:
+            try:
+                HTTPConfig(**{field: given[field]})
+            except ValueError as exc:
+                raise CliError(f"--{option.replace('_', '-')}: {exc}") from None
+    trusted = os.environ.get("FORWARDED_ALLOW_IPS")
+    if trusted is not None and args.proxy_headers and args.forwarded_allow_ips is None:
+        given["forwarded_allow_ips"] = trusted  # as uvicorn: the option wins over it
     try:
-        return HTTPConfig(parser=args.http)
-    except ValueError as exc:
-        raise CliError(f"--http: {exc}") from None
+        return HTTPConfig(**given)
+    except ValueError as exc:  # FORWARDED_ALLOW_IPS, the one value not from an option
+        raise CliError(f"FORWARDED_ALLOW_IPS: {exc}") from None
 
 
 def _binds(args: argparse.Namespace) -> list[Bind]:
@@ -88,6 +118,9 @@ def _serve_target(
 ) -> None:
     if args.grace < 0:
         raise CliError(f"--grace must be >= 0, got {args.grace}")
+    max_requests = getattr(args, "limit_max_requests", None)
+    if max_requests is not None and getattr(args, "factory", None):
+        raise CliError("--limit-max-requests needs --asgi or --wsgi")
     if not args.backlog.isdigit() or int(args.backlog) < 1:
         raise CliError(f"--backlog must be a whole number >= 1, got {args.backlog!r}")
     backlog = int(args.backlog)
@@ -95,24 +128,35 @@ def _serve_target(
     tls = TLSConfig(args.certfile, args.keyfile, args.keyfile_password, args.ca_certs, cert_reqs)
     context = tls.context(alpn)
     binds = _binds(args)
+    configure_logging(
+        getattr(args, "log_level", None),
+        getattr(args, "log_config", None),
+        getattr(args, "access_log", None),
+    )
+
+    def serve(target: Target, sockets: list[socket.socket]) -> None:
+        run_server(
+            target,
+            sockets,
+            args.framework,
+            args.grace,
+            context,
+            backlog,
+            max_requests=max_requests,
+        )
+
     if not args.reload:
         target = load()  # a broken app is reported before the port is taken
         with open_listeners(binds, backlog) as listeners:
-            run_server(target, listeners.sockets, args.framework, args.grace, context, backlog)
+            serve(target, listeners.sockets)
         return
     from .serving._reload import run_reloading
 
     with open_listeners(binds, backlog) as listeners:
-
-        def serve_once() -> int:
-            return _report(
-                lambda: run_server(
-                    load(), listeners.sockets, args.framework, args.grace, context, backlog
-                )
-            )
-
         directories = args.reload_dir or [Path(args.app_dir or os.getcwd())]
-        run_reloading(serve_once, directories, args.grace)
+        run_reloading(
+            lambda: _report(lambda: serve(load(), listeners.sockets)), directories, args.grace
+        )
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -134,7 +178,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
             app_dir=args.app_dir,
         )
     elif args.wsgi:
-        load = functools.partial(load_target, "wsgi", args.wsgi, config, app_dir=args.app_dir)
+        load = functools.partial(
+            load_target, "wsgi", args.wsgi, config, root_path=args.root_path, app_dir=args.app_dir
+        )
     else:
         load = functools.partial(load_target, "factory", args.factory, app_dir=args.app_dir)
     _serve_target(args, load, HTTP_ALPN if args.asgi or args.wsgi else ())
@@ -215,6 +261,58 @@ def _add_listener_arguments(sub: argparse.ArgumentParser, default_port: int) -> 
     sub.set_defaults(default_port=default_port)
 
 
+def _logging_options(command: argparse.ArgumentParser) -> None:
+    group = command.add_argument_group("logging")
+    group.add_argument(
+        "--log-level", choices=LEVELS, help="level of the protoshim loggers (default: info)"
+    )
+    group.add_argument(
+        "--log-config",
+        metavar="FILE",
+        help="logging configuration: dictConfig .json or .yaml, or fileConfig .ini",
+    )
+    group.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        help="log one line per request to protoshim.access (default: on)",
+    )
+
+
+def _http_options(command: argparse.ArgumentParser) -> None:
+    group = command.add_argument_group("HTTP")
+    group.add_argument(
+        "--proxy-headers",
+        action="store_true",
+        default=None,
+        help="take the client address and scheme from X-Forwarded-For/-Proto or "
+        "Forwarded, when the peer is trusted",
+    )
+    group.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="comma-separated IPs and networks trusted with proxy headers, * for all "
+        "(default: $FORWARDED_ALLOW_IPS or 127.0.0.1)",
+    )
+    group.add_argument(
+        "--timeout-keep-alive",
+        type=float,
+        metavar="SECONDS",
+        help="close a kept-alive connection idle this long (default: 5)",
+    )
+    group.add_argument(
+        "--limit-concurrency",
+        type=int,
+        metavar="N",
+        help="answer 503 beyond N connections or requests in progress",
+    )
+    group.add_argument(
+        "--limit-max-requests",
+        type=int,
+        metavar="N",
+        help="stop gracefully after N requests",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="protoshim",
@@ -236,13 +334,18 @@ def _parser() -> argparse.ArgumentParser:
         help="run the ASGI lifespan scope: auto skips it if the app does not support it",
     )
     serve.add_argument(
-        "--root-path", default="", metavar="PATH", help="where the ASGI app is mounted"
+        "--root-path",
+        default="",
+        metavar="PATH",
+        help="where the app is mounted (ASGI root_path, WSGI SCRIPT_NAME)",
     )
     serve.add_argument(
         "--http",
         choices=("h11", "httptools"),
         help="HTTP request parser (default: httptools if installed)",
     )
+    _logging_options(serve)
+    _http_options(serve)
     serve.set_defaults(handler=_cmd_serve)
 
     demo = commands.add_parser("demo", help="serve the Echo Test demo (Flask, WebSocket, assets)")

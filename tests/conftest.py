@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import queue
+import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +42,91 @@ def _unused_port() -> int:
 def free_ports() -> Callable[[], int]:
     """Return a function giving a TCP port on 127.0.0.1 that nothing listens on now."""
     return _unused_port
+class CliServer:
+    """A ``protoshim serve`` subprocess, its port and its stdout lines as they come."""
+
+    def __init__(self, proc: subprocess.Popen[str], stdout: queue.Queue[str | None]) -> None:
+        self.proc = proc
+        self._stdout = stdout
+        #: every stdout line read so far
+        self.lines: list[str] = []
+        self.port = 0
+
+    def wait_line(self, pattern: str, timeout: float = 20) -> re.Match[str]:
+        """Return the match of the first stdout line (read or to come) matching ``pattern``."""
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if match := regex.search(line):
+                return match
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._stdout.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+            if match := regex.search(line):
+                return match
+        gone = self.proc.poll() is not None and self.proc.stderr is not None
+        stderr = self.proc.stderr.read() if gone and self.proc.stderr else ""
+        raise AssertionError(f"no stdout line matched {pattern!r}: {self.lines}\n{stderr}")
+
+    def stop(self, timeout: float = 30) -> str:
+        """SIGTERM the server, wait for it to exit 0 and return its stderr."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=timeout) == 0
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+
+@pytest.fixture
+def cli_server(tmp_path: Path) -> Iterator[Callable[..., CliServer]]:
+    """Start ``protoshim serve ARGS`` in ``tmp_path`` on a free port; kill it after the test.
+
+    Unless ``ready=False``, wait for the startup line and read the port from it.
+    """
+    started: list[CliServer] = []
+    readers: list[threading.Thread] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, ready: bool = True) -> CliServer:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "protoshim", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, **(env or {})},
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line.rstrip("\n"))
+            lines.put(None)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        server = CliServer(proc, lines)
+        readers.append(reader)
+        started.append(server)
+        if ready:
+            server.port = int(server.wait_line(r"serving .* at \S*?:(\d+)").group(1))
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            if server.proc.poll() is None:
+                server.proc.kill()
+            server.proc.wait(timeout=30)
+        for reader in readers:
+            reader.join(timeout=10)  # at the end of stdout, now that the server is gone
+        for server in started:
+            for stream in (server.proc.stdout, server.proc.stderr):
+                if stream is not None:
+                    stream.close()

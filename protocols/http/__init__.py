@@ -15,7 +15,15 @@ from ._asgi import ASGIApp, ASGIHandler, Lifespan, LifespanFailed, asgi_server
 from ._blocking import LOOP_ATTRIBUTE, BlockingRunner, ThreadRunner, blocking_runner_for
 from ._config import HTTPConfig
 from ._parse import ParserName
-from ._server import Handler, HTTPExchange, HTTPServerProtocol, RequestBodyError, ResponseError
+from ._proxy import TrustedProxies, forwarded_client
+from ._server import (
+    Handler,
+    HTTPExchange,
+    HTTPServerProtocol,
+    RequestBodyError,
+    ResponseError,
+    ServerLoad,
+)
 from ._static import StaticFiles
 from ._websocket import WebSocket, WebSocketClosed, WebSocketHandler, WebSocketUpgrade
 from ._wsgi import WSGIApp, WSGIHandler, build_environ
@@ -35,8 +43,10 @@ __all__ = [
     "RequestBodyError",
     "ResponseError",
     "Router",
+    "ServerLoad",
     "StaticFiles",
     "ThreadRunner",
+    "TrustedProxies",
     "WSGIApp",
     "WSGIHandler",
     "WebSocket",
@@ -46,6 +56,7 @@ __all__ = [
     "asgi_server",
     "blocking_runner_for",
     "build_environ",
+    "forwarded_client",
     "http_server",
     "wsgi_protocol_factory",
 ]

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from ._config import HTTPConfig
-from ._server import Handler, HTTPExchange, HTTPServerProtocol
+from ._server import Handler, HTTPExchange, HTTPServerProtocol, protocol_factory
 from ._static import StaticFiles
 from ._websocket import WebSocketHandler, WebSocketUpgrade
 from ._wsgi import WSGIApp, WSGIHandler
@@ -33,6 +33,7 @@ class Router:
         wsgi_app: WSGIApp | None = None,
         websockets: Mapping[str, WebSocketHandler] | None = None,
         static: Mapping[str, str | os.PathLike[str]] | None = None,
+        root_path: str = "",
     ) -> None:
         self._websockets: dict[bytes, Handler] = {
             path.encode("ascii"): WebSocketUpgrade(handler)
@@ -43,7 +44,9 @@ class Router:
             key=lambda files: len(files.prefix),
             reverse=True,
         )
-        self._fallback: Handler = WSGIHandler(wsgi_app) if wsgi_app is not None else _not_found
+        self._fallback: Handler = (
+            WSGIHandler(wsgi_app, root_path) if wsgi_app is not None else _not_found
+        )
 
     def route(self, path: bytes) -> Handler:
         """Return the handler for a request path."""
@@ -65,21 +68,23 @@ def http_server(
     websockets: Mapping[str, WebSocketHandler] | None = None,
     static: Mapping[str, str | os.PathLike[str]] | None = None,
     config: HTTPConfig | None = None,
+    root_path: str = "",
 ) -> ProtocolFactory:
     """Return a protocol factory for ``loop.create_server`` serving all of these.
 
     ``websockets`` maps exact paths to WebSocket handlers, ``static`` maps URL
-    prefixes to directories, and ``wsgi_app`` gets every other request.
+    prefixes to directories, and ``wsgi_app`` gets every other request,
+    mounted at ``root_path``.
     """
-    router = Router(wsgi_app, websockets, static)
-    settings = config or HTTPConfig()
-
-    def factory() -> HTTPServerProtocol:
-        return HTTPServerProtocol(router, settings)
-
-    return factory
+    router = Router(wsgi_app, websockets, static, root_path)
+    return protocol_factory(router, config or HTTPConfig())
 
 
-def wsgi_protocol_factory(app: WSGIApp, config: HTTPConfig | None = None) -> ProtocolFactory:
-    """Return a protocol factory serving the WSGI application ``app``."""
-    return http_server(wsgi_app=app, config=config)
+def wsgi_protocol_factory(
+    app: WSGIApp, config: HTTPConfig | None = None, root_path: str = ""
+) -> ProtocolFactory:
+    """Return a protocol factory serving the WSGI application ``app``.
+
+    ``root_path`` is where the application is mounted (its ``SCRIPT_NAME``).
+    """
+    return http_server(wsgi_app=app, config=config, root_path=root_path)

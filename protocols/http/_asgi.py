@@ -23,7 +23,7 @@ from typing import Any, Literal
 from wsproto.events import RejectConnection, Request
 
 from ._config import HTTPConfig
-from ._server import HTTPExchange, HTTPServerProtocol, RequestBodyError
+from ._server import HTTPExchange, HTTPServerProtocol, RequestBodyError, protocol_factory
 from ._static import _open_regular, send_file
 from ._websocket import (
     INTERNAL_ERROR,
@@ -43,7 +43,7 @@ __all__ = [
     "asgi_server",
 ]
 
-log = logging.getLogger("protoshim.http.asgi")
+log = logging.getLogger("protoshim.error")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -304,7 +304,7 @@ class ASGIHandler:
             "query_string": exchange.query,
             "root_path": self.root_path,
             "headers": exchange.headers,
-            "client": protocol.client,
+            "client": exchange.client,
             "server": protocol.server,
             "state": self.state.copy(),
             "extensions": {name: {} for name in _EXTENSIONS},
@@ -312,12 +312,11 @@ class ASGIHandler:
 
     async def __call__(self, exchange: HTTPExchange) -> None:
         """Answer ``exchange`` with the application."""
-        secure = exchange.get_extra_info("sslcontext") is not None
         if _wants_websocket(exchange):
-            await self._websocket(exchange, "wss" if secure else "ws")
+            await self._websocket(exchange, "wss" if exchange.scheme == "https" else "ws")
             return
         cycle = _HTTPCycle(exchange)
-        scope = self._scope(exchange, "http", "https" if secure else "http")
+        scope = self._scope(exchange, "http", exchange.scheme)
         await self.app(scope, cycle.receive, cycle.send)
         if cycle.body_error is not None:
             raise cycle.body_error  # the protocol answers it, or closes if too late
@@ -447,9 +446,4 @@ def asgi_server(
     see its state.
     """
     handler = ASGIHandler(app, root_path, lifespan.state if lifespan is not None else None)
-    settings = config or HTTPConfig()
-
-    def factory() -> HTTPServerProtocol:
-        return HTTPServerProtocol(handler, settings)
-
-    return factory
+    return protocol_factory(handler, config or HTTPConfig())

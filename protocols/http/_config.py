@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._blocking import BlockingRunner
 from ._parse import PARSERS, ParserName
+from ._proxy import TrustedProxies
 
 __all__ = ["HTTPConfig"]
 
@@ -56,6 +57,17 @@ class HTTPConfig:
     #: grammar checked on top; the default when installed) or ``"h11"`` (pure
     #: Python); bodies are read by one strict reader whichever it is
     parser: ParserName = _DEFAULT_PARSER
+    #: believe ``X-Forwarded-For``/``-Proto`` and ``Forwarded`` from a trusted
+    #: peer: they set the client address and scheme the application sees
+    proxy_headers: bool = False
+    #: the peers trusted with those headers: comma-separated IP addresses and
+    #: CIDR networks, or ``*`` for every peer
+    forwarded_allow_ips: str = "127.0.0.1"
+    #: connections (or requests in progress) one server takes at once; past
+    #: it a request is answered 503; ``None`` for no limit
+    limit_concurrency: int | None = None
+    #: ``forwarded_allow_ips`` parsed, once
+    trusted_proxies: TrustedProxies = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Reject limits that cannot work."""
@@ -76,3 +88,11 @@ class HTTPConfig:
         for name in ("header_timeout", "keepalive_timeout", "linger_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.limit_concurrency is not None and self.limit_concurrency < 1:
+            raise ValueError("limit_concurrency must be at least 1")
+        try:
+            trusted = TrustedProxies(self.forwarded_allow_ips)
+        except ValueError as exc:
+            raise ValueError(f"forwarded_allow_ips: {exc}") from None
+        # Frozen, so set through object: it is derived, never given.
+        object.__setattr__(self, "trusted_proxies", trusted)

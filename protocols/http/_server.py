@@ -20,11 +20,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Any, cast
 
+from ._access import access_log, log_access
 from ._blocking import BlockingRunner, blocking_runner_for
 from ._body import BodyReader, ChunkedReader, FramingError, LengthReader
 from ._config import HTTPConfig
 from ._flow import FlowGate
 from ._parse import RequestHead, head_parser
+from ._proxy import forwarded_client
 from ._response import CONTINUE, FramingMisuse, ResponseFramer
 from ._validate import Rejection, check_fields, scan_head
 
@@ -34,9 +36,11 @@ __all__ = [
     "Handler",
     "RequestBodyError",
     "ResponseError",
+    "protocol_factory",
 ]
 
-log = logging.getLogger("protoshim.http")
+# Server events and application errors, as uvicorn's "uvicorn.error".
+log = logging.getLogger("protoshim.error")
 
 Handler = Callable[["HTTPExchange"], Awaitable[None]]
 HeaderList = Iterable[tuple[bytes | str, bytes | str]]
@@ -119,6 +123,15 @@ class HTTPExchange:
         self.path: bytes = path
         #: the target's query string, without ``?``
         self.query: bytes = query
+        #: the client's (host, port) and ``"http"`` or ``"https"``: the peer's,
+        #: or what a trusted proxy says (see ``HTTPConfig.proxy_headers``)
+        self.client: tuple[str, int] | None = protocol.client
+        self.scheme: str = protocol.scheme
+        config = protocol.config
+        if config.proxy_headers:
+            self.client, self.scheme = forwarded_client(
+                self.headers, self.client, self.scheme, config.trusted_proxies
+            )
         self._body: collections.deque[bytes] = collections.deque()
         self._body_size = 0
         self._body_done = False
@@ -135,6 +148,9 @@ class HTTPExchange:
         self._started = False
         self._finished = False
         self._close_after = False
+        self._status = 0
+        self._sent = 0  # body bytes, for the access log
+        self._logged = False
         #: set when the protocol refused the request before any handler saw it
         self._rejection: Rejection | None = None
         #: an Upgrade or "Connection: close" request: parse nothing after it yet
@@ -253,6 +269,7 @@ class HTTPExchange:
         except ValueError as exc:
             raise ValueError(f"invalid response: {exc}") from None
         self._started = True
+        self._status = status
 
     def _frame(self, chunks: Iterable[bytes | bytearray | memoryview]) -> list[bytes]:
         """Return the pending head and ``chunks`` framed, each body chunk uncopied."""
@@ -270,6 +287,7 @@ class HTTPExchange:
 
     def _send_data(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         # ``data`` stays one of the pieces, uncopied, with any framing around it.
+        self._sent += len(data)
         try:
             return self._framer.data(data if isinstance(data, bytes) else bytes(data))
         except FramingMisuse as exc:
@@ -346,7 +364,15 @@ class HTTPExchange:
         if self._started:
             raise RuntimeError("the response has already started")
         self._started = self._finished = True
+        self._status = 101
         self._protocol._switch(self, response, protocol)
+        # Logged now, not when the handler returns at the WebSocket's end.
+        self._log()
+
+    def _log(self) -> None:
+        if not self._logged and self._status and access_log.isEnabledFor(logging.INFO):
+            self._logged = True
+            log_access(self, self._status, self._sent, self._rejection is None)
 
     # -- fed by the protocol -------------------------------------------------
 
@@ -429,22 +455,47 @@ def _placeholder(method: bytes = b"GET") -> RequestHead:
     return RequestHead(method, b"/", b"1.1", [(b"host", b"")])
 
 
+class ServerLoad:
+    """Count the connections and running handlers of one server's protocols."""
+
+    __slots__ = ("connections", "limit", "tasks")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.connections = 0
+        self.tasks = 0
+
+    @property
+    def over(self) -> bool:
+        """Tell whether the server holds more than its limit (this request included)."""
+        return self.connections > self.limit or self.tasks > self.limit
+
+
 class HTTPServerProtocol(asyncio.Protocol):
     """Serve HTTP/1.1 on one connection, calling ``handler`` once per request.
 
     ``handler(exchange)`` is a coroutine function; requests on a connection
     are handled one after another and answered in order.  Requests that break
     the protocol or a limit are answered by the protocol itself (400, 413,
-    417, 431, 501, 505) and never reach the handler.
+    417, 431, 501, 503, 505) and never reach the handler.  ``load`` is shared
+    by the protocols of one server to enforce ``limit_concurrency``.
     """
 
-    def __init__(self, handler: Handler, config: HTTPConfig | None = None) -> None:
+    def __init__(
+        self, handler: Handler, config: HTTPConfig | None = None, load: ServerLoad | None = None
+    ) -> None:
         self._handler = handler
         self.config: HTTPConfig = config or HTTPConfig()
+        self._load = load
+        #: called once per request parsed (``protoshim serve`` counts them
+        #: for ``--limit-max-requests``)
+        self.on_request: Callable[[], None] | None = None
         self.transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
+        #: ``"https"`` on a TLS transport, else ``"http"``
+        self.scheme = "http"
         self._buffer = bytearray()
         self._exchanges: collections.deque[HTTPExchange] = collections.deque()
         self._reading: HTTPExchange | None = None
@@ -545,6 +596,10 @@ class HTTPServerProtocol(asyncio.Protocol):
         #: once, not once a request
         self.client = _address(transport.get_extra_info("peername"))
         self.server = _address(transport.get_extra_info("sockname"))
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        if self._load is not None:
+            self._load.connections += 1
         # TCP_NODELAY is already on: every loop's TCP transport sets it (the
         # conformance suite checks), so responses of several writes do not
         # wait on Nagle and the peer's delayed ACK.
@@ -568,6 +623,8 @@ class HTTPServerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Wake everything that waits on this connection."""
         self.lost = True
+        if self._load is not None:
+            self._load.connections -= 1
         self._cancel_timer()
         self._peer_gone()
         self._gate.fail("connection lost")
@@ -741,6 +798,8 @@ class HTTPServerProtocol(asyncio.Protocol):
             name == b"upgrade" for name, _ in request.headers
         )
         self._requests += 1
+        if self.on_request is not None:
+            self.on_request()
         self._exchanges.append(exchange)
         if exchange._reader is not None:
             self._reading = exchange
@@ -789,10 +848,14 @@ class HTTPServerProtocol(asyncio.Protocol):
     def _dispatch(self, exchange: HTTPExchange) -> None:
         task = self.loop.create_task(self._handle(exchange))
         self._tasks.add(task)
+        if self._load is not None:
+            self._load.tasks += 1
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if self._load is not None:
+            self._load.tasks -= 1
         self._check_closed()
 
     async def _handle(self, exchange: HTTPExchange) -> None:
@@ -800,9 +863,14 @@ class HTTPServerProtocol(asyncio.Protocol):
             if exchange._rejection is not None:
                 await exchange._send_error(*exchange._rejection)
                 return
-            if exchange._body_error is not None:
+            if self._load is not None and self._load.over:
+                # As uvicorn: refuse rather than queue, and close to free the slot.
+                await exchange._send_error(503, "the server is at its concurrency limit")
+                return
+            failed = exchange._body_error
+            if failed is not None:
                 # The body failed before the request reached the front of the queue.
-                await exchange._send_error(exchange._body_error.status, str(exchange._body_error))
+                await exchange._send_error(failed.status, str(failed))
                 return
             await self._handler(exchange)
             if not exchange._finished:
@@ -822,6 +890,8 @@ class HTTPServerProtocol(asyncio.Protocol):
         except Exception:
             log.exception("handler failed on %s", exchange.target)
             await self._fail(exchange, 500, "handler failed")
+        finally:
+            exchange._log()
 
     async def _fail(self, exchange: HTTPExchange, status: int, reason: str) -> None:
         if exchange._finished:
@@ -978,3 +1048,18 @@ class HTTPServerProtocol(asyncio.Protocol):
     def _check_closed(self) -> None:
         if self._closed is not None and self.lost and not self._tasks and not self._closed.done():
             self._closed.set_result(None)
+
+
+def protocol_factory(handler: Handler, config: HTTPConfig) -> Callable[[], HTTPServerProtocol]:
+    """Return a factory of protocols serving ``handler``, as one server.
+
+    Its protocols share one :class:`ServerLoad` when ``config`` limits
+    concurrency.
+    """
+    limit = config.limit_concurrency
+    load = ServerLoad(limit) if limit is not None else None
+
+    def factory() -> HTTPServerProtocol:
+        return HTTPServerProtocol(handler, config, load)
+
+    return factory

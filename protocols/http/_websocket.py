@@ -53,7 +53,7 @@ __all__ = [
     "run_handler",
 ]
 
-log = logging.getLogger("protoshim.http.websocket")
+log = logging.getLogger("protoshim.error")
 
 WebSocketHandler = Callable[["WebSocket"], Awaitable[None]]
 

@@ -25,7 +25,8 @@ from ._server import HTTPExchange, RequestBodyError
 
 __all__ = ["WSGIApp", "WSGIHandler", "build_environ"]
 
-log = logging.getLogger("protoshim.http.wsgi")
+# wsgi.errors is the application's error stream: the server's error log.
+log = logging.getLogger("protoshim.error")
 
 T = TypeVar("T")
 
@@ -39,7 +40,7 @@ _POST_LIMIT = 64 * 1024
 
 
 class _Errors:
-    """Send ``wsgi.errors`` text to the ``protoshim.http.wsgi`` logger, line by line."""
+    """Send ``wsgi.errors`` text to the ``protoshim.error`` logger, line by line."""
 
     def __init__(self) -> None:
         self._partial = ""
@@ -118,14 +119,17 @@ class _Input:
         return line
 
 
-def build_environ(exchange: HTTPExchange, runner: BlockingRunner) -> dict[str, Any]:
-    """Return the CGI-style environ of ``exchange`` (without ``wsgi.input``)."""
-    sockname = exchange.get_extra_info("sockname")
-    peername = exchange.get_extra_info("peername")
-    server = sockname if isinstance(sockname, tuple) else ("localhost", 0)
+def build_environ(
+    exchange: HTTPExchange, runner: BlockingRunner, root_path: str = ""
+) -> dict[str, Any]:
+    """Return the CGI-style environ of ``exchange`` (without ``wsgi.input``).
+
+    ``root_path`` is the ``SCRIPT_NAME``: where the application is mounted.
+    """
+    server = exchange.protocol.server or ("localhost", 0)
     environ: dict[str, Any] = {
         "REQUEST_METHOD": exchange.method,
-        "SCRIPT_NAME": "",
+        "SCRIPT_NAME": root_path,
         # PEP 3333: bytes travel as latin-1 strings; the app decodes them.
         "PATH_INFO": urllib.parse.unquote_to_bytes(exchange.path).decode("latin-1"),
         "QUERY_STRING": exchange.query.decode("latin-1"),
@@ -134,7 +138,7 @@ def build_environ(exchange: HTTPExchange, runner: BlockingRunner) -> dict[str, A
         "SERVER_PORT": str(server[1]),
         "SERVER_PROTOCOL": f"HTTP/{exchange.http_version}",
         "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "https" if exchange.get_extra_info("sslcontext") else "http",
+        "wsgi.url_scheme": exchange.scheme,
         "wsgi.errors": _Errors(),
         "wsgi.multithread": runner.multithread,
         "wsgi.multiprocess": False,
@@ -142,9 +146,10 @@ def build_environ(exchange: HTTPExchange, runner: BlockingRunner) -> dict[str, A
         # The input stream ends at the end of the body, chunked or not.
         "wsgi.input_terminated": True,
     }
-    if isinstance(peername, tuple):
-        environ["REMOTE_ADDR"] = str(peername[0])
-        environ["REMOTE_PORT"] = str(peername[1])
+    client = exchange.client
+    if client is not None:
+        environ["REMOTE_ADDR"] = client[0]
+        environ["REMOTE_PORT"] = str(client[1])
     for name, value in exchange.headers:
         if b"_" in name:
             continue  # X_Forwarded would collide with X-Forwarded: drop the ambiguous one
@@ -320,13 +325,15 @@ class WSGIHandler:
     the declared ``Content-Length`` closes the connection.
     """
 
-    def __init__(self, app: WSGIApp) -> None:
+    def __init__(self, app: WSGIApp, root_path: str = "") -> None:
         self.app = app
+        #: where the application is mounted, as ``SCRIPT_NAME`` (no trailing slash)
+        self.root_path = root_path.rstrip("/")
 
     async def __call__(self, exchange: HTTPExchange) -> None:
         """Run the application for ``exchange`` off the loop."""
         runner = exchange.blocking
-        call = _Call(self.app, exchange, runner, build_environ(exchange, runner))
+        call = _Call(self.app, exchange, runner, build_environ(exchange, runner, self.root_path))
         try:
             body = await runner.run(exchange.loop, call.run)
             if body is not None:

@@ -8,7 +8,9 @@ The pieces the ``protoshim serve`` command and the gunicorn worker share:
 - :mod:`._target` turns ``MODULE:NAME`` into a protocol factory (a protocol
   factory itself, an ASGI or a WSGI application);
 - :mod:`._server` runs one process's loop on those sockets until a signal,
-  then shuts its connections down gracefully.
+  then shuts its connections down gracefully;
+- :mod:`._logs` sends its log records (``protoshim.error``,
+  ``protoshim.access``) where the command line says.
 """
 
 from ._errors import AppError, CliError
@@ -21,13 +23,16 @@ from ._listen import (
     open_listeners,
     parse_bind,
 )
-from ._server import SHUTDOWN_GRACE, SHUTDOWN_HOOK, run_server
+from ._logs import LEVELS, configure_logging
+from ._server import REQUEST_HOOK, SHUTDOWN_GRACE, SHUTDOWN_HOOK, run_server
 from ._target import Target, load_object, load_target
 from ._tls import HTTP_ALPN, TLSConfig, parse_cert_reqs
 
 __all__ = [
     "DEFAULT_BACKLOG",
     "HTTP_ALPN",
+    "LEVELS",
+    "REQUEST_HOOK",
     "SHUTDOWN_GRACE",
     "SHUTDOWN_HOOK",
     "AppError",
@@ -38,6 +43,7 @@ __all__ = [
     "Target",
     "activated_binds",
     "bind_tcp",
+    "configure_logging",
     "load_object",
     "load_target",
     "open_listeners",

@@ -3,26 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
 import ssl as _ssl
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._registry import get_adapter
 from ._errors import AppError, CliError
 from ._listen import DEFAULT_BACKLOG
+from ._logs import configure_logging, logging_configured
 from ._target import Target
 
-__all__ = ["SHUTDOWN_GRACE", "SHUTDOWN_HOOK", "run_server"]
+__all__ = ["REQUEST_HOOK", "SHUTDOWN_GRACE", "SHUTDOWN_HOOK", "run_server"]
+
+logger = logging.getLogger("protoshim.error")
 
 #: Seconds that open connections get to finish after Ctrl-C or SIGTERM.
 SHUTDOWN_GRACE = 5.0
 #: A protocol with this method is asked to finish its current work and then
 #: close; any other protocol's transport is closed (flushed) at once.
 SHUTDOWN_HOOK = "begin_shutdown"
+#: A protocol with this attribute gets it set to a function to call once per
+#: request, which ``--limit-max-requests`` counts.
+REQUEST_HOOK = "on_request"
+
+
+def _counting(
+    factory: Callable[[], asyncio.BaseProtocol], limit: int, stop: Callable[[], None]
+) -> Callable[[], asyncio.BaseProtocol]:
+    """Wrap ``factory`` so that the ``limit``-th request calls ``stop``."""
+    count = 0
+
+    def on_request() -> None:
+        nonlocal count
+        count += 1
+        if count == limit:
+            logger.info("protoshim: served %d requests (--limit-max-requests)", limit)
+            stop()
+
+    def counted() -> asyncio.BaseProtocol:
+        protocol = factory()
+        if hasattr(protocol, REQUEST_HOOK):
+            setattr(protocol, REQUEST_HOOK, on_request)
+        return protocol
+
+    return counted
 
 
 class _Connections:
@@ -89,11 +117,16 @@ async def _serve(
     sockets: list[socket.socket],
     framework: str,
     grace: float,
-    ssl: _ssl.SSLContext | None = None,
-    backlog: int = DEFAULT_BACKLOG,
+    ssl: _ssl.SSLContext | None,
+    backlog: int,
+    max_requests: int | None,
 ) -> bool:
     loop = asyncio.get_running_loop()
     connections = _Connections()
+    stop = asyncio.Event()
+    factory = target.factory
+    if max_requests is not None:
+        factory = _counting(factory, max_requests, stop.set)
     lifespan = target.lifespan
     if lifespan is not None:
         await _lifespan_step(lifespan.startup)
@@ -102,7 +135,7 @@ async def _serve(
         for sock in sockets:
             # create_server listens again, with its own backlog unless given ours.
             created = await loop.create_server(
-                connections.wrap(target.factory), sock=sock, ssl=ssl, backlog=backlog
+                connections.wrap(factory), sock=sock, ssl=ssl, backlog=backlog
             )
             servers.append(created)
     except OSError as exc:
@@ -111,20 +144,19 @@ async def _serve(
         if lifespan is not None:
             await _lifespan_step(lifespan.shutdown)
         raise CliError(f"cannot serve: {exc.strerror or exc}") from None
-    stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     addresses = ", ".join(_format(s.getsockname()) for s in sockets)
-    print(
-        f"protoshim: serving {target.label} on {framework} at {addresses} (Ctrl-C to stop)",
-        flush=True,
+    # Scripts and tests read this line (on stdout by default) for the port.
+    logger.info(
+        "protoshim: serving %s on %s at %s (Ctrl-C to stop)", target.label, framework, addresses
     )
     try:
         await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        print("protoshim: shutting down", flush=True)
+        logger.info("protoshim: shutting down")
         for server in servers:
             server.close()
         forced = await connections.close_all(grace)
@@ -158,25 +190,28 @@ def run_server(
     grace: float = SHUTDOWN_GRACE,
     ssl: _ssl.SSLContext | None = None,
     backlog: int = DEFAULT_BACKLOG,
+    *,
+    max_requests: int | None = None,
 ) -> None:
     """Serve ``target`` on ``sockets`` with a new loop of ``framework`` until
-    SIGINT or SIGTERM, then give open connections ``grace`` seconds to finish.
+    SIGINT or SIGTERM (or ``max_requests`` requests), then give open
+    connections ``grace`` seconds to finish.
 
     With ``ssl``, every connection is TLS; ``backlog`` is the listen queue
     the sockets keep once serving starts."""
     if grace < 0:
         raise CliError(f"--grace must be >= 0, got {grace}")
+    if max_requests is not None and max_requests < 1:
+        raise CliError(f"--limit-max-requests must be at least 1, got {max_requests}")
     adapter = get_adapter(framework)
+    if not logging_configured():
+        configure_logging()  # the defaults: the startup line still reaches stdout
     with asyncio.Runner(loop_factory=adapter.new_event_loop) as runner:
-        forced = runner.run(_serve(target, sockets, framework, grace, ssl, backlog))
+        forced = runner.run(_serve(target, sockets, framework, grace, ssl, backlog, max_requests))
         if forced:
             # Work that outlived the grace period may still hold executor
             # threads, which no one can stop and the interpreter would wait
             # for at exit: the connections are gone, so leave now.
-            print(
-                "protoshim: connections outlived the grace period and were aborted",
-                file=sys.stderr,
-                flush=True,
-            )
-            sys.stdout.flush()
+            logger.warning("protoshim: connections outlived the grace period and were aborted")
+            logging.shutdown()  # flush every handler: os._exit skips it
             os._exit(0)

@@ -98,5 +98,5 @@ def load_target(
         steps = Lifespan(obj, lifespan)
         return Target(asgi_server(obj, config, root_path=root_path, lifespan=steps), spec, steps)
     if kind == "wsgi":
-        return Target(wsgi_protocol_factory(obj, config), spec)
+        return Target(wsgi_protocol_factory(obj, config, root_path), spec)
     return Target(obj, spec)
