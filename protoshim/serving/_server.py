@@ -133,11 +133,11 @@ async def _serve(
     servers: list[asyncio.AbstractServer] = []
     try:
         for sock in sockets:
-            # create_server listens again, with its own backlog unless given ours.
-            created = await loop.create_server(
-                connections.wrap(factory), sock=sock, ssl=ssl, backlog=backlog
-            )
-            servers.append(created)
+            servers.append(await loop.create_server(connections.wrap(factory), sock=sock, ssl=ssl))
+            # create_server listened again with its default of 100; restore
+            # ours.  Not through its ``backlog``: the stdlib loop accepts up to
+            # that many per wakeup and, out of descriptors, logs each failure.
+            sock.listen(backlog)
     except OSError as exc:
         for server in servers:
             server.close()
