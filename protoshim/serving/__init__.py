@@ -12,7 +12,7 @@ The pieces the ``protoshim serve`` command and the gunicorn worker share:
 
 from ._errors import AppError, CliError
 from ._listen import bind_tcp
-from ._server import SHUTDOWN_GRACE, SHUTDOWN_HOOK, run_server
+from ._server import SHUTDOWN_GRACE, SHUTDOWN_HOOK, Server, run_loop, run_server
 from ._target import Target, load_object, load_target
 
 __all__ = [
@@ -20,9 +20,11 @@ __all__ = [
     "SHUTDOWN_HOOK",
     "AppError",
     "CliError",
+    "Server",
     "Target",
     "bind_tcp",
     "load_object",
     "load_target",
+    "run_loop",
     "run_server",
 ]

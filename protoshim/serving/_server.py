@@ -7,14 +7,17 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from .._registry import get_adapter
 from ._errors import AppError, CliError
 from ._target import Target
 
-__all__ = ["SHUTDOWN_GRACE", "SHUTDOWN_HOOK", "run_server"]
+if TYPE_CHECKING:
+    from ssl import SSLContext
+
+__all__ = ["SHUTDOWN_GRACE", "SHUTDOWN_HOOK", "Server", "run_loop", "run_server"]
 
 #: Seconds that open connections get to finish after Ctrl-C or SIGTERM.
 SHUTDOWN_GRACE = 5.0
@@ -30,7 +33,11 @@ class _Connections:
         self.open: dict[asyncio.BaseTransport, asyncio.BaseProtocol] = {}
         self.idle: asyncio.Event | None = None
 
-    def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], Any]:
+    def wrap(
+        self,
+        factory: Callable[[], asyncio.BaseProtocol],
+        on_connection: Callable[[], None] | None = None,
+    ) -> Callable[[], Any]:
         def tracked() -> asyncio.BaseProtocol:
             protocol = factory()
             made, lost = protocol.connection_made, protocol.connection_lost
@@ -39,6 +46,8 @@ class _Connections:
             def connection_made(transport: asyncio.BaseTransport) -> None:
                 transports.append(transport)
                 self.open[transport] = protocol
+                if on_connection is not None:
+                    on_connection()
                 made(transport)
 
             def connection_lost(exc: Exception | None) -> None:
@@ -82,45 +91,86 @@ class _Connections:
         return False
 
 
+class Server:
+    """Serve one target on listening sockets, from inside a running loop.
+
+    :meth:`start` runs the ASGI lifespan startup and begins accepting;
+    :meth:`stop` closes the listeners, gives open connections ``grace``
+    seconds to finish, aborts the rest and runs the lifespan shutdown.  The
+    ``protoshim serve`` command and the gunicorn worker both drive one, each
+    with its own signals.  ``on_connection`` is called for every accepted
+    connection, so a caller can count them.
+    """
+
+    def __init__(self, target: Target, on_connection: Callable[[], None] | None = None) -> None:
+        self.target = target
+        self._connections = _Connections()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._on_connection = on_connection
+        self.sockets: list[socket.socket] = []
+
+    async def start(self, sockets: list[socket.socket], ssl: SSLContext | None = None) -> None:
+        """Run the lifespan startup, then accept on every socket."""
+        loop = asyncio.get_running_loop()
+        lifespan = self.target.lifespan
+        if lifespan is not None:
+            await _lifespan_step(lifespan.startup)
+        factory = self._connections.wrap(self.target.factory, self._on_connection)
+        try:
+            for sock in sockets:
+                self._servers.append(await loop.create_server(factory, sock=sock, ssl=ssl))
+        except OSError as exc:
+            for server in self._servers:
+                server.close()
+            if lifespan is not None:
+                await _lifespan_step(lifespan.shutdown)
+            raise CliError(f"cannot serve: {exc.strerror or exc}") from None
+        self.sockets = list(sockets)
+
+    @property
+    def addresses(self) -> str:
+        """The addresses served, as ``host:port`` joined by commas."""
+        return ", ".join(_format(s.getsockname()) for s in self.sockets)
+
+    async def stop(self, grace: float) -> bool:
+        """Stop accepting and close every connection, the lifespan last;
+        return True if some connections outlived ``grace`` and were aborted."""
+        for server in self._servers:
+            server.close()
+        forced = await self._connections.close_all(grace)
+        for server in self._servers:
+            await server.wait_closed()
+        if self.target.lifespan is not None:
+            await _lifespan_step(self.target.lifespan.shutdown)
+        return forced
+
+
 async def _serve(
-    target: Target, sockets: list[socket.socket], framework: str, grace: float
+    target: Target,
+    sockets: list[socket.socket],
+    framework: str,
+    grace: float,
+    started: Callable[[Callable[[], None]], None] | None,
 ) -> bool:
     loop = asyncio.get_running_loop()
-    connections = _Connections()
-    lifespan = target.lifespan
-    if lifespan is not None:
-        await _lifespan_step(lifespan.startup)
-    servers: list[asyncio.AbstractServer] = []
-    try:
-        for sock in sockets:
-            servers.append(await loop.create_server(connections.wrap(target.factory), sock=sock))
-    except OSError as exc:
-        for server in servers:
-            server.close()
-        if lifespan is not None:
-            await _lifespan_step(lifespan.shutdown)
-        raise CliError(f"cannot serve: {exc.strerror or exc}") from None
+    server = Server(target)
+    await server.start(sockets)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    addresses = ", ".join(_format(s.getsockname()) for s in sockets)
     print(
-        f"protoshim: serving {target.label} on {framework} at {addresses} (Ctrl-C to stop)",
+        f"protoshim: serving {target.label} on {framework} at {server.addresses} (Ctrl-C to stop)",
         flush=True,
     )
     try:
+        if started is not None:
+            started(stop.set)
         await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         print("protoshim: shutting down", flush=True)
-        for server in servers:
-            server.close()
-        forced = await connections.close_all(grace)
-        for server in servers:
-            await server.wait_closed()
-        if lifespan is not None:
-            await _lifespan_step(lifespan.shutdown)
+        forced = await server.stop(grace)
     return forced
 
 
@@ -145,14 +195,26 @@ def run_server(
     sockets: list[socket.socket],
     framework: str = "asyncio",
     grace: float = SHUTDOWN_GRACE,
+    *,
+    started: Callable[[Callable[[], None]], None] | None = None,
 ) -> None:
     """Serve ``target`` on ``sockets`` with a new loop of ``framework`` until
-    SIGINT or SIGTERM, then give open connections ``grace`` seconds to finish."""
+    SIGINT or SIGTERM, then give open connections ``grace`` seconds to finish.
+
+    ``started`` is called on the loop once the server accepts, with a
+    function that stops it as the signals do.
+    """
     if grace < 0:
         raise CliError(f"--grace must be >= 0, got {grace}")
+    run_loop(framework, _serve(target, sockets, framework, grace, started))
+
+
+def run_loop(framework: str, main: Coroutine[Any, Any, bool]) -> None:
+    """Run ``main`` on a new loop of ``framework``; if it returns True
+    (connections were aborted), exit the process at once."""
     adapter = get_adapter(framework)
     with asyncio.Runner(loop_factory=adapter.new_event_loop) as runner:
-        forced = runner.run(_serve(target, sockets, framework, grace))
+        forced = runner.run(main)
         if forced:
             # Work that outlived the grace period may still hold executor
             # threads, which no one can stop and the interpreter would wait
