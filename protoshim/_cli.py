@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._registry import UnknownFramework, frameworks, get_adapter
 from .serving import SHUTDOWN_GRACE, AppError, CliError, Target, bind_tcp, load_target, run_server
 from .serving._errors import missing_package
+from .serving._workers import Started, Supervisor
 
 if TYPE_CHECKING:
     from .protocols.http import HTTPConfig
@@ -38,6 +39,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _workers(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count} workers: give at least 1")
+    return count
+
+
 def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
     if not args.http:
         return None
@@ -53,6 +64,15 @@ def _serve_target(args: argparse.Namespace, target: Target) -> None:
     if args.grace < 0:
         raise CliError(f"--grace must be >= 0, got {args.grace}")
     sockets = bind_tcp(args.host, args.port)
+    if args.workers > 1:
+        # Forked before any loop exists: each worker starts its framework afresh.
+        def worker(started: Started) -> int:
+            return _run(
+                lambda: run_server(target, sockets, args.framework, args.grace, started=started)
+            )
+
+        Supervisor(worker, args.workers, args.grace).run()
+        return
     run_server(target, sockets, args.framework, args.grace)
 
 
@@ -157,6 +177,13 @@ def _parser() -> argparse.ArgumentParser:
             metavar="SECONDS",
             help="time open connections get to finish on Ctrl-C or SIGTERM (default: %(default)s)",
         )
+        sub.add_argument(
+            "--workers",
+            type=_workers,
+            default=1,
+            metavar="N",
+            help="worker processes sharing the port, restarted if they die (default: 1, no fork)",
+        )
 
     # Only listed here: main() hands everything after "matrix" to its own parser.
     commands.add_parser(
@@ -190,8 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if given[:1] == ["matrix"]:
         return _matrix(given[1:])
     args = _parser().parse_args(given)
+    return _run(lambda: args.handler(args))
+
+
+def _run(command: Callable[[], None]) -> int:
+    """Run ``command``; report a failure in one line and return the exit status."""
     try:
-        args.handler(args)
+        command()
     except (CliError, UnknownFramework) as exc:
         print(f"protoshim: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
