@@ -95,7 +95,9 @@ class Supervised:
     def wait_for(self, pattern: str, count: int = 1, timeout: float = TIMEOUT) -> list[str]:
         """Wait until ``pattern`` matched ``count`` lines; return each first group."""
         with self.changed:
-            self.changed.wait_for(lambda: self.ended or len(self.matches(pattern)) >= count, timeout)
+            self.changed.wait_for(
+                lambda: self.ended or len(self.matches(pattern)) >= count, timeout
+            )
         found = self.matches(pattern)
         if len(found) < count:
             raise AssertionError(f"no {count} x {pattern!r} in:\n" + "\n".join(self.lines))
