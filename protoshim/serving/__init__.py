@@ -13,7 +13,7 @@ The pieces the ``protoshim serve`` command and the gunicorn worker share:
 from ._errors import AppError, CliError
 from ._listen import bind_tcp
 from ._server import SHUTDOWN_GRACE, SHUTDOWN_HOOK, Server, run_loop, run_server
-from ._target import Target, load_object, load_target
+from ._target import Target, load_object, load_target, make_target
 
 __all__ = [
     "SHUTDOWN_GRACE",
@@ -25,6 +25,7 @@ __all__ = [
     "bind_tcp",
     "load_object",
     "load_target",
+    "make_target",
     "run_loop",
     "run_server",
 ]
