@@ -37,7 +37,7 @@ def app(environ, start_response):
 """
 
 LIFESPAN_APP = """
-import os
+import os, sys
 
 FAIL = {fail}
 
@@ -49,7 +49,8 @@ async def app(scope, receive, send):
             if phase == "startup" and FAIL:
                 await send({{"type": "lifespan.startup.failed", "message": "no database"}})
                 return
-            print("lifespan", phase, os.getpid(), flush=True)
+            sys.stdout.write(f"lifespan {{phase}} {{os.getpid()}}\\n")  # one write per line
+            sys.stdout.flush()
             await send({{"type": f"lifespan.{{phase}}.complete"}})
             if phase == "shutdown":
                 return

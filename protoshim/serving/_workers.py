@@ -75,7 +75,10 @@ def _describe(status: int) -> str:
 
 
 def _say(message: str, *, error: bool = False) -> None:
-    print(f"protoshim: {message}", file=sys.stderr if error else sys.stdout, flush=True)
+    # One write per line: the workers print to the same pipe.
+    stream = sys.stderr if error else sys.stdout
+    stream.write(f"protoshim: {message}\n")
+    stream.flush()
 
 
 class Supervisor:

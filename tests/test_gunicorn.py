@@ -1,0 +1,251 @@
+"""``gunicorn -k protoshim.gunicorn.Worker``: real gunicorn arbiters, on every framework."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import protoshim
+from protoshim.protocols.echo import EchoServer
+
+pytest.importorskip("gunicorn", reason="the gunicorn worker needs gunicorn (the test extra)")
+
+from protoshim.gunicorn import detect_interface
+
+TIMEOUT = 30.0
+
+WSGI_APP = """
+import os, sys, time
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        sys.stdout.write(f"slow request in {os.getpid()}\\n")  # one write: threads share stdout
+        sys.stdout.flush()
+        time.sleep(0.5)
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+ASGI_APP = """
+import os, sys
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            phase = message["type"].removeprefix("lifespan.")
+            if phase == "startup":
+                scope["state"]["started"] = "yes"
+            sys.stdout.write(f"lifespan {phase} {os.getpid()}\\n")  # one write: see above
+            sys.stdout.flush()
+            await send({"type": f"lifespan.{phase}.complete"})
+            if phase == "shutdown":
+                return
+    body = f"{os.getpid()} {scope['state'].get('started', 'no')}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Arbiter:
+    """A gunicorn master process and every line it and its workers printed."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    lines: list[str] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    ended: bool = False
+
+    def read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+        with self.changed:
+            self.ended = True
+            self.changed.notify_all()
+
+    def matches(self, pattern: str) -> list[str]:
+        with self.changed:
+            found = (re.search(pattern, line) for line in self.lines)
+            return [m.group(1) if m.groups() else m.group(0) for m in found if m]
+
+    def wait_for(self, pattern: str, count: int = 1) -> list[str]:
+        """Wait until ``pattern`` matched ``count`` lines; return each first group."""
+        with self.changed:
+            self.changed.wait_for(
+                lambda: self.ended or len(self.matches(pattern)) >= count, TIMEOUT
+            )
+        found = self.matches(pattern)
+        if len(found) < count:
+            raise AssertionError(f"no {count} x {pattern!r} in:\n" + "\n".join(self.lines))
+        return found
+
+    def serving(self, count: int) -> set[int]:
+        return {int(pid) for pid in self.wait_for(r"\[(\d+)\] \[INFO\] protoshim: serving", count)}
+
+    def stop(self) -> None:
+        """SIGTERM the master; it must exit 0 (see :meth:`stopped`)."""
+        self.proc.send_signal(signal.SIGTERM)
+
+    def stopped(self) -> None:
+        assert self.proc.wait(timeout=TIMEOUT) == 0, "\n".join(self.lines)
+        with self.changed:
+            self.changed.wait_for(lambda: self.ended, TIMEOUT)
+
+
+@contextmanager
+def gunicorn(tmp_path: Path, framework: str, app: str, *args: str) -> Iterator[Arbiter]:
+    port = free_port()
+    runtime = tmp_path / f"run-{port}"
+    runtime.mkdir()
+    env = {
+        **os.environ,
+        "PROTOSHIM_FRAMEWORK": framework,
+        # gunicorn 25+ opens a control socket there: one per arbiter, not one per user
+        "XDG_RUNTIME_DIR": str(runtime),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-k", "protoshim.gunicorn.Worker",
+         "-b", f"127.0.0.1:{port}", "--chdir", str(tmp_path), *args, app],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )  # fmt: skip
+    arbiter = Arbiter(proc, port)
+    reader = threading.Thread(target=arbiter.read, daemon=True)
+    reader.start()
+    try:
+        yield arbiter
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # gunicorn's workers notice their parent changed and leave
+        proc.wait(timeout=TIMEOUT)
+        reader.join(TIMEOUT)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def get(port: int, path: str = "/") -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == 200
+        return response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("framework", sorted(protoshim.frameworks()))
+def test_gunicorn_serves_wsgi_asgi_and_a_protocol(tmp_path, framework: str) -> None:
+    (tmp_path / "wsgi_app.py").write_text(WSGI_APP)
+    (tmp_path / "asgi_app.py").write_text(ASGI_APP)
+    with ExitStack() as stack:
+        # Three arbiters at once: their startups overlap.
+        wsgi = stack.enter_context(
+            gunicorn(tmp_path, framework, "wsgi_app:app", "-w", "2",
+                     "--max-requests", "3", "--graceful-timeout", "10")
+        )  # fmt: skip
+        asgi = stack.enter_context(gunicorn(tmp_path, framework, "asgi_app:app", "-w", "2"))
+        echo = stack.enter_context(
+            gunicorn(tmp_path, framework, "protoshim.protocols.echo:EchoServer", "-w", "2")
+        )
+
+        # A protocol factory: the echo protocol, on raw TCP.
+        echo.serving(2)
+        with socket.create_connection(("127.0.0.1", echo.port), timeout=TIMEOUT) as conn:
+            conn.sendall(b"ping")
+            assert conn.recv(4) == b"ping"
+        echo.stop()  # the three stop at once; each is waited for below
+
+        # ASGI: the lifespan runs in each worker, and requests see its state.
+        first = asgi.serving(2)
+        assert {int(pid) for pid in asgi.wait_for(r"lifespan startup (\d+)", 2)} == first
+        pid, started = get(asgi.port).split()
+        assert (int(pid) in first, started) == (True, b"yes")
+        asgi.stop()
+        asgi_workers = first
+
+        # WSGI, and max_requests: each worker leaves after 3 requests and is replaced.
+        first = wsgi.serving(2)
+        seen: set[int] = set()
+        deadline = time.monotonic() + TIMEOUT
+        while not seen - first:
+            assert time.monotonic() < deadline, seen
+            seen.add(int(get(wsgi.port)))
+        wsgi.wait_for(r"Autorestarting worker after current request")
+        # SIGTERM with requests in flight: each gets its whole response.
+        results: list[bytes | BaseException] = []
+
+        def slow() -> None:
+            try:
+                results.append(get(wsgi.port, "/slow"))
+            except BaseException as exc:
+                results.append(exc)
+
+        threads = [threading.Thread(target=slow) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        wsgi.wait_for(r"slow request in (\d+)", 2)
+        wsgi.stop()
+        wsgi.stopped()
+        for thread in threads:
+            thread.join(TIMEOUT)
+        assert all(isinstance(result, bytes) and result.isdigit() for result in results), results
+        assert len(results) == 2
+        echo.stopped()
+        asgi.stopped()
+        assert {int(pid) for pid in asgi.matches(r"lifespan shutdown (\d+)")} == asgi_workers
+
+
+async def asgi_function(scope: object, receive: object, send: object) -> None:
+    pass
+
+
+class ASGIObject:
+    async def __call__(self, scope: object, receive: object, send: object) -> None:
+        pass
+
+
+def wsgi_function(environ: object, start_response: object) -> list[bytes]:
+    return []
+
+
+@pytest.mark.parametrize(
+    ("app", "interface"),
+    [
+        (asgi_function, "asgi"),
+        (ASGIObject(), "asgi"),
+        (wsgi_function, "wsgi"),
+        (EchoServer, "protocol"),
+    ],
+    ids=["asgi-function", "asgi-object", "wsgi", "protocol"],
+)
+def test_the_interface_is_detected(app: object, interface: str) -> None:
+    assert detect_interface(app) == interface
