@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -164,6 +165,12 @@ def get(port: int, path: str = "/") -> bytes:
 
 @pytest.mark.parametrize("framework", sorted(protoshim.frameworks()))
 def test_gunicorn_serves_wsgi_asgi_and_a_protocol(tmp_path, framework: str) -> None:
+    trustme = pytest.importorskip("trustme", reason="the TLS check makes certificates with trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
     (tmp_path / "wsgi_app.py").write_text(WSGI_APP)
     (tmp_path / "asgi_app.py").write_text(ASGI_APP)
     with ExitStack() as stack:
@@ -172,25 +179,31 @@ def test_gunicorn_serves_wsgi_asgi_and_a_protocol(tmp_path, framework: str) -> N
             gunicorn(tmp_path, framework, "wsgi_app:app", "-w", "2",
                      "--max-requests", "3", "--graceful-timeout", "10")
         )  # fmt: skip
-        asgi = stack.enter_context(gunicorn(tmp_path, framework, "asgi_app:app", "-w", "2"))
-        echo = stack.enter_context(
-            gunicorn(tmp_path, framework, "protoshim.protocols.echo:EchoServer", "-w", "2")
+        # --timeout 1: a worker that missed its heartbeat would be killed within a second.
+        asgi = stack.enter_context(
+            gunicorn(tmp_path, framework, "asgi_app:app", "-w", "2", "--timeout", "1")
         )
+        echo = stack.enter_context(
+            gunicorn(tmp_path, framework, "protoshim.protocols.echo:EchoServer", "-w", "2",
+                     "--certfile", str(tmp_path / "server.pem"))
+        )  # fmt: skip
 
-        # A protocol factory: the echo protocol, on raw TCP.
+        # A protocol factory, the echo protocol, over gunicorn's TLS settings.
         echo.serving(2)
-        with socket.create_connection(("127.0.0.1", echo.port), timeout=TIMEOUT) as conn:
+        with (
+            socket.create_connection(("127.0.0.1", echo.port), timeout=TIMEOUT) as raw,
+            client_tls.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+        ):
             conn.sendall(b"ping")
             assert conn.recv(4) == b"ping"
         echo.stop()  # the three stop at once; each is waited for below
 
         # ASGI: the lifespan runs in each worker, and requests see its state.
-        first = asgi.serving(2)
-        assert {int(pid) for pid in asgi.wait_for(r"lifespan startup (\d+)", 2)} == first
+        asgi_workers = asgi.serving(2)
+        asgi_started = time.monotonic()
+        assert {int(pid) for pid in asgi.wait_for(r"lifespan startup (\d+)", 2)} == asgi_workers
         pid, started = get(asgi.port).split()
-        assert (int(pid) in first, started) == (True, b"yes")
-        asgi.stop()
-        asgi_workers = first
+        assert (int(pid) in asgi_workers, started) == (True, b"yes")
 
         # WSGI, and max_requests: each worker leaves after 3 requests and is replaced.
         first = wsgi.serving(2)
@@ -220,7 +233,13 @@ def test_gunicorn_serves_wsgi_asgi_and_a_protocol(tmp_path, framework: str) -> N
         assert all(isinstance(result, bytes) and result.isdigit() for result in results), results
         assert len(results) == 2
         echo.stopped()
+
+        # The heartbeat: what is checked here is time passing, so it is waited out.
+        time.sleep(max(0.0, 2.5 - (time.monotonic() - asgi_started)))
+        asgi.stop()
         asgi.stopped()
+        assert not asgi.matches("WORKER TIMEOUT")
+        # The workers that started are the ones whose lifespan shut down.
         assert {int(pid) for pid in asgi.matches(r"lifespan shutdown (\d+)")} == asgi_workers
 
 
