@@ -274,6 +274,28 @@ def test_a_worker_that_exits_on_its_own_is_replaced(tmp_path) -> None:
         assert server.proc.wait(timeout=TIMEOUT) == 0
 
 
+def running(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie no longer does)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_workers_leave_when_the_parent_dies(tmp_path) -> None:
+    with supervised(tmp_path, "serve", "--workers", "2", "--wsgi", "pid_app:app") as server:
+        workers = {int(pid) for pid in server.wait_for(r"worker (\d+) is serving", 2)}
+        server.proc.kill()
+        server.proc.wait(timeout=TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while any(running(pid) for pid in workers):
+            assert time.monotonic() < deadline, "the workers outlived their parent"
+            time.sleep(0.05)  # polled: no event tells another process's exit
+        # Each stopped as on SIGTERM, not killed.
+        server.wait_for("shutting down", 2)
+
+
 def test_sighup_replaces_workers_one_by_one_and_lifespan_runs_in_each(tmp_path) -> None:
     (tmp_path / "life_app.py").write_text(LIFESPAN_APP.format(fail=False))
     with supervised(tmp_path, "serve", "--workers", "2", "--asgi", "life_app:app") as server:
