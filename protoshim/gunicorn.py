@@ -102,7 +102,8 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
         # A protocol factory's "request" is a connection; HTTP apps count requests.
         server = Server(target, on_connection=self._counted if kind == "factory" else None)
         await server.start([listener.sock for listener in self.sockets], self._ssl_context())
-        self.log.info("protoshim: serving %s as %s on %s", target.label, kind, self._framework)
+        interface = "protocol" if kind == "factory" else kind
+        self.log.info("protoshim: serving %s (%s) on %s", target.label, interface, self._framework)
         self._stopped = asyncio.Event()
         self._grace = float(self.cfg.graceful_timeout)
         handlers: dict[int, Callable[[], None]] = {
