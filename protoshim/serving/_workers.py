@@ -74,6 +74,10 @@ def _describe(status: int) -> str:
     return f"exited with status {code}"
 
 
+def _workers(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"
+
+
 def _say(message: str, *, error: bool = False) -> None:
     # One write per line: the workers print to the same pipe.
     stream = sys.stderr if error else sys.stdout
@@ -173,14 +177,14 @@ class Supervisor:
                 continue
             elif sig == signal.SIGHUP:
                 self._outdated = [w.pid for w in self._workers.values() if not w.retiring]
-                _say(f"replacing {len(self._outdated)} workers one by one")
+                _say(f"replacing {_workers(len(self._outdated))} one by one")
             elif sig == signal.SIGTTIN:
                 self._count += 1
             elif sig == signal.SIGTTOU:
                 self._count = max(1, self._count - 1)
 
     def _stop(self) -> None:
-        _say(f"stopping {len(self._workers)} workers")
+        _say(f"stopping {_workers(len(self._workers))}")
         self._stopping = True
         self._outdated.clear()
         self._kill_at = time.monotonic() + self._grace + STOP_MARGIN
