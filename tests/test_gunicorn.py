@@ -91,8 +91,9 @@ class Arbiter:
 
     def matches(self, pattern: str) -> list[str]:
         with self.changed:
-            found = (re.search(pattern, line) for line in self.lines)
-            return [m.group(1) if m.groups() else m.group(0) for m in found if m]
+            # Every match, several on a line: workers' lines may run together.
+            found = (m for line in self.lines for m in re.finditer(pattern, line))
+            return [m.group(1) if m.groups() else m.group(0) for m in found]
 
     def wait_for(self, pattern: str, count: int = 1) -> list[str]:
         """Wait until ``pattern`` matched ``count`` lines; return each first group."""

@@ -90,8 +90,9 @@ class Supervised:
 
     def matches(self, pattern: str) -> list[str]:
         with self.changed:
-            found = (re.search(pattern, line) for line in self.lines)
-            return [m.group(1) if m.groups() else m.group(0) for m in found if m]
+            # Every match, several on a line: workers' lines may run together.
+            found = (m for line in self.lines for m in re.finditer(pattern, line))
+            return [m.group(1) if m.groups() else m.group(0) for m in found]
 
     def wait_for(self, pattern: str, count: int = 1, timeout: float = TIMEOUT) -> list[str]:
         """Wait until ``pattern`` matched ``count`` lines; return each first group."""
@@ -294,6 +295,32 @@ def test_workers_leave_when_the_parent_dies(tmp_path) -> None:
             time.sleep(0.05)  # polled: no event tells another process's exit
         # Each stopped as on SIGTERM, not killed.
         server.wait_for("shutting down", 2)
+
+
+def test_sigttin_adds_a_worker_and_sigttou_retires_the_oldest(tmp_path) -> None:
+    with supervised(tmp_path, "serve", "--workers", "2", "--wsgi", "pid_app:app") as server:
+        first = [int(pid) for pid in server.wait_for(r"worker (\d+) is serving", 2)]
+        server.proc.send_signal(signal.SIGTTIN)
+        server.wait_for("running 3 workers")
+        workers = {int(pid) for pid in server.wait_for(r"worker (\d+) is serving", 3)}
+        (added,) = workers - set(first)
+        # One at a time: the kernel merges a signal sent while one is pending.
+        for line, times in (
+            ("running 2 workers", 1),
+            ("running 1 worker$", 1),
+            ("running 1 worker$", 2),
+        ):
+            server.proc.send_signal(signal.SIGTTOU)  # never fewer than one
+            server.wait_for(line, times)
+        deadline = time.monotonic() + TIMEOUT
+        while running(first[0]) or running(first[1]):
+            assert time.monotonic() < deadline, "the oldest workers were not retired"
+            time.sleep(0.05)  # polled: no event tells another process's exit
+        assert running(added)
+        assert get(server.port) == added
+        assert not server.matches("starting another")
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=TIMEOUT) == 0
 
 
 def test_sighup_replaces_workers_one_by_one_and_lifespan_runs_in_each(tmp_path) -> None:

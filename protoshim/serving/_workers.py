@@ -178,10 +178,10 @@ class Supervisor:
             elif sig == signal.SIGHUP:
                 self._outdated = [w.pid for w in self._workers.values() if not w.retiring]
                 _say(f"replacing {_workers(len(self._outdated))} one by one")
-            elif sig == signal.SIGTTIN:
-                self._count += 1
-            elif sig == signal.SIGTTOU:
-                self._count = max(1, self._count - 1)
+            elif sig in (signal.SIGTTIN, signal.SIGTTOU):
+                more = 1 if sig == signal.SIGTTIN else -1
+                self._count = max(1, self._count + more)
+                _say(f"running {_workers(self._count)}")
 
     def _stop(self) -> None:
         _say(f"stopping {_workers(len(self._workers))}")
