@@ -24,6 +24,7 @@ from protoshim.protocols.echo import EchoServer
 
 pytest.importorskip("gunicorn", reason="the gunicorn worker needs gunicorn (the test extra)")
 
+import protoshim.gunicorn
 from protoshim.gunicorn import detect_interface
 
 TIMEOUT = 30.0
@@ -120,7 +121,10 @@ class Arbiter:
 
 
 @contextmanager
-def gunicorn(tmp_path: Path, framework: str, app: str, *args: str) -> Iterator[Arbiter]:
+def gunicorn(
+    tmp_path: Path, framework: str, app: str, *args: str, worker: str = "Worker", **env: str
+) -> Iterator[Arbiter]:
+    """Run gunicorn with ``protoshim.gunicorn.<worker>`` on ``framework``."""
     port = free_port()
     runtime = tmp_path / f"run-{port}"
     runtime.mkdir()
@@ -129,9 +133,10 @@ def gunicorn(tmp_path: Path, framework: str, app: str, *args: str) -> Iterator[A
         "PROTOSHIM_FRAMEWORK": framework,
         # gunicorn 25+ opens a control socket there: one per arbiter, not one per user
         "XDG_RUNTIME_DIR": str(runtime),
+        **env,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-k", "protoshim.gunicorn.Worker",
+        [sys.executable, "-m", "gunicorn", "-k", f"protoshim.gunicorn.{worker}",
          "-b", f"127.0.0.1:{port}", "--chdir", str(tmp_path), *args, app],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -184,13 +189,16 @@ def test_gunicorn_serves_wsgi_asgi_and_a_protocol(tmp_path, framework: str) -> N
         asgi = stack.enter_context(
             gunicorn(tmp_path, framework, "asgi_app:app", "-w", "2", "--timeout", "1")
         )
+        # The framework's own class this time, and no PROTOSHIM_FRAMEWORK.
         echo = stack.enter_context(
-            gunicorn(tmp_path, framework, "protoshim.protocols.echo:EchoServer", "-w", "2",
-                     "--certfile", str(tmp_path / "server.pem"))
+            gunicorn(tmp_path, "nonexistent", "protoshim.protocols.echo:EchoServer", "-w", "2",
+                     "--certfile", str(tmp_path / "server.pem"),
+                     worker=f"{framework.capitalize()}Worker")
         )  # fmt: skip
 
         # A protocol factory, the echo protocol, over gunicorn's TLS settings.
         echo.serving(2)
+        assert echo.matches(rf"\(protocol\) on {framework}$") != []
         with (
             socket.create_connection(("127.0.0.1", echo.port), timeout=TIMEOUT) as raw,
             client_tls.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
@@ -242,6 +250,41 @@ def test_gunicorn_serves_wsgi_asgi_and_a_protocol(tmp_path, framework: str) -> N
         assert not asgi.matches("WORKER TIMEOUT")
         # The workers that started are the ones whose lifespan shut down.
         assert {int(pid) for pid in asgi.matches(r"lifespan shutdown (\d+)")} == asgi_workers
+
+
+FAILING_ASGI_APP = """
+async def app(scope, receive, send):
+    await receive()
+    await send({"type": "lifespan.startup.failed", "message": "no database"})
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        (
+            {"PROTOSHIM_INTERFACE": "bogus"},
+            "PROTOSHIM_INTERFACE='bogus': give asgi, wsgi or protocol",
+        ),
+        ({}, "application startup failed: no database"),
+    ],
+    ids=["bad-interface", "failed-lifespan"],
+)
+def test_a_worker_that_cannot_boot_stops_gunicorn(
+    tmp_path, env: dict[str, str], error: str
+) -> None:
+    (tmp_path / "failing_app.py").write_text(FAILING_ASGI_APP)
+    with gunicorn(tmp_path, "asyncio", "failing_app:app", **env) as arbiter:
+        # gunicorn's status for a worker that failed to boot, not a restart loop
+        assert arbiter.proc.wait(timeout=TIMEOUT) == 3
+        arbiter.wait_for("Reason: Worker failed to boot")
+    assert len(arbiter.matches(f"protoshim: {re.escape(error)}")) >= 1
+    assert not arbiter.matches("protoshim: serving")
+
+
+def test_each_framework_has_its_worker_class() -> None:
+    for name in protoshim.frameworks():
+        assert getattr(protoshim.gunicorn, f"{name.capitalize()}Worker").framework == name
 
 
 async def asgi_function(scope: object, receive: object, send: object) -> None:
