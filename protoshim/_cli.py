@@ -8,6 +8,7 @@ ASGI application whose lifespan startup fails ends in one line and status 3.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -60,20 +61,24 @@ def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
         raise CliError(f"--http: {exc}") from None
 
 
-def _serve_target(args: argparse.Namespace, target: Target) -> None:
+def _serve_target(args: argparse.Namespace, load: Callable[[], Target]) -> None:
     if args.grace < 0:
         raise CliError(f"--grace must be >= 0, got {args.grace}")
-    sockets = bind_tcp(args.host, args.port)
     if args.workers > 1:
-        # Forked before any loop exists: each worker starts its framework afresh.
+        sockets = bind_tcp(args.host, args.port)
+
+        # Each worker imports the application after the fork, as gunicorn
+        # does: what it imports (a framework, a reactor) is never forked, and
+        # the workers SIGHUP starts run the current code.
         def worker(started: Started) -> int:
-            return _run(
-                lambda: run_server(target, sockets, args.framework, args.grace, started=started)
+            return _report(
+                lambda: run_server(load(), sockets, args.framework, args.grace, started=started)
             )
 
         Supervisor(worker, args.workers, args.grace).run()
         return
-    run_server(target, sockets, args.framework, args.grace)
+    target = load()  # a broken app is reported before the port is taken
+    run_server(target, bind_tcp(args.host, args.port), args.framework, args.grace)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -85,14 +90,14 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         raise CliError("give a MODULE:FACTORY, --asgi MODULE:APP or --wsgi MODULE:APP")
     config = _http_config(args)
     if args.asgi:
-        target = load_target(
-            "asgi", args.asgi, config, root_path=args.root_path, lifespan=args.lifespan
+        load = functools.partial(
+            load_target, "asgi", args.asgi, config, root_path=args.root_path, lifespan=args.lifespan
         )
     elif args.wsgi:
-        target = load_target("wsgi", args.wsgi, config)
+        load = functools.partial(load_target, "wsgi", args.wsgi, config)
     else:
-        target = load_target("factory", args.factory)
-    _serve_target(args, target)
+        load = functools.partial(load_target, "factory", args.factory)
+    _serve_target(args, load)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -102,7 +107,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     except ImportError as exc:
         raise missing_package(exc, "the demo") from None
 
-    _serve_target(args, Target(protocol_factory(args.port), "the Echo Test demo"))
+    _serve_target(args, lambda: Target(protocol_factory(args.port), "the Echo Test demo"))
 
 
 def _cmd_frameworks(args: argparse.Namespace) -> None:
@@ -217,13 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if given[:1] == ["matrix"]:
         return _matrix(given[1:])
     args = _parser().parse_args(given)
-    return _run(lambda: args.handler(args))
+    return _report(lambda: args.handler(args))
 
 
-def _run(command: Callable[[], None]) -> int:
-    """Run ``command``; report a failure in one line and return the exit status."""
+def _report(run: Callable[[], None]) -> int:
+    """Run ``run``; turn the failures a user can cause into one line and a status."""
     try:
-        command()
+        run()
     except (CliError, UnknownFramework) as exc:
         print(f"protoshim: error: {exc}", file=sys.stderr)
         return USAGE_ERROR

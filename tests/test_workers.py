@@ -40,6 +40,7 @@ LIFESPAN_APP = """
 import os, sys
 
 FAIL = {fail}
+VERSION = {version}
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -54,7 +55,7 @@ async def app(scope, receive, send):
             await send({{"type": f"lifespan.{{phase}}.complete"}})
             if phase == "shutdown":
                 return
-    body = str(os.getpid()).encode()
+    body = str(VERSION if scope["path"] == "/version" else os.getpid()).encode()
     await send({{"type": "http.response.start", "status": 200, "headers": []}})
     await send({{"type": "http.response.body", "body": body}})
 """
@@ -323,11 +324,15 @@ def test_sigttin_adds_a_worker_and_sigttou_retires_the_oldest(tmp_path) -> None:
         assert server.proc.wait(timeout=TIMEOUT) == 0
 
 
-def test_sighup_replaces_workers_one_by_one_and_lifespan_runs_in_each(tmp_path) -> None:
-    (tmp_path / "life_app.py").write_text(LIFESPAN_APP.format(fail=False))
+def test_sighup_replaces_workers_one_by_one_with_new_code(tmp_path) -> None:
+    (tmp_path / "life_app.py").write_text(LIFESPAN_APP.format(fail=False, version=1))
     with supervised(tmp_path, "serve", "--workers", "2", "--asgi", "life_app:app") as server:
         first = {int(pid) for pid in server.wait_for(r"worker (\d+) is serving", 2)}
+        # The lifespan runs in each worker.
         assert {int(p) for p in server.matches(r"lifespan startup (\d+)")} == first
+        assert get(server.port, "/version") == 1
+        # Another size: a cached .pyc of the same size and second would be reused.
+        (tmp_path / "life_app.py").write_text(LIFESPAN_APP.format(fail=False, version=22))
         # New connections only: an idle keep-alive connection that a stopping
         # worker closes as the client reuses it is HTTP's own race.
         clients = 2
@@ -349,12 +354,14 @@ def test_sighup_replaces_workers_one_by_one_and_lifespan_runs_in_each(tmp_path) 
         assert len(failed) <= clients * 2
         assert sum(len(c.pids) for c in load.connections) > len(failed)
         assert len(server.workers()) == 4
+        # The new workers imported the application afresh.
+        assert get(server.port, "/version") == 22
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=TIMEOUT) == 0
 
 
 def test_a_worker_failing_to_start_stops_the_supervisor(tmp_path) -> None:
-    (tmp_path / "life_app.py").write_text(LIFESPAN_APP.format(fail=True))
+    (tmp_path / "life_app.py").write_text(LIFESPAN_APP.format(fail=True, version=1))
     args = ("--workers", "2", "--asgi", "life_app:app", "--lifespan", "on")
     with supervised(tmp_path, "serve", *args) as server:
         assert server.proc.wait(timeout=TIMEOUT) == 3
@@ -367,6 +374,20 @@ def test_a_worker_failing_to_start_stops_the_supervisor(tmp_path) -> None:
         r"protoshim: error: worker \d+ failed to start: it exited with status 3", report[0]
     )
     assert not server.workers()
+
+
+def test_an_app_that_does_not_import_stops_the_supervisor(tmp_path) -> None:
+    (tmp_path / "broken_app.py").write_text("raise RuntimeError('boom')\n")
+    with supervised(tmp_path, "serve", "--workers", "3", "--wsgi", "broken_app:app") as server:
+        assert server.proc.wait(timeout=TIMEOUT) == 2
+        server.wait_for("failed to start")
+    # The first worker starts alone: one worker's line, then the supervisor's.
+    errors = [line for line in server.lines if line.startswith("protoshim: error: ")]
+    assert len(errors) == 2, server.lines
+    assert "cannot import 'broken_app': RuntimeError: boom" in errors[0]
+    assert re.fullmatch(
+        r"protoshim: error: worker \d+ failed to start: it exited with status 2", errors[1]
+    )
 
 
 @pytest.mark.parametrize("count", ["0", "two"])

@@ -107,6 +107,7 @@ class Supervisor:
         self._spawn_after = 0.0
         self._failure: str | None = None
         self._failure_code = 0
+        self._served = False  # some worker has started
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         # Workers hold the read end: it reads EOF once the parent is gone.
@@ -210,7 +211,12 @@ class Supervisor:
     def _maintain(self) -> None:
         active = [w for w in self._workers.values() if not w.retiring]
         if len(active) < self._count:
-            if time.monotonic() >= self._spawn_after:
+            if not self._served:
+                # The first worker starts alone: if the application cannot
+                # start, one worker says why, not every one of them.
+                if not active:
+                    self._spawn()
+            elif time.monotonic() >= self._spawn_after:
                 for _ in range(self._count - len(active)):
                     self._spawn()
         elif self._outdated:
@@ -257,6 +263,7 @@ class Supervisor:
         os.close(fd)
         worker.ready_fd = None
         if worker.ready:
+            self._served = True
             _say(f"worker {worker.pid} is serving")
 
     def _reap(self) -> None:
