@@ -98,14 +98,15 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
 
     async def _serve(self) -> bool:
         loop = asyncio.get_running_loop()
+        # Before the first connection, which may already reach max_requests.
+        self._stopped = asyncio.Event()
+        self._grace = float(self.cfg.graceful_timeout)
         kind, target = self._target(self._counted)
         # A protocol factory's "request" is a connection; HTTP apps count requests.
         server = Server(target, on_connection=self._counted if kind == "factory" else None)
         await server.start([listener.sock for listener in self.sockets], self._ssl_context())
         interface = "protocol" if kind == "factory" else kind
         self.log.info("protoshim: serving %s (%s) on %s", target.label, interface, self._framework)
-        self._stopped = asyncio.Event()
-        self._grace = float(self.cfg.graceful_timeout)
         handlers: dict[int, Callable[[], None]] = {
             signal.SIGTERM: self._stop,
             signal.SIGINT: self._quit,
@@ -115,11 +116,11 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
         }
         for sig, handler in handlers.items():
             loop.add_signal_handler(sig, handler)
-        interval = self.timeout or 1.0  # gunicorn already passes half its timeout
-        heartbeat = loop.call_soon(self._beat, loop, interval)
+        # gunicorn already passes half its timeout.  The beat goes on while
+        # connections drain: the arbiter bounds that with graceful_timeout.
+        self._beat(loop, self.timeout or 1.0)
         try:
             await self._stopped.wait()
-            heartbeat.cancel()
             return await server.stop(self._grace)
         finally:
             for sig in handlers:
@@ -183,10 +184,9 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
 
     def _beat(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         self.notify()
-        if self.ppid != os.getppid():
+        if self.ppid != os.getppid() and self.alive:
             self.log.info("Parent changed, shutting down: %s", self)
             self._stop()
-            return
         loop.call_later(interval, self._beat, loop, interval)
 
     def _stop(self) -> None:
