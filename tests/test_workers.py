@@ -356,6 +356,11 @@ def test_sighup_replaces_workers_one_by_one_with_new_code(tmp_path) -> None:
         assert len(server.workers()) == 4
         # The new workers imported the application afresh.
         assert get(server.port, "/version") == 22
+        # Broken code: the replacement fails to start, the running workers stay.
+        (tmp_path / "life_app.py").write_text("raise RuntimeError('broken deploy')\n")
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for(r"failed to start: it exited with status 2; kept the others")
+        assert get(server.port, "/version") == 22
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=TIMEOUT) == 0
 

@@ -15,7 +15,8 @@ accepts connections; the parent then
   :data:`STOP_MARGIN` seconds later are killed; a second signal kills them
   at once;
 - on SIGHUP, replaces the workers one at a time: a new worker accepts before
-  an old one is told to stop, so the port never stops answering;
+  an old one is told to stop, so the port never stops answering; if a new
+  worker fails to start, the old ones are kept;
 - on SIGTTIN and SIGTTOU, runs one worker more or one fewer.
 
 Workers get their own process group, so Ctrl-C in a terminal reaches the
@@ -284,6 +285,11 @@ class Supervisor:
             if self._stopping or worker.retiring:
                 continue
             how = _describe(status)
+            if not worker.ready and self._outdated:
+                # A replacement after SIGHUP (new code, say): the old workers go on.
+                self._outdated.clear()
+                _say(f"worker {pid} failed to start: it {how}; kept the others", error=True)
+                continue
             if not worker.ready:
                 self._failure = f"worker {pid} failed to start: it {how}"
                 self._failure_code = max(os.waitstatus_to_exitcode(status), 0)
