@@ -252,6 +252,40 @@ def test_gunicorn_serves_wsgi_asgi_and_a_protocol(tmp_path, framework: str) -> N
         assert {int(pid) for pid in asgi.matches(r"lifespan shutdown (\d+)")} == asgi_workers
 
 
+def test_gunicorn_worker_reopens_logs_on_sigusr1_and_sigquit_is_quick(tmp_path) -> None:
+    (tmp_path / "wsgi_app.py").write_text(WSGI_APP)
+    log = tmp_path / "error.log"
+    with gunicorn(tmp_path, "asyncio", "wsgi_app:app", "--log-file", str(log)) as arbiter:
+        deadline = time.monotonic() + TIMEOUT
+        while "protoshim: serving" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, "the worker never served"
+            time.sleep(0.05)  # polled: the lines go to the file, not to a pipe
+        (pid,) = {
+            int(p) for p in re.findall(r"\[(\d+)\] \[INFO\] protoshim: serving", log.read_text())
+        }
+        log.rename(tmp_path / "error.log.1")  # as logrotate does
+        os.kill(pid, signal.SIGUSR1)
+        while not log.exists():
+            assert time.monotonic() < deadline, "SIGUSR1 did not reopen the log file"
+            time.sleep(0.05)
+        # SIGQUIT: the arbiter and its worker stop at once, in-flight requests cut.
+        failed: list[BaseException] = []
+
+        def slow() -> None:
+            try:
+                get(arbiter.port, "/slow")
+            except BaseException as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        arbiter.wait_for(r"slow request in (\d+)")
+        arbiter.proc.send_signal(signal.SIGQUIT)
+        thread.join(TIMEOUT)
+        assert arbiter.proc.wait(timeout=TIMEOUT) == 0
+        assert len(failed) == 1, "the request in flight was not cut"
+
+
 FAILING_ASGI_APP = """
 async def app(scope, receive, send):
     await receive()
