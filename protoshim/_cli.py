@@ -38,6 +38,7 @@ from .serving import (
 )
 from .serving._errors import missing_package
 from .serving._listen import parse_fd
+from .serving._workers import Started, Supervisor
 
 if TYPE_CHECKING:
     from .protocols.http import HTTPConfig
@@ -67,6 +68,16 @@ _HTTP_OPTIONS = {
     "timeout_keep_alive": "keepalive_timeout",
     "limit_concurrency": "limit_concurrency",
 }
+
+
+def _workers(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count} workers: give at least 1")
+    return count
 
 
 def _http_config(args: argparse.Namespace) -> HTTPConfig | None:
@@ -145,6 +156,29 @@ def _serve_target(
             max_requests=max_requests,
         )
 
+    if args.workers > 1:
+        if args.reload:
+            raise CliError("--reload and --workers cannot be combined")
+        with open_listeners(binds, backlog) as listeners:
+            # Each worker imports the application after the fork, as gunicorn
+            # does: what it imports (a framework, a reactor) is never forked,
+            # and the workers SIGHUP starts run the current code.
+            def worker(started: Started) -> int:
+                return _report(
+                    lambda: run_server(
+                        load(),
+                        listeners.sockets,
+                        args.framework,
+                        args.grace,
+                        context,
+                        backlog,
+                        max_requests=max_requests,
+                        started=started,
+                    )
+                )
+
+            Supervisor(worker, args.workers, args.grace).run()
+        return
     if not args.reload:
         target = load()  # a broken app is reported before the port is taken
         with open_listeners(binds, backlog) as listeners:
@@ -379,6 +413,13 @@ def _parser() -> argparse.ArgumentParser:
             default="",
             metavar="DIR",
             help="folder searched first for MODULE (default: the current folder)",
+        )
+        sub.add_argument(
+            "--workers",
+            type=_workers,
+            default=1,
+            metavar="N",
+            help="worker processes sharing the port, restarted if they die (default: 1, no fork)",
         )
 
     # Only listed here: main() hands everything after "matrix" to its own parser.

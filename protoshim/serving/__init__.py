@@ -11,6 +11,8 @@ The pieces the ``protoshim serve`` command and the gunicorn worker share:
   then shuts its connections down gracefully;
 - :mod:`._logs` sends its log records (``protoshim.error``,
   ``protoshim.access``) where the command line says.
+- :mod:`._workers` forks worker processes that each do so, and supervises
+  them (``protoshim serve --workers N``).
 """
 
 from ._errors import AppError, CliError
@@ -24,9 +26,10 @@ from ._listen import (
     parse_bind,
 )
 from ._logs import LEVELS, configure_logging
-from ._server import REQUEST_HOOK, SHUTDOWN_GRACE, SHUTDOWN_HOOK, run_server
-from ._target import Target, load_object, load_target
+from ._server import REQUEST_HOOK, SHUTDOWN_GRACE, SHUTDOWN_HOOK, Server, run_loop, run_server
+from ._target import Target, load_object, load_target, make_target
 from ._tls import HTTP_ALPN, TLSConfig, parse_cert_reqs
+from ._workers import Supervisor
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -39,6 +42,8 @@ __all__ = [
     "Bind",
     "CliError",
     "Listeners",
+    "Server",
+    "Supervisor",
     "TLSConfig",
     "Target",
     "activated_binds",
@@ -46,8 +51,10 @@ __all__ = [
     "configure_logging",
     "load_object",
     "load_target",
+    "make_target",
     "open_listeners",
     "parse_bind",
     "parse_cert_reqs",
+    "run_loop",
     "run_server",
 ]

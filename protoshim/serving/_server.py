@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import ssl as _ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from .._registry import get_adapter
@@ -17,7 +18,7 @@ from ._listen import DEFAULT_BACKLOG
 from ._logs import configure_logging, logging_configured
 from ._target import Target
 
-__all__ = ["REQUEST_HOOK", "SHUTDOWN_GRACE", "SHUTDOWN_HOOK", "run_server"]
+__all__ = ["REQUEST_HOOK", "SHUTDOWN_GRACE", "SHUTDOWN_HOOK", "Server", "run_loop", "run_server"]
 
 logger = logging.getLogger("protoshim.error")
 
@@ -60,7 +61,11 @@ class _Connections:
         self.open: dict[asyncio.BaseTransport, asyncio.BaseProtocol] = {}
         self.idle: asyncio.Event | None = None
 
-    def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], Any]:
+    def wrap(
+        self,
+        factory: Callable[[], asyncio.BaseProtocol],
+        on_connection: Callable[[], None] | None = None,
+    ) -> Callable[[], Any]:
         def tracked() -> asyncio.BaseProtocol:
             protocol = factory()
             made, lost = protocol.connection_made, protocol.connection_lost
@@ -69,6 +74,8 @@ class _Connections:
             def connection_made(transport: asyncio.BaseTransport) -> None:
                 transports.append(transport)
                 self.open[transport] = protocol
+                if on_connection is not None:
+                    on_connection()
                 made(transport)
 
             def connection_lost(exc: Exception | None) -> None:
@@ -112,6 +119,70 @@ class _Connections:
         return False
 
 
+class Server:
+    """Serve one target on listening sockets, from inside a running loop.
+
+    :meth:`start` runs the ASGI lifespan startup and begins accepting;
+    :meth:`stop` closes the listeners, gives open connections ``grace``
+    seconds to finish, aborts the rest and runs the lifespan shutdown.  The
+    ``protoshim serve`` command and the gunicorn worker both drive one, each
+    with its own signals.  ``on_connection`` is called for every accepted
+    connection, so a caller can count them.
+    """
+
+    def __init__(self, target: Target, on_connection: Callable[[], None] | None = None) -> None:
+        self.target = target
+        self._connections = _Connections()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._on_connection = on_connection
+        self.sockets: list[socket.socket] = []
+
+    async def start(
+        self,
+        sockets: list[socket.socket],
+        ssl: _ssl.SSLContext | None = None,
+        backlog: int = DEFAULT_BACKLOG,
+    ) -> None:
+        """Run the lifespan startup, then accept on every socket."""
+        loop = asyncio.get_running_loop()
+        lifespan = self.target.lifespan
+        if lifespan is not None:
+            await _lifespan_step(lifespan.startup)
+        factory = self._connections.wrap(self.target.factory, self._on_connection)
+        try:
+            for sock in sockets:
+                self._servers.append(await loop.create_server(factory, sock=sock, ssl=ssl))
+                # create_server listened again with its default of 100; restore
+                # ours.  Not through its ``backlog``: the stdlib loop accepts up
+                # to that many per wakeup and, out of descriptors, logs each
+                # failure.
+                sock.listen(backlog)
+        except OSError as exc:
+            for server in self._servers:
+                server.close()
+            if lifespan is not None:
+                await _lifespan_step(lifespan.shutdown)
+            raise CliError(f"cannot serve: {exc.strerror or exc}") from None
+        self.sockets = list(sockets)
+
+    @property
+    def addresses(self) -> str:
+        """The addresses served, as ``host:port`` joined by commas."""
+        return ", ".join(_format(s.getsockname()) for s in self.sockets)
+
+    async def stop(self, grace: float) -> bool:
+        """Stop accepting and close every connection, the lifespan last;
+        return True if some connections outlived ``grace`` and were aborted."""
+        for server in self._servers:
+            server.close()
+        forced = await self._connections.close_all(grace)
+        for server in self._servers:
+            await server.wait_closed()
+        if self.target.lifespan is not None:
+            await _lifespan_step(self.target.lifespan.shutdown)
+        return forced
+
+
 async def _serve(
     target: Target,
     sockets: list[socket.socket],
@@ -120,50 +191,34 @@ async def _serve(
     ssl: _ssl.SSLContext | None,
     backlog: int,
     max_requests: int | None,
+    started: Callable[[Callable[[], None]], None] | None,
 ) -> bool:
     loop = asyncio.get_running_loop()
-    connections = _Connections()
     stop = asyncio.Event()
-    factory = target.factory
     if max_requests is not None:
-        factory = _counting(factory, max_requests, stop.set)
-    lifespan = target.lifespan
-    if lifespan is not None:
-        await _lifespan_step(lifespan.startup)
-    servers: list[asyncio.AbstractServer] = []
-    try:
-        for sock in sockets:
-            servers.append(await loop.create_server(connections.wrap(factory), sock=sock, ssl=ssl))
-            # create_server listened again with its default of 100; restore
-            # ours.  Not through its ``backlog``: the stdlib loop accepts up to
-            # that many per wakeup and, out of descriptors, logs each failure.
-            sock.listen(backlog)
-    except OSError as exc:
-        for server in servers:
-            server.close()
-        if lifespan is not None:
-            await _lifespan_step(lifespan.shutdown)
-        raise CliError(f"cannot serve: {exc.strerror or exc}") from None
+        target = dataclasses.replace(
+            target, factory=_counting(target.factory, max_requests, stop.set)
+        )
+    server = Server(target)
+    await server.start(sockets, ssl, backlog)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    addresses = ", ".join(_format(s.getsockname()) for s in sockets)
     # Scripts and tests read this line (on stdout by default) for the port.
     logger.info(
-        "protoshim: serving %s on %s at %s (Ctrl-C to stop)", target.label, framework, addresses
+        "protoshim: serving %s on %s at %s (Ctrl-C to stop)",
+        target.label,
+        framework,
+        server.addresses,
     )
     try:
+        if started is not None:
+            started(stop.set)
         await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         logger.info("protoshim: shutting down")
-        for server in servers:
-            server.close()
-        forced = await connections.close_all(grace)
-        for server in servers:
-            await server.wait_closed()
-        if lifespan is not None:
-            await _lifespan_step(lifespan.shutdown)
+        forced = await server.stop(grace)
     return forced
 
 
@@ -192,22 +247,34 @@ def run_server(
     backlog: int = DEFAULT_BACKLOG,
     *,
     max_requests: int | None = None,
+    started: Callable[[Callable[[], None]], None] | None = None,
 ) -> None:
     """Serve ``target`` on ``sockets`` with a new loop of ``framework`` until
     SIGINT or SIGTERM (or ``max_requests`` requests), then give open
     connections ``grace`` seconds to finish.
 
     With ``ssl``, every connection is TLS; ``backlog`` is the listen queue
-    the sockets keep once serving starts."""
+    the sockets keep once serving starts.  ``started`` is called on the loop
+    once the server accepts, with a function that stops it as the signals do.
+    """
     if grace < 0:
         raise CliError(f"--grace must be >= 0, got {grace}")
     if max_requests is not None and max_requests < 1:
         raise CliError(f"--limit-max-requests must be at least 1, got {max_requests}")
-    adapter = get_adapter(framework)
     if not logging_configured():
         configure_logging()  # the defaults: the startup line still reaches stdout
+    run_loop(
+        framework,
+        _serve(target, sockets, framework, grace, ssl, backlog, max_requests, started),
+    )
+
+
+def run_loop(framework: str, main: Coroutine[Any, Any, bool]) -> None:
+    """Run ``main`` on a new loop of ``framework``; if it returns True
+    (connections were aborted), exit the process at once."""
+    adapter = get_adapter(framework)
     with asyncio.Runner(loop_factory=adapter.new_event_loop) as runner:
-        forced = runner.run(_serve(target, sockets, framework, grace, ssl, backlog, max_requests))
+        forced = runner.run(main)
         if forced:
             # Work that outlived the grace period may still hold executor
             # threads, which no one can stop and the interpreter would wait

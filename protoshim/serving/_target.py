@@ -16,7 +16,7 @@ from ._errors import CliError, missing_package
 if TYPE_CHECKING:
     from ..protocols.http import HTTPConfig, Lifespan
 
-__all__ = ["Target", "load_object", "load_target"]
+__all__ = ["Kind", "Target", "load_object", "load_target", "make_target"]
 
 Kind = Literal["factory", "asgi", "wsgi"]
 
@@ -81,22 +81,35 @@ def load_target(
     app_dir: str = "",
 ) -> Target:
     """Import ``spec`` and wrap it as ``kind`` says, checking it can be called."""
-    if kind == "asgi":
+    if kind != "factory":
+        # Before the app's import, so a missing package is named as such.
         try:
-            from ..protocols.http import Lifespan, asgi_server
+            importlib.import_module("..protocols.http", __package__)
         except ImportError as exc:
-            raise missing_package(exc, "--asgi") from None
-    elif kind == "wsgi":
-        try:
-            from ..protocols.http import wsgi_protocol_factory
-        except ImportError as exc:
-            raise missing_package(exc, "--wsgi") from None
+            raise missing_package(exc, f"--{kind}") from None
     obj = load_object(spec, app_dir)
     if not callable(obj):
         raise CliError(f"{spec} is not callable")
+    return make_target(kind, obj, spec, config, root_path=root_path, lifespan=lifespan)
+
+
+def make_target(
+    kind: Kind,
+    obj: Callable[..., Any],
+    label: str,
+    config: HTTPConfig | None = None,
+    *,
+    root_path: str = "",
+    lifespan: Literal["auto", "on", "off"] = "auto",
+) -> Target:
+    """Wrap an application or protocol factory already loaded as ``kind`` says."""
     if kind == "asgi":
+        from ..protocols.http import Lifespan, asgi_server
+
         steps = Lifespan(obj, lifespan)
-        return Target(asgi_server(obj, config, root_path=root_path, lifespan=steps), spec, steps)
+        return Target(asgi_server(obj, config, root_path=root_path, lifespan=steps), label, steps)
     if kind == "wsgi":
-        return Target(wsgi_protocol_factory(obj, config, root_path), spec)
-    return Target(obj, spec)
+        from ..protocols.http import wsgi_protocol_factory
+
+        return Target(wsgi_protocol_factory(obj, config, root_path), label)
+    return Target(obj, label)
