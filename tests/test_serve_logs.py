@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+import protoshim
+
 from .conftest import CliServer
 
 APPS = """
@@ -344,12 +346,18 @@ def test_http_options_need_an_http_application(apps: Path) -> None:
     assert line.endswith("--proxy-headers needs --asgi or --wsgi")
 
 
-def test_limit_max_requests_stops_the_server_gracefully(apps: Path, cli_server: Start) -> None:
-    server = cli_server("--wsgi", "apps:wsgi", "--limit-max-requests", "3")
+@pytest.mark.parametrize("framework", sorted(protoshim.frameworks()))
+def test_limit_max_requests_stops_the_server_gracefully(
+    framework: str, apps: Path, cli_server: Start
+) -> None:
+    server = cli_server(
+        "--framework", framework, "--wsgi", "apps:wsgi", "--limit-max-requests", "3",
+        "--timeout-keep-alive", "30", "--log-level", "info",
+    )
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         for index in range(3):
-            conn.request("GET", f"/n{index}")
+            conn.request("GET", f"/n{index}", headers={"User-Agent": "counter"})
             response = conn.getresponse()
             assert (response.status, response.read()) == (200, f"|/n{index}|".encode())
     finally:
@@ -357,6 +365,10 @@ def test_limit_max_requests_stops_the_server_gracefully(apps: Path, cli_server: 
     assert server.proc.wait(timeout=30) == 0
     server.wait_line("served 3 requests")
     server.wait_line("shutting down")
+    # One access-log line per request, on every framework.
+    for index in range(3):
+        line = access_line(server, f"GET /n{index} HTTP/1.1")
+        assert (line["status"], line["agent"]) == ("200", "counter")
 
 
 def test_limit_concurrency_answers_503_beyond_the_limit(apps: Path, cli_server: Start) -> None:
