@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
         new_loop.close()
 
 
-def _unused_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -41,7 +43,53 @@ def _unused_port() -> int:
 @pytest.fixture
 def free_ports() -> Callable[[], int]:
     """Return a function giving a TCP port on 127.0.0.1 that nothing listens on now."""
-    return _unused_port
+    return free_port
+
+
+#: How long a test waits for a server's line before it fails.
+LINE_TIMEOUT = 30.0
+
+
+@dataclass
+class ProcessOutput:
+    """A server process and every line it printed, read by a thread as they come.
+
+    Start ``threading.Thread(target=output.read, daemon=True)`` once the
+    process runs; :meth:`wait_for` then waits for lines without polling.
+    """
+
+    proc: subprocess.Popen[str]
+    port: int
+    lines: list[str] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    ended: bool = False
+
+    def read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+        with self.changed:
+            self.ended = True
+            self.changed.notify_all()
+
+    def matches(self, pattern: str) -> list[str]:
+        with self.changed:
+            # Every match, several on a line: workers' lines may run together.
+            found = (m for line in self.lines for m in re.finditer(pattern, line))
+            return [m.group(1) if m.groups() else m.group(0) for m in found]
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = LINE_TIMEOUT) -> list[str]:
+        """Wait until ``pattern`` matched ``count`` lines; return each first group."""
+        with self.changed:
+            self.changed.wait_for(
+                lambda: self.ended or len(self.matches(pattern)) >= count, timeout
+            )
+        found = self.matches(pattern)
+        if len(found) < count:
+            raise AssertionError(f"no {count} x {pattern!r} in:\n" + "\n".join(self.lines))
+        return found
 class CliServer:
     """A ``protoshim serve`` subprocess, its port and its stdout lines as they come."""
 

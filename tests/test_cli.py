@@ -15,6 +15,8 @@ import pytest
 
 import protoshim
 
+from .conftest import free_port
+
 ECHO = "protoshim.protocols.echo:EchoServer"
 
 
@@ -29,13 +31,6 @@ def protoshim_cmd(
         text=True,
         timeout=timeout,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from .conftest import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "deployment.md"
 NGINX = shutil.which("nginx") or next(
@@ -82,13 +84,6 @@ def command(line: str, **changes: str) -> list[str]:
         words = [new if word == old else word for word in words]
     program = Path(words[0]).name
     return [sys.executable, "-m", program, *words[1:]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def get(port: int, *, tls: bool = False, timeout: float = 10) -> dict[str, Any]:

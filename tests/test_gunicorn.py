@@ -14,13 +14,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 import protoshim
 from protoshim.protocols.echo import EchoServer
+
+from .conftest import ProcessOutput, free_port
 
 pytest.importorskip("gunicorn", reason="the gunicorn worker needs gunicorn (the test extra)")
 
@@ -63,49 +64,8 @@ async def app(scope, receive, send):
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Arbiter:
+class Arbiter(ProcessOutput):
     """A gunicorn master process and every line it and its workers printed."""
-
-    proc: subprocess.Popen[str]
-    port: int
-    lines: list[str] = field(default_factory=list)
-    changed: threading.Condition = field(default_factory=threading.Condition)
-    ended: bool = False
-
-    def read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self.changed:
-                self.lines.append(line.rstrip("\n"))
-                self.changed.notify_all()
-        with self.changed:
-            self.ended = True
-            self.changed.notify_all()
-
-    def matches(self, pattern: str) -> list[str]:
-        with self.changed:
-            # Every match, several on a line: workers' lines may run together.
-            found = (m for line in self.lines for m in re.finditer(pattern, line))
-            return [m.group(1) if m.groups() else m.group(0) for m in found]
-
-    def wait_for(self, pattern: str, count: int = 1) -> list[str]:
-        """Wait until ``pattern`` matched ``count`` lines; return each first group."""
-        with self.changed:
-            self.changed.wait_for(
-                lambda: self.ended or len(self.matches(pattern)) >= count, TIMEOUT
-            )
-        found = self.matches(pattern)
-        if len(found) < count:
-            raise AssertionError(f"no {count} x {pattern!r} in:\n" + "\n".join(self.lines))
-        return found
 
     def serving(self, count: int) -> set[int]:
         return {int(pid) for pid in self.wait_for(r"\[(\d+)\] \[INFO\] protoshim: serving", count)}

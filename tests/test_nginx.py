@@ -25,7 +25,7 @@ import pytest
 
 import protoshim
 
-from .conftest import CliServer
+from .conftest import CliServer, free_port
 
 NGINX = shutil.which("nginx") or next(
     (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(path)), None
@@ -83,13 +83,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 import protoshim
 
-from .conftest import CliServer
+from .conftest import CliServer, free_port
 
 APPS = """
 import asyncio
@@ -162,13 +162,6 @@ def wait_until_serving(port: int, timeout: float = 20) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_log_level_warning_hides_info_and_access_log_forces_it_on(
