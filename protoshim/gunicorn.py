@@ -101,9 +101,12 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
         # Before the first connection, which may already reach max_requests.
         self._stopped = asyncio.Event()
         self._grace = float(self.cfg.graceful_timeout)
-        kind, target = self._target(self._counted)
+        kind, target = self._target()
         # A protocol factory's "request" is a connection; HTTP apps count requests.
-        server = Server(target, on_connection=self._counted if kind == "factory" else None)
+        if kind == "factory":
+            server = Server(target, on_connection=self._counted)
+        else:
+            server = Server(target, on_request=self._counted)
         await server.start([listener.sock for listener in self.sockets], self._ssl_context())
         interface = "protocol" if kind == "factory" else kind
         self.log.info("protoshim: serving %s (%s) on %s", target.label, interface, self._framework)
@@ -126,7 +129,7 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
             for sig in handlers:
                 loop.remove_signal_handler(sig)
 
-    def _target(self, counted: Callable[[], None]) -> tuple[Kind, Target]:
+    def _target(self) -> tuple[Kind, Target]:
         app = self.wsgi
         name = os.environ.get(INTERFACE_ENV) or detect_interface(app)
         kind = _KINDS.get(name)
@@ -143,25 +146,6 @@ class Worker(BaseWorker):  # type: ignore[misc]  # gunicorn has no type informat
         lifespan = _LIFESPANS.get(setting)
         if lifespan is None:
             raise CliError(f"asgi_lifespan={setting!r}: give auto, on or off")
-        if kind == "asgi":
-            asgi_app = app
-
-            async def counting_asgi(scope: Any, receive: Any, send: Any) -> None:
-                if scope["type"] != "lifespan":
-                    counted()
-                await asgi_app(scope, receive, send)
-
-            app = counting_asgi
-        elif kind == "wsgi":
-            wsgi_app = app
-            loop = asyncio.get_running_loop()
-
-            def counting_wsgi(environ: Any, start_response: Any) -> Any:
-                # WSGI applications run off the loop's thread.
-                loop.call_soon_threadsafe(counted)
-                return wsgi_app(environ, start_response)
-
-            app = counting_wsgi
         return kind, make_target(kind, app, label, config, lifespan=lifespan)
 
     def _counted(self) -> None:

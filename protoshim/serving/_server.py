@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -32,10 +31,22 @@ SHUTDOWN_HOOK = "begin_shutdown"
 REQUEST_HOOK = "on_request"
 
 
-def _counting(
-    factory: Callable[[], asyncio.BaseProtocol], limit: int, stop: Callable[[], None]
+def _hooked(
+    factory: Callable[[], asyncio.BaseProtocol], on_request: Callable[[], None]
 ) -> Callable[[], asyncio.BaseProtocol]:
-    """Wrap ``factory`` so that the ``limit``-th request calls ``stop``."""
+    """Wrap ``factory`` so that each protocol that has the hook calls ``on_request``."""
+
+    def hooked() -> asyncio.BaseProtocol:
+        protocol = factory()
+        if hasattr(protocol, REQUEST_HOOK):
+            setattr(protocol, REQUEST_HOOK, on_request)
+        return protocol
+
+    return hooked
+
+
+def _limit(limit: int, stop: Callable[[], None]) -> Callable[[], None]:
+    """Return a request counter whose ``limit``-th call calls ``stop``."""
     count = 0
 
     def on_request() -> None:
@@ -45,13 +56,7 @@ def _counting(
             logger.info("protoshim: served %d requests (--limit-max-requests)", limit)
             stop()
 
-    def counted() -> asyncio.BaseProtocol:
-        protocol = factory()
-        if hasattr(protocol, REQUEST_HOOK):
-            setattr(protocol, REQUEST_HOOK, on_request)
-        return protocol
-
-    return counted
+    return on_request
 
 
 class _Connections:
@@ -127,14 +132,21 @@ class Server:
     seconds to finish, aborts the rest and runs the lifespan shutdown.  The
     ``protoshim serve`` command and the gunicorn worker both drive one, each
     with its own signals.  ``on_connection`` is called for every accepted
-    connection, so a caller can count them.
+    connection and ``on_request`` for every HTTP request (by protocols with
+    the :data:`REQUEST_HOOK`), so a caller can count them.
     """
 
-    def __init__(self, target: Target, on_connection: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        on_connection: Callable[[], None] | None = None,
+        on_request: Callable[[], None] | None = None,
+    ) -> None:
         self.target = target
         self._connections = _Connections()
         self._servers: list[asyncio.AbstractServer] = []
         self._on_connection = on_connection
+        self._on_request = on_request
         self.sockets: list[socket.socket] = []
 
     async def start(
@@ -148,7 +160,10 @@ class Server:
         lifespan = self.target.lifespan
         if lifespan is not None:
             await _lifespan_step(lifespan.startup)
-        factory = self._connections.wrap(self.target.factory, self._on_connection)
+        factory = self.target.factory
+        if self._on_request is not None:
+            factory = _hooked(factory, self._on_request)
+        factory = self._connections.wrap(factory, self._on_connection)
         try:
             for sock in sockets:
                 self._servers.append(await loop.create_server(factory, sock=sock, ssl=ssl))
@@ -195,11 +210,7 @@ async def _serve(
 ) -> bool:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    if max_requests is not None:
-        target = dataclasses.replace(
-            target, factory=_counting(target.factory, max_requests, stop.set)
-        )
-    server = Server(target)
+    server = Server(target, on_request=_limit(max_requests, stop.set) if max_requests else None)
     await server.start(sockets, ssl, backlog)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
