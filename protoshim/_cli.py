@@ -145,7 +145,7 @@ def _serve_target(
         getattr(args, "access_log", None),
     )
 
-    def serve(target: Target, sockets: list[socket.socket]) -> None:
+    def serve(target: Target, sockets: list[socket.socket], started: Started | None = None) -> None:
         run_server(
             target,
             sockets,
@@ -154,43 +154,32 @@ def _serve_target(
             context,
             backlog,
             max_requests=max_requests,
+            started=started,
         )
 
-    if args.workers > 1:
-        if args.reload:
-            raise CliError("--reload and --workers cannot be combined")
-        with open_listeners(binds, backlog) as listeners:
-            # Each worker imports the application after the fork, as gunicorn
-            # does: what it imports (a framework, a reactor) is never forked,
-            # and the workers SIGHUP starts run the current code.
-            def worker(started: Started) -> int:
-                return _report(
-                    lambda: run_server(
-                        load(),
-                        listeners.sockets,
-                        args.framework,
-                        args.grace,
-                        context,
-                        backlog,
-                        max_requests=max_requests,
-                        started=started,
-                    )
-                )
-
-            Supervisor(worker, args.workers, args.grace).run()
-        return
-    if not args.reload:
+    if args.workers > 1 and args.reload:
+        raise CliError("--reload and --workers cannot be combined")
+    if args.workers == 1 and not args.reload:
         target = load()  # a broken app is reported before the port is taken
         with open_listeners(binds, backlog) as listeners:
             serve(target, listeners.sockets)
         return
-    from .serving._reload import run_reloading
-
     with open_listeners(binds, backlog) as listeners:
-        directories = args.reload_dir or [Path(args.app_dir or os.getcwd())]
-        run_reloading(
-            lambda: _report(lambda: serve(load(), listeners.sockets)), directories, args.grace
-        )
+        sockets = listeners.sockets
+        # Each child imports the application after the fork, as gunicorn does:
+        # what it imports (a framework, a reactor) is never forked, and the
+        # children that SIGHUP or a change of code start run the current code.
+        if args.workers > 1:
+            Supervisor(
+                lambda started: _report(lambda: serve(load(), sockets, started)),
+                args.workers,
+                args.grace,
+            ).run()
+        else:
+            from .serving._reload import run_reloading
+
+            directories = args.reload_dir or [Path(args.app_dir or os.getcwd())]
+            run_reloading(lambda: _report(lambda: serve(load(), sockets)), directories, args.grace)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:

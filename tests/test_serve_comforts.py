@@ -180,6 +180,16 @@ def test_a_bad_environment_value_is_one_line(name: str, value: str, message: str
     assert result.stderr.count("\n") == 1
 
 
+def test_reload_and_workers_together_are_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "protoshim", "serve", "--reload", "--workers", "2",
+         "protoshim.protocols.echo:EchoServer"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "protoshim: error: --reload and --workers cannot be combined\n"
+
+
 def test_reload_without_watchfiles_says_how_to_install_it(tmp_path: Path) -> None:
     write_app(tmp_path, "one")
     code = (
