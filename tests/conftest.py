@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +45,21 @@ def free_port() -> int:
 def free_ports() -> Callable[[], int]:
     """Return a function giving a TCP port on 127.0.0.1 that nothing listens on now."""
     return free_port
+
+
+def wait_for_port(
+    port: int, proc: subprocess.Popen[Any] | None = None, timeout: float = 20
+) -> None:
+    """Wait until something accepts on 127.0.0.1:``port``; fail at once if ``proc`` ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 #: How long a test waits for a server's line before it fails.

@@ -23,7 +23,7 @@ import pytest
 
 import protoshim
 
-from .conftest import CliServer, free_port
+from .conftest import CliServer, free_port, wait_for_port
 
 APPS = """
 import asyncio
@@ -151,19 +151,6 @@ def test_no_access_log_leaves_only_the_server_lines(apps: Path, cli_server: Star
     assert all(line.startswith("protoshim: ") for line in server.lines), server.lines
 
 
-def wait_until_serving(port: int, timeout: float = 20) -> None:
-    """Wait for the port to accept (for a server told not to print its startup line)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def test_log_level_warning_hides_info_and_access_log_forces_it_on(
     apps: Path, cli_server: Start
 ) -> None:
@@ -178,7 +165,7 @@ def test_log_level_warning_hides_info_and_access_log_forces_it_on(
         str(port),
         ready=False,
     )
-    wait_until_serving(port)
+    wait_for_port(port)
     server.port = port
     assert get(port, "/forced")[0] == 200
     access_line(server, "GET /forced HTTP/1.1")
@@ -240,7 +227,7 @@ def test_a_json_log_config_sends_each_log_to_its_file(apps: Path, cli_server: St
     server = cli_server(
         "--wsgi", "apps:wsgi", "--log-config", "logging.json", "--port", str(port), ready=False
     )
-    wait_until_serving(port)
+    wait_for_port(port)
     assert get(port, "/boom")[0] == 500
     assert get(port, "/fine")[0] == 200
     server.stop()
@@ -259,7 +246,7 @@ def test_an_ini_log_config_goes_through_fileconfig(apps: Path, cli_server: Start
     server = cli_server(
         "--wsgi", "apps:wsgi", "--log-config", "logging.ini", "--port", str(port), ready=False
     )
-    wait_until_serving(port)
+    wait_for_port(port)
     assert get(port, "/ini")[0] == 200
     server.stop()
     lines = (apps / "access.log").read_text().splitlines()
@@ -275,7 +262,7 @@ def test_a_yaml_log_config_is_read_with_pyyaml(apps: Path, cli_server: Start) ->
     server = cli_server(
         "--wsgi", "apps:wsgi", "--log-config", "logging.yaml", "--port", str(port), ready=False
     )
-    wait_until_serving(port)
+    wait_for_port(port)
     assert get(port, "/yaml")[0] == 200
     server.stop()
     assert '"GET /yaml HTTP/1.1" 200' in (apps / "access.log").read_text()
