@@ -70,6 +70,26 @@ def _fd_buffered(transport: abstract.FileDescriptor) -> int:
 class TwistedStream:
     """Move one connection's bytes through a Twisted transport."""
 
+    # One per connection: no __dict__ (the driver holds streams weakly).
+    __slots__ = (
+        "__weakref__",
+        "_dead",
+        "_delivery_scheduled",
+        "_do_write",
+        "_driver",
+        "_eof_held",
+        "_eof_seen",
+        "_exact",
+        "_held",
+        "_reading",
+        "_released",
+        "_since_drain",
+        "_sink",
+        "_sock",
+        "_throttled",
+        "_transport",
+    )
+
     def __init__(
         self,
         driver: TwistedDriver,
@@ -87,7 +107,8 @@ class TwistedStream:
         self._sock = sock
         self._sink: StreamSink | None = None
         self._reading = False
-        self._held: list[bytes] = []  # data that arrived while not reading
+        # Data that arrived while not reading; a list only while there is some.
+        self._held: list[bytes] | None = None
         self._eof_held = False
         self._eof_seen = False
         self._released = False  # core closed or aborted us
@@ -216,7 +237,10 @@ class TwistedStream:
         if self._released or self._dead:
             return
         if not self._reading or self._held:
-            self._held.append(data)
+            if self._held is None:
+                self._held = [data]
+            else:
+                self._held.append(data)
             return
         self._notify(lambda sink: sink._on_data(data))
 
@@ -302,7 +326,7 @@ class TwistedStream:
         if self._released:
             return
         self._released = True
-        self._held.clear()
+        self._held = None
         if self._dead:
             return
         transport = self._transport
