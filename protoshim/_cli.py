@@ -179,7 +179,11 @@ def _serve_target(
             from .serving._reload import run_reloading
 
             directories = args.reload_dir or [Path(args.app_dir or os.getcwd())]
-            run_reloading(lambda: _report(lambda: serve(load(), sockets)), directories, args.grace)
+            run_reloading(
+                lambda started: _report(lambda: serve(load(), sockets, started)),
+                directories,
+                args.grace,
+            )
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
