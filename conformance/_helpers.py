@@ -29,6 +29,7 @@ __all__ = [
     "close_and_wait",
     "extra",
     "fill_write_buffer",
+    "free_port",
     "ipv6_unavailable",
     "settle",
     "short_tmpdir",
@@ -344,3 +345,11 @@ class Datagrams(asyncio.DatagramProtocol):
         self.lost_calls += 1
         if not self.lost.done():
             self.lost.set_result(exc)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

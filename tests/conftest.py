@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import protoshim
+from protoshim.conformance._helpers import free_port
 
 
 @pytest.fixture
@@ -31,14 +32,6 @@ def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
     finally:
         new_loop.run_until_complete(new_loop.shutdown_default_executor())
         new_loop.close()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

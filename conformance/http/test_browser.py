@@ -17,7 +17,6 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -32,6 +31,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from protoshim.conformance._helpers import free_port
 from protoshim.conformance.http._support import serving, small_config
 from protoshim.conformance.plugin import RunCoroutine
 from protoshim.examples.echo_test import protocol_factory
@@ -54,13 +54,6 @@ FLAGS = [
 ]
 #: seconds the browser may take for any one step
 STEP = 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
