@@ -108,7 +108,7 @@ def _rotated(items: Sequence[Spec], by: int) -> list[Spec]:
 
 
 def _progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _quietly(settings: Settings, measure: Callable[[], Record]) -> Record:
