@@ -457,7 +457,7 @@ class _Column:
 def _latency_columns(results: dict[str, Any]) -> list[_Column]:
     columns = []
     for workload, where in latency_workloads(results):
-        if where[0][1] == "latency":
+        if dict(where)["phase"] == "latency":
             columns.append(_Column("offered messages/s", "offered_per_s", where, single=True))
         columns += [
             _Column(
@@ -556,9 +556,10 @@ def _scale_text(results: dict[str, Any], found: list[Ratio]) -> list[str]:
     latency = _measured(results, _latency_columns(results))
     if latency:
         loads = []
-        if any(c.where[0][1] == "echo" for c in latency):
+        phases = {dict(c.where)["phase"] for c in latency}
+        if "echo" in phases:
             loads.append(f"at {s['rate']:g} messages/s over {s['rate_connections']} connections")
-        if any(c.where[0][1] == "latency" for c in latency):
+        if "latency" in phases:
             loads.append(
                 f"at {s['load_fraction']:.0%} of the slower server's closed-loop peak over "
                 f"{s['latency_connections']} connections (the same rate for both of a pair)"
@@ -578,7 +579,7 @@ def _scale_text(results: dict[str, Any], found: list[Ratio]) -> list[str]:
         if any(c.metric == "seconds" for c in connections):
             what.append(
                 "the time to serve an accept storm (connections opened as fast as the server "
-                f"answers them, at most {s['storm_window']} unanswered, until each has echoed a "
+                f"answers them, at most {s['storm_window']:,} unanswered, until each has echoed a "
                 "byte; protoshim ÷ native in brackets)"
             )
         if any(c.metric == "bytes_per_connection" for c in connections):
@@ -792,7 +793,8 @@ def _scale_notes(results: dict[str, Any]) -> list[str]:
         )
     wanted = results["settings"].get("idle_connections")
     held = counts(records, "hold")
-    if isinstance(wanted, list) and held and max(wanted) > max(held):
+    # A list once read back from results.json, a tuple straight from Settings.
+    if isinstance(wanted, list | tuple) and held and max(wanted) > max(held):
         notes.append(
             f"Idle memory was asked at {', '.join(map(str, wanted))} connections, but the "
             f"descriptor limit allowed at most {max(held)}."
@@ -931,7 +933,8 @@ def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.3 * len(panels)))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (title, xs, series, targets) in zip(axes, panels, strict=True):
-        width = 0.8 / len(series)
+        # A run without the scale phases has no series in that panel.
+        width = 0.8 / max(len(series), 1)
         handles, labels = [], []
         for i, (group, key) in enumerate(series):
             heights, hatches, positions = [], [], []
@@ -947,10 +950,8 @@ def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
                 bar.set_hatch(hatch)
             if group.startswith("latency"):
                 label = f"{group.removeprefix('latency ')} at {key}"
-            elif group.startswith(("memory", "accept")):
-                label = key if group == "accept storm" else f"memory, {key}"
-            elif group == "asgi":
-                label = key
+            elif group == "memory per idle connection":
+                label = f"memory, {key}"
             elif group.startswith("http"):
                 label = f"{key} ({group.split(' vs ')[1]})"
             else:
@@ -962,7 +963,7 @@ def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
         ax.axhline(1.0, color="grey", linewidth=0.5)
         ax.set_xticks(range(len(xs)), xs, fontsize=8 if "\n" in "".join(xs) else None)
         ax.set_title(title, fontsize=10)
-        ax.legend(handles, labels, fontsize=7, ncol=min(len(series), 6), loc="upper right")
+        ax.legend(handles, labels, fontsize=7, ncol=min(max(len(series), 1), 6), loc="upper right")
         ax.set_ylim(0, max([1.3, *(bar.get_height() * 1.2 for bar in ax.patches)]))
     fig.suptitle("protoshim benchmarks (dashed: targets; hatched: target missed)", fontsize=11)
     fig.tight_layout()

@@ -225,7 +225,7 @@ def _scale_results() -> dict[str, Any]:
         "http_paths": [],
         "rate": 5000.0,
         "rate_connections": 10,
-        "idle_connections": [10000, 50000],
+        "idle_connections": (10000, 50000),  # as Settings has it; a list once read back
         "storm_window": 1000,
         "latency_connections": 100,
         "load_fraction": 0.8,
