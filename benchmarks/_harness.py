@@ -457,8 +457,8 @@ def measure_idle_memory(
     try:
         for conns in counts:
             # Bounded: each connection gets 10 s in the load generator, and
-            # the whole count about 2 ms each.
-            ready, _, _ = select.select([hold.stdout], [], [], 60 + conns * 0.002)
+            # the whole count 10 ms each (about 1.5 ms on a busy 2-core VM).
+            ready, _, _ = select.select([hold.stdout], [], [], 60 + conns * 0.01)
             line = hold.stdout.readline() if ready else ""
             if not line:
                 raise RuntimeError(f"could not hold {conns} connections to {server.spec.label}")
