@@ -14,7 +14,8 @@
  *                                                      WebSocket echo, closed loop
  *   loadgen server PORT                                trivial echo server
  *
- * Every mode but `server` prints one JSON object on stdout.
+ * Every mode but `server` prints one JSON object on stdout (`hold`: one per
+ * count it reaches).
  *
  * Echoed bytes are checked: the stream sent on every connection is the
  * pattern byte(i) = i % 251 of its offset i, and each byte that comes back
