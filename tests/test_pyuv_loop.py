@@ -472,6 +472,33 @@ def test_attach_runs_asyncio_inside_the_programs_uv_run() -> None:
     uv.run()  # our handles are closed: nothing keeps the loop alive
 
 
+def test_closing_an_attached_loop_gives_the_program_its_uv_loop_back() -> None:
+    uv = pyuv.Loop()
+    seen: list[BaseException] = []
+
+    def program_hook(typ: type[BaseException], value: BaseException, tb: Any) -> None:
+        seen.append(value)
+
+    uv.excepthook = program_hook
+    loop = new_event_loop(uv)
+    loop.attach()
+    loop.close()  # without detach()
+    assert not loop.is_running()
+    with contextlib.suppress(RuntimeError):
+        asyncio.get_running_loop()
+        pytest.fail("the closed loop is still the running loop")
+
+    def fail(handle: Any) -> None:
+        raise ValueError("the program's own")
+
+    timer = pyuv.Timer(uv)
+    timer.start(fail, 0.0, 0.0)
+    uv.run()  # the attached loop's handles are gone: only the program's timer runs
+    timer.close()
+    uv.run()
+    assert [type(exc) for exc in seen] == [ValueError]
+
+
 def test_attach_carries_keyboard_interrupt_out_of_the_block() -> None:
     uv = pyuv.Loop()
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pyuv
 
-from ..._primitives import Address, DatagramSink, StreamSink
+from ...core import Address, DatagramSink, StreamSink
 
 if TYPE_CHECKING:
-    from ._loop import PyuvDriver
+    from ._driver import PyuvDriver
 
 __all__ = ["UvDatagram", "UvStream", "uv_error"]
 
@@ -65,7 +65,7 @@ class _Closing:
             return
         self._closed = True
         self._reading = False
-        self._driver._forget(self._fd)
+        self._driver._open.discard(self)
         # uv_close closes the descriptor now and cancels queued writes; the
         # handle object lives on in pyuv until its close callback has run.
         self._handle.close()
