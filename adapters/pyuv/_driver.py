@@ -6,7 +6,8 @@ Concept mapping (see docs/adapters/pyuv.md):
   also keeps libuv's poll from blocking, so I/O is polled once between ticks;
 * ``call_later`` -- Timer handles, recycled through a small pool;
 * ``wakeup_threadsafe`` -- one Async handle;
-* ``add_reader`` / ``add_writer`` -- one Poll handle per descriptor;
+* ``add_reader`` / ``add_writer`` -- one Poll handle per descriptor, kept
+  by core's :class:`~protoshim.core.WatchTable`;
 * streams -- TCP handles (IPv4/IPv6) and Pipe handles (Unix sockets);
 * datagrams -- UDP handles (IPv4/IPv6);
 * listeners -- core's :class:`~protoshim.core.FdListener` on a Poll handle,
@@ -29,15 +30,23 @@ from typing import Any
 
 import pyuv
 
-from ...core import EventLoop, FdDatagram, FdListener, FdStream, OnStream
+from ...core import (
+    READ,
+    WRITE,
+    EventLoop,
+    FdDatagram,
+    FdListener,
+    FdStream,
+    OnStream,
+    Watch,
+    WatchTable,
+)
 from ._handles import UvDatagram, UVError, UvStream, uv_exception_error
 
 __all__ = ["PyuvDriver"]
 
 Callback = Callable[[], None]
 
-READABLE: int = pyuv.UV_READABLE
-WRITABLE: int = pyuv.UV_WRITABLE
 #: Stopped Timer handles kept for reuse; more are closed.
 TIMER_POOL_SIZE = 16
 _INET = (socket.AF_INET, socket.AF_INET6)
@@ -108,43 +117,6 @@ class _Timer:
             self._callback()
 
 
-class _Watch:
-    """The reader and writer of one descriptor, and the Poll handle watching it."""
-
-    __slots__ = ("driver", "events", "fd", "poll", "reader", "writer")
-
-    def __init__(self, driver: PyuvDriver, fd: int) -> None:
-        self.driver = driver
-        self.fd = fd
-        self.reader: Callback | None = None
-        self.writer: Callback | None = None
-        self.poll: Any = None
-        self.events = 0
-
-    def dispatch(self, handle: Any, events: int | None, error: int | None) -> None:
-        if error is not None:
-            # POLLERR: libuv stopped the handle.  Like a selector, report the
-            # descriptor ready both ways so the callbacks meet the error, then
-            # watch again if anybody still wants to.
-            self.events = 0
-            events = READABLE | WRITABLE
-        assert events is not None
-        driver = self.driver
-        if driver._stopping and driver._guest_stop is None:
-            # libuv polls once more after stop() before uv.run() returns;
-            # asyncio runs no descriptor callback after the iteration that
-            # stopped it.  The watch is level-triggered: the event comes back.
-            events = 0
-        try:
-            if events & READABLE and self.reader is not None:
-                self.reader()
-            if events & WRITABLE and self.writer is not None:
-                self.writer()
-        finally:
-            if error is not None and self.poll is handle:
-                self.driver._update_watch(self)
-
-
 class PyuvDriver:
     """Run protoshim's core on one ``pyuv.Loop``.
 
@@ -152,6 +124,11 @@ class PyuvDriver:
     otherwise it shares the given one, whose own handles keep running
     whenever the asyncio loop runs, and which it never closes.
     """
+
+    add_reader: Callable[[int, Callback], None]
+    remove_reader: Callable[[int], bool]
+    add_writer: Callable[[int, Callback], None]
+    remove_writer: Callable[[int], bool]
 
     def __init__(self, uv_loop: Any = None) -> None:
         self._owned = uv_loop is None
@@ -178,7 +155,12 @@ class PyuvDriver:
         self._async.ref = False
         self._timer_pool: list[Any] = []
         self._timers: set[Any] = set()
-        self._watches: dict[int, _Watch] = {}
+        self._watches = WatchTable(self._apply)
+        # The descriptor primitives are the table's own.
+        self.add_reader = self._watches.add_reader
+        self.remove_reader = self._watches.remove_reader
+        self.add_writer = self._watches.add_writer
+        self.remove_writer = self._watches.remove_writer
         # Until their handles are closed, as the driver closes them on close().
         self._open: set[UvStream | UvDatagram] = set()
         # Signals only reach Python code when some callback runs: the
@@ -188,7 +170,7 @@ class PyuvDriver:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._wake_poll = pyuv.Poll(self._uv, self._wake_r.fileno())
-        self._wake_poll.start(READABLE, self._drain_wakeup)
+        self._wake_poll.start(pyuv.UV_READABLE, self._drain_wakeup)
         self._wake_poll.ref = False
         self._wakeup_fd_set = False
         self._saved_hook: Any = _MISSING
@@ -390,70 +372,49 @@ class PyuvDriver:
 
     # -- descriptors --------------------------------------------------------
 
-    def _watch(self, fd: int) -> _Watch:
-        watch = self._watches.get(fd)
-        if watch is None:
-            watch = self._watches[fd] = _Watch(self, fd)
-        return watch
-
-    def _update_watch(self, watch: _Watch) -> None:
-        events = (READABLE if watch.reader is not None else 0) | (
-            WRITABLE if watch.writer is not None else 0
-        )
-        if watch.poll is not None and events == watch.events:
-            return
+    def _apply(self, watch: Watch, previous: int) -> None:
         # A new Poll handle for every change: pyuv.Poll() checks the
         # descriptor, while restarting a handle on a descriptor closed behind
-        # its back makes libuv abort the process.
-        if watch.poll is not None:
-            watch.poll.close()
-            watch.poll = None
-            watch.events = 0
-        if not events:
-            del self._watches[watch.fd]
-            return
+        # its back makes libuv abort the process.  The new one is made before
+        # the old one goes, so a refused descriptor leaves the watch as it was.
+        poll = None
+        if watch.events:
+            try:
+                poll = pyuv.Poll(self._uv, watch.fd)
+            except UVError as exc:
+                raise uv_exception_error(exc) from None
+        if watch.handle is not None:
+            watch.handle.close()
+        watch.handle = poll
+        if poll is not None:
+            # libuv's UV_READABLE and UV_WRITABLE are core's READ and WRITE.
+            poll.start(watch.events, functools.partial(self._poll_ready, watch))
+
+    def _poll_ready(
+        self, watch: Watch, handle: Any, events: int | None, error: int | None
+    ) -> None:
+        if events is None:
+            # POLLERR: libuv stopped the handle.  Like a selector, report the
+            # descriptor ready both ways so the callbacks meet the error, then
+            # watch again if anybody still wants to.
+            events = READ | WRITE
+        if self._stopping and self._guest_stop is None:
+            # libuv polls once more after stop() before uv.run() returns;
+            # asyncio runs no descriptor callback after the iteration that
+            # stopped it.  The watch is level-triggered: the event comes back.
+            events = 0
         try:
-            poll = pyuv.Poll(self._uv, watch.fd)
-        except UVError as exc:
-            del self._watches[watch.fd]
-            raise uv_exception_error(exc) from None
-        poll.start(events, watch.dispatch)
-        watch.poll = poll
-        watch.events = events
-
-    def add_reader(self, fd: int, callback: Callback) -> None:
-        watch = self._watch(fd)
-        watch.reader = callback
-        self._update_watch(watch)
-
-    def remove_reader(self, fd: int) -> bool:
-        watch = self._watches.get(fd)
-        if watch is None or watch.reader is None:
-            return False
-        watch.reader = None
-        self._update_watch(watch)
-        return True
-
-    def add_writer(self, fd: int, callback: Callback) -> None:
-        watch = self._watch(fd)
-        watch.writer = callback
-        self._update_watch(watch)
-
-    def remove_writer(self, fd: int) -> bool:
-        watch = self._watches.get(fd)
-        if watch is None or watch.writer is None:
-            return False
-        watch.writer = None
-        self._update_watch(watch)
-        return True
+            self._watches.dispatch(watch, events)
+        finally:
+            if error is not None and watch.handle is handle:
+                self._apply(watch, watch.events)
 
     def _hand_over(self, handle: Any, sock: socket.socket) -> None:
         """Open ``handle`` on ``sock``'s descriptor; close both if libuv refuses."""
         # A watcher left on a reused descriptor would steal the handle's events.
         fd = sock.fileno()
-        watch = self._watches.pop(fd, None)
-        if watch is not None and watch.poll is not None:
-            watch.poll.close()
+        self.remove_reader(fd)
+        self.remove_writer(fd)
         try:
             handle.open(fd)
         except UVError as exc:
@@ -502,9 +463,9 @@ class PyuvDriver:
         self.leave_guest()
         for owner in list(self._open):
             owner.abort()
-        for watch in self._watches.values():
-            if watch.poll is not None:
-                watch.poll.close()
+        for watch in self._watches.watches():
+            if watch.handle is not None:
+                watch.handle.close()
         self._watches.clear()
         for handle in (*self._timers, *self._timer_pool):
             handle.close()
