@@ -499,6 +499,27 @@ def test_closing_an_attached_loop_gives_the_program_its_uv_loop_back() -> None:
     assert [type(exc) for exc in seen] == [ValueError]
 
 
+def test_attach_runs_what_an_interrupted_run_left_ready() -> None:
+    uv = pyuv.Loop()
+    ran: list[str] = []
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    loop = new_event_loop(uv)
+    loop.call_soon(interrupt)
+    loop.call_soon(ran.append, "left ready")
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()
+    loop.attach()
+    try:
+        uv.run(pyuv.UV_RUN_NOWAIT)  # one iteration, which runs core's tick
+        assert ran == ["left ready"]
+    finally:
+        loop.detach()
+        loop.close()
+
+
 def test_attach_carries_keyboard_interrupt_out_of_the_block() -> None:
     uv = pyuv.Loop()
 

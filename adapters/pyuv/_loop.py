@@ -37,6 +37,9 @@ class PyuvEventLoop(EventLoop):
         """
         self.begin_guest(running=True)
         self._driver.enter_guest(self._guest_stopped)
+        # Callbacks that an interrupted run left ready have no tick pending:
+        # run_forever requests one on entry, begin_guest does not.
+        self.call_soon(_nothing)
 
     def detach(self) -> None:
         """Stop running inside the program's pyuv loop (see :meth:`attach`).
@@ -52,6 +55,10 @@ class PyuvEventLoop(EventLoop):
         # run_forever clears the request when it returns; a guest never
         # returns.  Callbacks left over have requested their own tick.
         self._stopping = False
+
+
+def _nothing() -> None:
+    pass
 
 
 def new_event_loop(uv_loop: Any = None) -> PyuvEventLoop:
