@@ -292,6 +292,9 @@ class PyuvDriver:
 
     def call_soon(self, callback: Callback) -> None:
         self._soon = callback
+        self._start_idle()
+
+    def _start_idle(self) -> None:
         if not self._idle_active:
             self._idle_active = True
             self._idle.start(self._on_idle)
@@ -301,9 +304,7 @@ class PyuvDriver:
         if self._closed:
             return
         self._deferred.append((function, argument))
-        if not self._idle_active:
-            self._idle_active = True
-            self._idle.start(self._on_idle)
+        self._start_idle()
 
     def _on_idle(self, handle: Any) -> None:
         # Only what is queued now: anything queued meanwhile waits for the
@@ -336,9 +337,7 @@ class PyuvDriver:
             # libuv would run an expired timer started from a timer callback
             # in the same pass, never polling I/O: run it after the poll.
             self._due.append(timer)
-            if not self._idle_active:
-                self._idle_active = True
-                self._idle.start(self._on_idle)
+            self._start_idle()
             return timer
         pool = self._timer_pool
         handle = pool.pop() if pool else pyuv.Timer(self._uv)
