@@ -19,12 +19,14 @@ class PyuvEventLoop(EventLoop):
     loop that the program runs itself: see :meth:`attach`.
     """
 
-    _driver: PyuvDriver
+    def __init__(self, driver: PyuvDriver) -> None:
+        super().__init__(driver)
+        self._uv_driver = driver
 
     @property
     def uv_loop(self) -> Any:
         """The ``pyuv.Loop`` this event loop runs on."""
-        return self._driver.uv_loop
+        return self._uv_driver.uv_loop
 
     def attach(self) -> None:
         """Make this loop run whenever the program runs its ``pyuv.Loop``.
@@ -36,7 +38,7 @@ class PyuvEventLoop(EventLoop):
         current ``uv_loop.run()`` return; the loop stays attached.
         """
         self.begin_guest(running=True)
-        self._driver.enter_guest(self._guest_stopped)
+        self._uv_driver.enter_guest(self._guest_stopped)
         # Callbacks that an interrupted run left ready have no tick pending:
         # run_forever requests one on entry, begin_guest does not.
         self.call_soon(_nothing)
@@ -48,7 +50,7 @@ class PyuvEventLoop(EventLoop):
         or SystemExit raised by a callback while attached (which stopped the
         pyuv loop) is raised here.
         """
-        self._driver.leave_guest()
+        self._uv_driver.leave_guest()
         self.end_guest()
 
     def _guest_stopped(self) -> None:
