@@ -140,7 +140,7 @@ class PyuvDriver:
         self._closed = False
         self._stopping = False
         self._active = False  # inside run(), or attached as a guest
-        self._guest_stop: Callback | None = None
+        self._guest = False
         self.event_loop: EventLoop | None = None
         # call_soon: core's single pending tick, the zero-delay timers, and
         # the adapter's own deferred reports all run from one Idle handle.
@@ -202,24 +202,18 @@ class PyuvDriver:
     def stop(self) -> None:
         self._stopping = True
         self._uv.stop()
-        if self._guest_stop is not None:
-            self._guest_stop()
 
-    def enter_guest(self, on_stop: Callback) -> None:
-        """Start running inside the program's own runs of the pyuv loop.
-
-        ``on_stop`` is called whenever :meth:`stop` is, after the pyuv loop
-        has been asked to return from its current ``run()``.
-        """
+    def enter_guest(self) -> None:
+        """Start running inside the program's own runs of the pyuv loop."""
         if self._active:
             raise RuntimeError("the pyuv loop is already running")
-        self._guest_stop = on_stop
+        self._guest = True
         self._enter()
 
     def leave_guest(self) -> None:
         """Stop running inside the program's pyuv loop."""
-        if self._guest_stop is not None:
-            self._guest_stop = None
+        if self._guest:
+            self._guest = False
             self._leave()
 
     def _enter(self) -> None:
@@ -397,7 +391,7 @@ class PyuvDriver:
             # descriptor ready both ways so the callbacks meet the error, then
             # watch again if anybody still wants to.
             events = READ | WRITE
-        if self._stopping and self._guest_stop is None:
+        if self._stopping and not self._guest:
             # libuv polls once more after stop() before uv.run() returns;
             # asyncio runs no descriptor callback after the iteration that
             # stopped it.  The watch is level-triggered: the event comes back.

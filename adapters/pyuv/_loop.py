@@ -38,10 +38,7 @@ class PyuvEventLoop(EventLoop):
         current ``uv_loop.run()`` return; the loop stays attached.
         """
         self.begin_guest(running=True)
-        self._uv_driver.enter_guest(self._guest_stopped)
-        # Callbacks that an interrupted run left ready have no tick pending:
-        # run_forever requests one on entry, begin_guest does not.
-        self.call_soon(_nothing)
+        self._uv_driver.enter_guest()
 
     def detach(self) -> None:
         """Stop running inside the program's pyuv loop (see :meth:`attach`).
@@ -52,15 +49,6 @@ class PyuvEventLoop(EventLoop):
         """
         self._uv_driver.leave_guest()
         self.end_guest()
-
-    def _guest_stopped(self) -> None:
-        # run_forever clears the request when it returns; a guest never
-        # returns.  Callbacks left over have requested their own tick.
-        self._stopping = False
-
-
-def _nothing() -> None:
-    pass
 
 
 def new_event_loop(uv_loop: Any = None) -> PyuvEventLoop:
