@@ -29,7 +29,6 @@ from typing import Any
 
 import gevent  # type: ignore[import-untyped]
 from gevent import getcurrent, monkey
-from gevent._hub_local import get_hub_if_exists  # type: ignore[import-untyped]
 
 from ..._fdio import FdDriver
 from ..._loop import EventLoop
@@ -167,7 +166,7 @@ class GeventDriver(FdDriver):
                 "cannot run a protoshim gevent loop inside the hub (from a watcher, "
                 "rawlink or run_callback callback): run it in a greenlet"
             )
-        if get_hub_if_exists() is not hub:
+        if hub.thread_ident != _running.get_ident():
             raise RuntimeError("a protoshim gevent loop must run in the thread that created it")
         self._runner = current
         self._stopping = False
