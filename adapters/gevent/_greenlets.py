@@ -4,15 +4,93 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gevent import Greenlet  # type: ignore[import-untyped]
 from gevent.event import AsyncResult  # type: ignore[import-untyped]
 
-__all__ = ["wait_future", "wait_greenlet"]
+from ...core import on_settled
+
+__all__ = ["POLL_INTERVAL", "Crossing", "wait_future", "wait_greenlet"]
 
 T = TypeVar("T")
+
+#: How often a waiting greenlet checks that the loop it waits for still exists.
+POLL_INTERVAL = 1.0
+
+
+class Crossing(Generic[T]):
+    """An awaitable started on its loop from a greenlet, which then waits for it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T]) -> None:
+        self._loop = loop
+        self._awaitable = awaitable
+        self._future: asyncio.Future[T] | None = None
+        self._outcome = AsyncResult()
+
+    def start(self) -> None:
+        """Schedule the awaitable on its loop; raise :class:`RuntimeError` if it is closed."""
+        try:
+            self._loop.call_soon_threadsafe(self._start)
+        except RuntimeError:
+            self._drop()
+            raise
+
+    def _start(self) -> None:
+        # In the loop's runner greenlet.
+        outcome = self._outcome
+        try:
+            self._future = asyncio.ensure_future(self._awaitable, loop=self._loop)
+        except BaseException as exc:
+            outcome.set_exception(exc)
+            return
+        on_settled(self._future, outcome.set, outcome.set_exception, self._cancelled)
+
+    def _cancelled(self) -> None:
+        self._outcome.set_exception(asyncio.CancelledError())
+
+    def _cancel(self) -> None:
+        # In the loop's runner greenlet, after _start.
+        if self._future is not None:
+            self._future.cancel()
+
+    def _drop(self) -> None:
+        # A coroutine that never ran is closed, so nobody warns it was never awaited.
+        if self._future is None and asyncio.iscoroutine(self._awaitable):
+            self._awaitable.close()
+
+    def wait(self, timeout: float | None = None) -> T:
+        """Block this greenlet until the awaitable is done; return its result or raise.
+
+        Raise :class:`TimeoutError` after ``timeout`` seconds, and
+        :class:`ConnectionAbortedError` if the loop is closed first; then, or
+        when the waiting greenlet is killed or interrupted, cancel the future.
+        """
+        outcome = self._outcome
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not outcome.ready():
+                wait = POLL_INTERVAL
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - time.monotonic()))
+                outcome.wait(wait)
+                if outcome.ready():
+                    break
+                if self._loop.is_closed():
+                    # A loop closed while the awaitable was queued never runs it.
+                    self._drop()
+                    raise ConnectionAbortedError("the event loop is closed")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"the future was not done within {timeout:g} s")
+        except BaseException:
+            if not outcome.ready():
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    self._loop.call_soon_threadsafe(self._cancel)
+            raise
+        result: T = outcome.get(block=False)
+        return result
 
 
 def wait_future(
@@ -26,8 +104,9 @@ def wait_future(
     Return its result or raise its exception.  ``loop`` is required for a
     coroutine (a future knows its loop); the loop must run, in another
     greenlet, for the wait to end.  On ``timeout`` (seconds) raise
-    :class:`TimeoutError`; on timeout, or when the waiting greenlet is killed
-    or interrupted, the future is cancelled.
+    :class:`TimeoutError`, and if the loop is closed first,
+    :class:`ConnectionAbortedError`; then, or when the waiting greenlet is
+    killed or interrupted, the future is cancelled.
 
     Calling it from the greenlet that runs ``loop`` would wait forever, so it
     raises :class:`RuntimeError` there: ``await`` the future instead.
@@ -40,47 +119,9 @@ def wait_future(
         raise RuntimeError(
             "wait_future() called from the greenlet that runs the loop; await the future"
         )
-    outcome = AsyncResult()
-    holder: list[asyncio.Future[T]] = []
-
-    def done(future: asyncio.Future[T]) -> None:
-        if future.cancelled():
-            outcome.set_exception(asyncio.CancelledError())
-        elif (exc := future.exception()) is not None:
-            outcome.set_exception(exc)
-        else:
-            outcome.set(future.result())
-
-    def start() -> None:
-        assert loop is not None
-        try:
-            future = asyncio.ensure_future(awaitable, loop=loop)
-        except BaseException as exc:
-            outcome.set_exception(exc)
-            return
-        holder.append(future)
-        future.add_done_callback(done)
-
-    def cancel() -> None:
-        if holder:
-            holder[0].cancel()
-
-    def abandon() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            loop.call_soon_threadsafe(cancel)
-
-    loop.call_soon_threadsafe(start)
-    try:
-        outcome.wait(timeout)
-    except BaseException:
-        if not outcome.ready():
-            abandon()
-        raise
-    if not outcome.ready():
-        abandon()
-        raise TimeoutError(f"the future was not done within {timeout:g} s")
-    result: T = outcome.get(block=False)
-    return result
+    crossing = Crossing(loop, awaitable)
+    crossing.start()
+    return crossing.wait(timeout)
 
 
 async def wait_greenlet(glet: Greenlet, *, kill_on_cancel: bool = True) -> Any:
