@@ -192,10 +192,11 @@ def test_cancelling_wait_greenlet(loop, kill):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.01)
 
     try:
         loop.run_until_complete(main())
+        if kill:
+            glet.join(WAIT)
         assert glet.dead is kill
     finally:
         glet.kill()
@@ -245,9 +246,7 @@ def test_other_greenlets_see_no_running_loop(loop):
         # while the loop waits in the hub
         waiting = await wait_greenlet(gevent.spawn(probe))
         # while a coroutine of the loop blocks in a gevent call
-        glet = gevent.spawn(probe)
-        gevent.sleep(0.01)
-        blocked = glet.get(block=False)
+        blocked = gevent.spawn(probe).get(timeout=WAIT)
         assert asyncio.get_running_loop() is loop
         return waiting, blocked
 
