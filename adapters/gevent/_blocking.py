@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import gevent  # type: ignore[import-untyped]
 
-from ._greenlets import Crossing, wait_greenlet
+from ._greenlets import cross, wait_greenlet
 
 __all__ = ["GREENLETS", "GreenletRunner"]
 
@@ -42,12 +42,10 @@ class GreenletRunner:
 
         Raise :class:`ConnectionAbortedError` if the loop is closed first.
         """
-        crossing = Crossing(loop, coro)
-        try:
-            crossing.start()
-        except RuntimeError as exc:  # the loop is closed
-            raise ConnectionAbortedError("the event loop is closed") from exc
-        return crossing.wait()
+        if loop.is_closed():
+            coro.close()
+            raise ConnectionAbortedError("the event loop is closed")
+        return cross(loop, coro, None)
 
 
 #: The runner that gevent loops publish when threading is monkey-patched.

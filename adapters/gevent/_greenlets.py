@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from gevent import Greenlet  # type: ignore[import-untyped]
 from gevent.event import AsyncResult  # type: ignore[import-untyped]
 
 from ...core import on_settled
 
-__all__ = ["POLL_INTERVAL", "Crossing", "wait_future", "wait_greenlet"]
+__all__ = ["POLL_INTERVAL", "cross", "wait_future", "wait_greenlet"]
 
 T = TypeVar("T")
 
@@ -21,76 +21,60 @@ T = TypeVar("T")
 POLL_INTERVAL = 1.0
 
 
-class Crossing(Generic[T]):
-    """An awaitable started on its loop from a greenlet, which then waits for it."""
+def cross(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T], timeout: float | None) -> T:
+    """Start ``awaitable`` on ``loop`` from this greenlet and block until it is done.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T]) -> None:
-        self._loop = loop
-        self._awaitable = awaitable
-        self._future: asyncio.Future[T] | None = None
-        self._outcome = AsyncResult()
+    Return its result or raise its exception.  Raise :class:`RuntimeError` if
+    the loop is closed already, :class:`ConnectionAbortedError` if it is
+    closed first and :class:`TimeoutError` after ``timeout`` seconds; then,
+    or when the greenlet is killed or interrupted, cancel the future.
+    """
+    outcome = AsyncResult()
+    started: list[asyncio.Future[T]] = []
 
-    def start(self) -> None:
-        """Schedule the awaitable on its loop; raise :class:`RuntimeError` if it is closed."""
+    def start() -> None:
         try:
-            self._loop.call_soon_threadsafe(self._start)
-        except RuntimeError:
-            self._drop()
-            raise
-
-    def _start(self) -> None:
-        # In the loop's runner greenlet.
-        outcome = self._outcome
-        try:
-            self._future = asyncio.ensure_future(self._awaitable, loop=self._loop)
+            future = asyncio.ensure_future(awaitable, loop=loop)
         except BaseException as exc:
             outcome.set_exception(exc)
             return
-        on_settled(self._future, outcome.set, outcome.set_exception, self._cancelled)
+        started.append(future)
+        on_settled(future, outcome.set, outcome.set_exception, cancelled)
 
-    def _cancelled(self) -> None:
-        self._outcome.set_exception(asyncio.CancelledError())
+    def cancelled() -> None:
+        outcome.set_exception(asyncio.CancelledError())
 
-    def _cancel(self) -> None:
-        # In the loop's runner greenlet, after _start.
-        if self._future is not None:
-            self._future.cancel()
+    def cancel() -> None:
+        if started:
+            started[0].cancel()
 
-    def _drop(self) -> None:
+    def drop() -> None:
         # A coroutine that never ran is closed, so nobody warns it was never awaited.
-        if self._future is None and asyncio.iscoroutine(self._awaitable):
-            self._awaitable.close()
+        if not started and asyncio.iscoroutine(awaitable):
+            awaitable.close()
 
-    def wait(self, timeout: float | None = None) -> T:
-        """Block this greenlet until the awaitable is done; return its result or raise.
-
-        Raise :class:`TimeoutError` after ``timeout`` seconds, and
-        :class:`ConnectionAbortedError` if the loop is closed first; then, or
-        when the waiting greenlet is killed or interrupted, cancel the future.
-        """
-        outcome = self._outcome
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while not outcome.ready():
-                wait = POLL_INTERVAL
-                if deadline is not None:
-                    wait = min(wait, max(0.0, deadline - time.monotonic()))
-                outcome.wait(wait)
-                if outcome.ready():
-                    break
-                if self._loop.is_closed():
-                    # A loop closed while the awaitable was queued never runs it.
-                    self._drop()
-                    raise ConnectionAbortedError("the event loop is closed")
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"the future was not done within {timeout:g} s")
-        except BaseException:
-            if not outcome.ready():
-                with contextlib.suppress(RuntimeError):  # the loop is closed
-                    self._loop.call_soon_threadsafe(self._cancel)
-            raise
-        result: T = outcome.get(block=False)
-        return result
+    try:
+        loop.call_soon_threadsafe(start)
+    except RuntimeError:
+        drop()
+        raise
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while not outcome.ready():
+            if loop.is_closed():  # then what was queued never runs
+                drop()
+                raise ConnectionAbortedError("the event loop is closed")
+            left = POLL_INTERVAL if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the future was not done within {timeout:g} s")
+            outcome.wait(min(left, POLL_INTERVAL))
+    except BaseException:
+        if not outcome.ready():
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(cancel)
+        raise
+    result: T = outcome.get(block=False)
+    return result
 
 
 def wait_future(
@@ -119,9 +103,7 @@ def wait_future(
         raise RuntimeError(
             "wait_future() called from the greenlet that runs the loop; await the future"
         )
-    crossing = Crossing(loop, awaitable)
-    crossing.start()
-    return crossing.wait(timeout)
+    return cross(loop, awaitable, timeout)
 
 
 async def wait_greenlet(glet: Greenlet, *, kill_on_cancel: bool = True) -> Any:
