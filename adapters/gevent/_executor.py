@@ -24,7 +24,7 @@ import gevent  # type: ignore[import-untyped]
 from gevent import monkey
 from gevent.event import Event  # type: ignore[import-untyped]
 
-from ._compat import hub_if_exists
+from ._compat import get_hub_if_exists
 
 __all__ = ["ThreadExecutor"]
 
@@ -160,7 +160,7 @@ class ThreadExecutor(concurrent.futures.ThreadPoolExecutor):
                 self._report(outcome)
                 del outcome
         finally:
-            hub = hub_if_exists()
+            hub = get_hub_if_exists()
             if hub is not None:
                 hub.destroy(destroy_loop=True)
             with self._mutex:

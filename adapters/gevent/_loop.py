@@ -41,12 +41,9 @@ Callback = Callable[[], None]
 
 
 class _Io:
-    """Watch one direction of one descriptor: core's READ or WRITE, as libev's events.
+    """Watch one direction (core's READ or WRITE: libev's events) of one descriptor.
 
-    One hub watcher per direction rather than one per descriptor restarted
-    with new events: gevent's libuv loop multiplexes a descriptor's watchers
-    itself, and restarting its only watcher costs three times as much as
-    adding a second (see docs/adapters/gevent.md).
+    Not one watcher per descriptor: see "Descriptor watchers" in docs/adapters/gevent.md.
     """
 
     __slots__ = ("_active", "_driver", "_events", "_queued", "_watch", "_watcher")

@@ -38,22 +38,17 @@ class _Stream(FdStream):
     def __init__(self, driver: GeventDriver, sock: socket.socket, released: Any) -> None:
         super().__init__(driver, sock)
         self._released = released
-        self._transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None
 
     def attach(self, sink: StreamSink) -> None:
         super().attach(sink)
-        # core's sink is the stream's transport
-        assert isinstance(sink, asyncio.Transport)
-        self._transport = sink
+        assert isinstance(sink, asyncio.Transport)  # core's sink is the transport
+        self.transport = sink
 
     def close(self) -> None:
         # core calls close or abort (which closes) exactly once
         super().close()
         self._released.set()
-
-    def transport(self) -> asyncio.Transport | None:
-        """Return the transport the protocol sees (under TLS, the TLS one)."""
-        return None if self._transport is None else app_transport(self._transport)
 
 
 class _Connection:
@@ -86,9 +81,10 @@ class _Connection:
             self.sock.close()
             self.released.set()
             return
-        transport = self.stream.transport()
-        if transport is None:
+        if self.stream.transport is None:
             return
+        # the transport the protocol sees: under TLS, the TLS one
+        transport = app_transport(self.stream.transport)
         if abort:
             transport.abort()
         else:
