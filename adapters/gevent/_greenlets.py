@@ -12,6 +12,7 @@ from gevent import Greenlet  # type: ignore[import-untyped]
 from gevent.event import AsyncResult  # type: ignore[import-untyped]
 
 from ...core import on_settled
+from ._running import running_loop
 
 __all__ = ["POLL_INTERVAL", "cross", "wait_future", "wait_greenlet"]
 
@@ -99,7 +100,7 @@ def wait_future(
         loop = awaitable.get_loop()
     elif loop is None:
         raise ValueError("wait_future() needs loop= for a coroutine or other awaitable")
-    if asyncio._get_running_loop() is loop:
+    if running_loop() is loop:
         raise RuntimeError(
             "wait_future() called from the greenlet that runs the loop; await the future"
         )

@@ -20,10 +20,12 @@ from typing import Any
 import greenlet  # type: ignore[import-untyped]
 from gevent.monkey import get_original  # type: ignore[import-untyped]
 
-__all__ = ["enter", "get_ident", "leave"]
+__all__ = ["enter", "get_ident", "leave", "running_loop"]
 
 # The real thread id, even when threading is monkey-patched.
 get_ident = get_original("_thread", "get_ident")
+# The current greenlet's running loop, or None (asyncio's hook for third-party loops).
+running_loop = events._get_running_loop
 
 
 class _Tracer:
