@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +19,9 @@ import gevent  # type: ignore[import-untyped]
 from gevent.event import Event  # type: ignore[import-untyped]
 from gevent.server import StreamServer  # type: ignore[import-untyped]
 
-from ..._fdio import FdStream
-from ..._loop import EventLoop
+from ...core import EventLoop, FdStream, StreamSink
+from ._compat import app_transport
+from ._greenlets import POLL_INTERVAL
 from ._loop import GeventDriver, new_event_loop
 
 __all__ = ["ProtocolHandler", "ProtocolStreamServer"]
@@ -30,8 +30,6 @@ ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 #: Seconds a killed handler waits for its aborted connection to be released.
 ABORT_TIMEOUT = 1.0
-#: How often a waiting handler checks that its loop still exists.
-POLL_INTERVAL = 1.0
 
 
 class _Stream(FdStream):
@@ -40,23 +38,17 @@ class _Stream(FdStream):
     def __init__(self, driver: GeventDriver, sock: socket.socket, released: Any) -> None:
         super().__init__(driver, sock)
         self._released = released
+        self.transport: asyncio.Transport | None = None
+
+    def attach(self, sink: StreamSink) -> None:
+        super().attach(sink)
+        assert isinstance(sink, asyncio.Transport)  # core's sink is the transport
+        self.transport = sink
 
     def close(self) -> None:
         # core calls close or abort (which closes) exactly once
         super().close()
         self._released.set()
-
-    def transport(self) -> asyncio.Transport | None:
-        """Return the transport the protocol sees (under TLS, the TLS one)."""
-        sink: Any = self._sink
-        if sink is None:
-            return None
-        protocol = sink.get_protocol()
-        if isinstance(protocol, sslproto.SSLProtocol):
-            app: asyncio.Transport = protocol._app_transport
-            return app
-        transport: asyncio.Transport = sink
-        return transport
 
 
 class _Connection:
@@ -74,10 +66,10 @@ class _Connection:
             return
         self.stream = _Stream(_driver_of(loop), self.sock, self.released)
         # core's own accept rules: factory errors, TLS handshake failures
-        loop._serve_stream(
+        loop.serve_stream(
             self.stream,
-            protocol_factory=handler._factory,
-            sslcontext=handler._ssl,
+            handler._factory,
+            ssl=handler._ssl,
             ssl_handshake_timeout=handler._ssl_handshake_timeout,
             ssl_shutdown_timeout=handler._ssl_shutdown_timeout,
         )
@@ -89,9 +81,10 @@ class _Connection:
             self.sock.close()
             self.released.set()
             return
-        transport = self.stream.transport()
-        if transport is None:
+        if self.stream.transport is None:
             return
+        # the transport the protocol sees: under TLS, the TLS one
+        transport = app_transport(self.stream.transport)
         if abort:
             transport.abort()
         else:
