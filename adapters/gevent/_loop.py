@@ -30,7 +30,7 @@ from typing import Any
 import gevent  # type: ignore[import-untyped]
 from gevent import getcurrent, monkey
 
-from ...core import READ, WRITE, EventLoop, FdDriver, Watch, WatchTable
+from ...core import READ, WRITE, EventLoop, FdDriver, Watch, WatchingDriver, WatchTable
 from . import _running
 from ._blocking import GREENLETS
 from ._executor import ThreadExecutor
@@ -123,7 +123,7 @@ class _Timer:
             watcher.close()
 
 
-class GeventDriver(FdDriver):
+class GeventDriver(FdDriver, WatchingDriver):
     """Run core's callbacks, timers and fd watchers on the current thread's gevent hub.
 
     Create it in the thread whose hub it uses; ``run`` must be called from
@@ -270,18 +270,6 @@ class GeventDriver(FdDriver):
             elif previous & events and not watch.events & events:
                 ios.pop(events).close()
         watch.handle = ios or None
-
-    def add_reader(self, fd: int, callback: Callback) -> None:
-        self._watches.add_reader(fd, callback)
-
-    def remove_reader(self, fd: int) -> bool:
-        return self._watches.remove_reader(fd)
-
-    def add_writer(self, fd: int, callback: Callback) -> None:
-        self._watches.add_writer(fd, callback)
-
-    def remove_writer(self, fd: int) -> bool:
-        return self._watches.remove_writer(fd)
 
     # -- closing ------------------------------------------------------------
 

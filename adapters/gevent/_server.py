@@ -19,8 +19,7 @@ import gevent  # type: ignore[import-untyped]
 from gevent.event import Event  # type: ignore[import-untyped]
 from gevent.server import StreamServer  # type: ignore[import-untyped]
 
-from ...core import EventLoop, FdStream, StreamSink
-from ._compat import app_transport
+from ...core import EventLoop, FdStream
 from ._greenlets import POLL_INTERVAL
 from ._loop import GeventDriver, new_event_loop
 
@@ -38,12 +37,6 @@ class _Stream(FdStream):
     def __init__(self, driver: GeventDriver, sock: socket.socket, released: Any) -> None:
         super().__init__(driver, sock)
         self._released = released
-        self.transport: asyncio.Transport | None = None
-
-    def attach(self, sink: StreamSink) -> None:
-        super().attach(sink)
-        assert isinstance(sink, asyncio.Transport)  # core's sink is the transport
-        self.transport = sink
 
     def close(self) -> None:
         # core calls close or abort (which closes) exactly once
@@ -57,6 +50,8 @@ class _Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.stream: _Stream | None = None
+        # the transport the protocol sees: under TLS, the TLS one
+        self.transport: asyncio.Transport | None = None
         self.dropped = False  # abandoned before the loop took the socket
         self.released = Event()
 
@@ -66,7 +61,7 @@ class _Connection:
             return
         self.stream = _Stream(_driver_of(loop), self.sock, self.released)
         # core's own accept rules: factory errors, TLS handshake failures
-        loop.serve_stream(
+        self.transport = loop.serve_stream(
             self.stream,
             handler._factory,
             ssl=handler._ssl,
@@ -81,14 +76,12 @@ class _Connection:
             self.sock.close()
             self.released.set()
             return
-        if self.stream.transport is None:
+        if self.transport is None:
             return
-        # the transport the protocol sees: under TLS, the TLS one
-        transport = app_transport(self.stream.transport)
         if abort:
-            transport.abort()
+            self.transport.abort()
         else:
-            transport.close()
+            self.transport.close()
 
 
 class ProtocolHandler:
