@@ -237,7 +237,7 @@ def test_twisted_apis_work_with_the_loops_own_reactor():
     run(main())
 
 
-def test_add_reader_of_a_closed_descriptor_raises_and_leaves_no_watcher():
+def test_add_reader_of_a_closed_descriptor_raises_and_leaves_no_watch():
     async def main():
         loop = asyncio.get_running_loop()
         r, w = os.pipe()
@@ -245,7 +245,17 @@ def test_add_reader_of_a_closed_descriptor_raises_and_leaves_no_watcher():
         os.close(w)
         with pytest.raises(OSError):
             loop.add_reader(r, lambda: None)
-        assert loop.driver.watcher(r) is None
         assert not loop.remove_reader(r)
+        # A new descriptor (most likely the same number) is watched afresh.
+        r, w = os.pipe()
+        readable = loop.create_future()
+        try:
+            loop.add_reader(r, readable.set_result, None)
+            os.write(w, b"x")
+            await asyncio.wait_for(readable, WAIT)
+        finally:
+            loop.remove_reader(r)
+            os.close(r)
+            os.close(w)
 
     run(main())

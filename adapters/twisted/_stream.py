@@ -32,7 +32,7 @@ from twisted.internet import error as tw_error
 from twisted.python import failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from ..._primitives import StreamSink
+from ...core import StreamSink
 
 if TYPE_CHECKING:
     from ._loop import TwistedDriver
