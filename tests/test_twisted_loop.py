@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import struct
@@ -148,15 +149,32 @@ def test_the_write_buffer_fills_pauses_and_drains_to_zero():
     run(main())
 
 
-def test_peer_reset_is_connection_reset_error():
+def test_a_peer_reset_reaches_connection_lost_with_its_errno_as_on_asyncio():
     async def main():
-        async with raw_peer() as (_, client, conn):
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
-            exc = await asyncio.wait_for(client.lost, WAIT)
-            assert isinstance(exc, ConnectionResetError)
+        loop = asyncio.get_running_loop()
+        accepted: list[Recorder] = []
 
-    run(main())
+        def factory() -> Recorder:
+            accepted.append(Recorder())
+            return accepted[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        with socket.create_connection(server.sockets[0].getsockname(), timeout=WAIT) as peer:
+            peer.sendall(b"ping")
+            while not accepted:
+                await asyncio.sleep(0)
+            await asyncio.wait_for(accepted[0].received, WAIT)  # the server reads
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        exc = await asyncio.wait_for(accepted[0].lost, WAIT)
+        server.close()
+        await server.wait_closed()
+        assert isinstance(exc, OSError)
+        return type(exc), exc.errno, exc.strerror
+
+    twisted = run(main())
+    stdlib = asyncio.run(asyncio.wait_for(main(), 10))
+    reset = (ConnectionResetError, errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+    assert twisted == stdlib == reset
 
 
 def test_abort_ends_with_fin_and_connection_lost_none():

@@ -70,7 +70,7 @@ class _Host(StreamProtocol):
         factory = self._factory
         loop = factory.loop
         driver = loop.driver
-        stream = TwistedStream(driver, self.transport, self, None)
+        stream = TwistedStream(driver, self.transport, self)
         driver.register_stream(stream)
         # Core's accept rules (factory errors, TLS handshake) apply as for
         # create_server; run them as a loop callback, so asyncio finds its loop.
