@@ -84,6 +84,9 @@ def test_attach_runs_coroutines_on_the_running_reactor():
         with pytest.raises(RuntimeError):
             loop.run_until_complete(nested)  # run_forever cannot nest in reactor.run()
         nested.close()
+        loop.stop()  # the application stops its reactor, not the loop
+        await asyncio.sleep(0)
+        assert loop.is_running()
         fired = loop.create_future()
         reactor.callLater(0.01, fired.set_result, "twisted timer")
         assert await asyncio.wait_for(fired, TIMEOUT) == "twisted timer"

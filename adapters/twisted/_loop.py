@@ -308,8 +308,8 @@ class AttachedEventLoop(TwistedEventLoop):
     It counts as running in the reactor's thread from the moment it is
     attached, so ``run_forever`` and ``run_until_complete`` refuse to nest;
     ``loop.create_task()`` and everything asyncio schedules run on the
-    reactor's own iterations.  ``stop()`` does nothing: the application
-    stops its reactor.  It is closed when the reactor shuts down.
+    reactor's own iterations.  ``stop()`` leaves it running: the
+    application stops its reactor.  It is closed when the reactor shuts down.
     """
 
     def __init__(self, driver: TwistedDriver) -> None:
@@ -318,9 +318,6 @@ class AttachedEventLoop(TwistedEventLoop):
         # asyncio loop of its own (asyncioreactor); the driver enters this
         # one around each callback.
         self.begin_guest()
-
-    def stop(self) -> None:
-        """Do nothing: an attached loop runs as long as its reactor does."""
 
 
 def new_event_loop() -> TwistedEventLoop:
@@ -371,9 +368,6 @@ def _close_attached(reactor: Any, loop: AttachedEventLoop) -> None:
     if _ATTACHED.get(reactor) is loop:
         del _ATTACHED[reactor]
     if not loop.is_closed():
-        try:
-            # Re-raises a KeyboardInterrupt or SystemExit that a callback
-            # carried, for Twisted to log; the loop is closed all the same.
-            loop.end_guest()
-        finally:
-            loop.close()
+        # Re-raises a KeyboardInterrupt or SystemExit that a callback carried
+        # (once closed), for Twisted to log.
+        loop.close()
