@@ -121,21 +121,22 @@ class WatchTable:
 
 
 class WatchingDriver:
-    """The four descriptor primitives of a driver, kept in a :class:`WatchTable`.
+    """A driver whose four descriptor primitives are a :class:`WatchTable`'s own.
 
-    Mix in and set ``self._watches = WatchTable(apply)`` in ``__init__``.
+    Call :meth:`watch_with` in ``__init__``: the primitives are then the
+    table's bound methods, with no call in between.
     """
 
     _watches: WatchTable
+    add_reader: Callable[[int, Callback], None]
+    remove_reader: Callable[[int], bool]
+    add_writer: Callable[[int, Callback], None]
+    remove_writer: Callable[[int], bool]
 
-    def add_reader(self, fd: int, callback: Callback) -> None:
-        self._watches.add_reader(fd, callback)
-
-    def remove_reader(self, fd: int) -> bool:
-        return self._watches.remove_reader(fd)
-
-    def add_writer(self, fd: int, callback: Callback) -> None:
-        self._watches.add_writer(fd, callback)
-
-    def remove_writer(self, fd: int) -> bool:
-        return self._watches.remove_writer(fd)
+    def watch_with(self, apply: Apply) -> WatchTable:
+        self._watches = table = WatchTable(apply)
+        self.add_reader = table.add_reader
+        self.remove_reader = table.remove_reader
+        self.add_writer = table.add_writer
+        self.remove_writer = table.remove_writer
+        return table

@@ -30,7 +30,7 @@ from typing import Any
 import gevent  # type: ignore[import-untyped]
 from gevent import getcurrent, monkey
 
-from ...core import READ, WRITE, EventLoop, FdDriver, Watch, WatchingDriver, WatchTable
+from ...core import READ, WRITE, EventLoop, FdDriver, Watch, WatchingDriver
 from . import _running
 from ._blocking import GREENLETS
 from ._executor import ThreadExecutor
@@ -142,7 +142,7 @@ class GeventDriver(FdDriver, WatchingDriver):
         self._parked = False
         self._stopping = False
         self._closed = False
-        self._watches = WatchTable(self._apply)
+        self.watch_with(self._apply)
         self._timers: set[_Timer] = set()
         # core keeps at most one call_soon outstanding: one reusable zero
         # timer, which the hub runs after its next poll, as the contract asks.

@@ -39,7 +39,7 @@ from ...core import (
     FdStream,
     OnStream,
     Watch,
-    WatchTable,
+    WatchingDriver,
 )
 from ._handles import UvDatagram, UVError, UvStream, uv_exception_error
 
@@ -117,18 +117,13 @@ class _Timer:
             self._callback()
 
 
-class PyuvDriver:
+class PyuvDriver(WatchingDriver):
     """Run protoshim's core on one ``pyuv.Loop``.
 
     With ``uv_loop=None`` the driver creates and owns a private loop;
     otherwise it shares the given one, whose own handles keep running
     whenever the asyncio loop runs, and which it never closes.
     """
-
-    add_reader: Callable[[int, Callback], None]
-    remove_reader: Callable[[int], bool]
-    add_writer: Callable[[int, Callback], None]
-    remove_writer: Callable[[int], bool]
 
     def __init__(self, uv_loop: Any = None) -> None:
         self._owned = uv_loop is None
@@ -155,12 +150,7 @@ class PyuvDriver:
         self._async.ref = False
         self._timer_pool: list[Any] = []
         self._timers: set[Any] = set()
-        self._watches = WatchTable(self._apply)
-        # The descriptor primitives are the table's own.
-        self.add_reader = self._watches.add_reader
-        self.remove_reader = self._watches.remove_reader
-        self.add_writer = self._watches.add_writer
-        self.remove_writer = self._watches.remove_writer
+        self.watch_with(self._apply)
         # Until their handles are closed, as the driver closes them on close().
         self._open: set[UvStream | UvDatagram] = set()
         # Signals only reach Python code when some callback runs: the

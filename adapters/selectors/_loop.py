@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ...core import READ, WRITE, EventLoop, FdDriver, Watch, WatchingDriver, WatchTable
+from ...core import READ, WRITE, EventLoop, FdDriver, Watch, WatchingDriver
 
 __all__ = ["SelectorsDriver", "new_event_loop"]
 
@@ -39,7 +39,7 @@ class SelectorsDriver(FdDriver, WatchingDriver):
         self._timers: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
         self._stopping = False
-        self._watches = WatchTable(self._apply)
+        self.watch_with(self._apply)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)

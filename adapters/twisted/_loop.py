@@ -35,6 +35,7 @@ from ...core import (
     FdListener,
     OnStream,
     Watch,
+    WatchingDriver,
     WatchTable,
 )
 from ._compat import close_reactor, forget_watch
@@ -118,7 +119,7 @@ class _Watcher:
         self._driver.run_callback(WatchTable.dispatch, watch, watch.events)
 
 
-class TwistedDriver:
+class TwistedDriver(WatchingDriver):
     """Run core's callbacks, timers and descriptors on one Twisted reactor.
 
     With ``owned`` the driver runs the reactor's iterations itself and shuts
@@ -133,12 +134,7 @@ class TwistedDriver:
         self._stopping = False
         self._closed = False
         self._wake_lock = threading.RLock()
-        # The descriptor primitives are the table's own.
-        self._watches = watches = WatchTable(self._apply)
-        self.add_reader = watches.add_reader
-        self.remove_reader = watches.remove_reader
-        self.add_writer = watches.add_writer
-        self.remove_writer = watches.remove_writer
+        self.watch_with(self._apply)
         self._streams: weakref.WeakSet[TwistedStream] = weakref.WeakSet()
         self.loop: EventLoop | None = None
         if owned:
