@@ -111,7 +111,7 @@ class FdStream(_Watched[StreamSink]):
             self.stop_reading()
             self._sink._on_eof()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> int:
         if not self._buffer:
             try:
                 sent = self._sock.send(data)
@@ -122,14 +122,15 @@ class FdStream(_Watched[StreamSink]):
                 # write() and an unpaused drain() would not see a later report.
                 assert self._sink is not None
                 self._sink._on_error(exc)
-                return
+                return 0
             if sent == len(data):
-                return
+                return 0
             self._driver.add_writer(self._fd, self._write_ready)
             # The one copy of the unsent tail.
             self._buffer = bytearray(memoryview(data)[sent:])
-            return
+            return len(data) - sent
         self._buffer += data
+        return len(self._buffer)
 
     def _write_ready(self) -> None:
         assert self._sink is not None

@@ -138,8 +138,12 @@ class Stream(Protocol):
         not keep reading into an unbounded buffer of its own.
         """
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> int:
         """Queue ``data`` (non-empty, immutable) for sending; never block.
+
+        Return :meth:`queued` as it is after the call: 0 when every byte went
+        straight to the socket, which spares the transport its water-mark
+        bookkeeping in the common case.
 
         A send that fails should be reported to the sink's ``_on_error``
         before this returns, as the stdlib transport does: a writer that

@@ -254,9 +254,7 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
             return
         if self._closing and self._dropped_write("send"):
             return
-        stream = self._stream
-        stream.write(data)
-        if not self._protocol_paused and stream.queued() > self._high_water:
+        if self._stream.write(data) > self._high_water and not self._protocol_paused:
             self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Any) -> None:

@@ -152,7 +152,7 @@ class UvStream(_Closing):
 
     # -- writing ------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> int:
         handle = self._handle
         if not handle.write_queue_size:
             # Writing now, in the caller, spares a write request and its callback.
@@ -161,7 +161,7 @@ class UvStream(_Closing):
             except UVError:
                 sent = 0  # EAGAIN, or an error that the queued write reports
             if sent == len(data):
-                return
+                return 0
             if sent:
                 data = memoryview(data)[sent:]  # type: ignore[assignment]
         try:
@@ -169,6 +169,8 @@ class UvStream(_Closing):
         except UVError as exc:
             # Reported later: a sink is never called from inside a primitive.
             self._driver._defer(self._report, uv_exception_error(exc))
+        queued: int = handle.write_queue_size
+        return queued
 
     def _on_write(self, handle: Any, error: int | None) -> None:
         if self._closed:

@@ -139,10 +139,10 @@ class TwistedStream:
         if not self._dead and not self._released:
             self._transport.pauseProducing()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> int:
         transport = self._transport
         if self._dead:
-            return
+            return 0
         if self._exact and not buffered(transport):
             # Send at once, as asyncio does, so small writes leave nothing
             # queued, and a failure is reported now, with its own errno.
@@ -150,13 +150,14 @@ class TwistedStream:
             if isinstance(sent, BaseException):
                 assert self._sink is not None
                 self._sink._on_error(sent)
-                return
+                return 0
             if sent == len(data):
-                return
+                return 0
             data = data[sent:]
         elif not self._exact:
             self._since_drain += len(data)
         transport.write(data)
+        return self.queued()
 
     def queued(self) -> int:
         if self._dead or self._released:
