@@ -27,6 +27,8 @@ import os
 import signal
 import socket
 import stat
+import sys
+import threading
 from asyncio import base_events, events, sslproto
 from collections.abc import Callable
 from contextvars import Context
@@ -111,12 +113,19 @@ class EventLoop(base_events.BaseEventLoop):
         self._listeners: dict[socket.socket, Any] = {}
         self._signal_handlers: dict[int, events.Handle] = {}
         self._signal_socks: tuple[socket.socket, socket.socket] | None = None
+        # While a guest: whether it is the running loop, and the hooks it replaced.
+        self._guest: tuple[bool, Any] | None = None
         driver.bind(self)
 
     @property
     def driver(self) -> Driver:
         """The framework driver this loop runs on."""
         return self._driver
+
+    @property
+    def wakes_on_signals(self) -> bool:
+        """Whether core has installed the signal wakeup descriptor (for signal handlers)."""
+        return self._signal_socks is not None
 
     # -- running ------------------------------------------------------------
 
@@ -253,6 +262,86 @@ class EventLoop(base_events.BaseEventLoop):
         self._timer_when = min(when, now + MAX_TIMER_DELAY)
         self._timer = self._driver.call_later(delay, self._timer_tick)
 
+    # -- running as a guest -------------------------------------------------
+    #
+    # A loop attached to a framework loop that the application runs (the
+    # global Twisted reactor, a Tornado IOLoop, a program's pyuv loop) never
+    # enters run_forever, yet asyncio code on it must find it running.
+
+    @property
+    def guest(self) -> bool:
+        """Whether the loop runs as a guest (see :meth:`begin_guest`)."""
+        return self._guest is not None
+
+    def begin_guest(self, *, running: bool = False) -> None:
+        """Count as running in this thread from now, without ``run_forever``.
+
+        ``run_forever`` then refuses to start, as on any running loop.  With
+        ``running=True`` the loop also becomes the thread's running loop,
+        with its async-generator hooks, until :meth:`end_guest`; otherwise
+        the adapter enters it around each callback with
+        :meth:`call_as_running`, because the framework's own asyncio loop
+        (Tornado's, Twisted's asyncio reactor) is the running one between.
+        """
+        self._check_closed()
+        if running:
+            self._check_running()  # type: ignore[attr-defined]
+        elif self.is_running():
+            raise RuntimeError("This event loop is already running")
+        self._set_coroutine_origin_tracking(self._debug)  # type: ignore[attr-defined]
+        self._thread_id = threading.get_ident()
+        hooks = None
+        if running:
+            hooks = sys.get_asyncgen_hooks()
+            sys.set_asyncgen_hooks(*self._hooks())
+            events._set_running_loop(self)
+        self._guest = (running, hooks)
+
+    def end_guest(self) -> None:
+        """Stop running as a guest; re-raise a KeyboardInterrupt or SystemExit it carried."""
+        if self._guest is None:
+            return
+        (running, hooks), self._guest = self._guest, None
+        self._stopping = False
+        self._thread_id = None  # type: ignore[assignment]  # "not running", as BaseEventLoop uses it
+        if running:
+            events._set_running_loop(None)
+            sys.set_asyncgen_hooks(*hooks)
+        self._set_coroutine_origin_tracking(False)  # type: ignore[attr-defined]
+        exc, self._exit_exc = self._exit_exc, None
+        if exc is not None:
+            raise exc
+
+    def _hooks(self) -> tuple[Any, Any]:
+        return (self._asyncgen_firstiter_hook, self._asyncgen_finalizer_hook)  # type: ignore[attr-defined]
+
+    def call_as_running(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """Return ``fn(*args)``, called with this loop as the thread's running loop.
+
+        Its async-generator hooks are installed for the call too (generators
+        capture their finalizer at the first iteration); both are restored
+        after.
+        """
+        return self.call_as_running_from(events._get_running_loop(), fn, *args)
+
+    def call_as_running_from(
+        self, previous: asyncio.AbstractEventLoop | None, fn: Callable[[*Ts], T], *args: *Ts
+    ) -> T:
+        """:meth:`call_as_running` for a caller that knows the running loop, ``previous``.
+
+        Looking it up costs a ``getpid()`` system call on Python 3.11.
+        """
+        if previous is self:
+            return fn(*args)
+        hooks = sys.get_asyncgen_hooks()
+        events._set_running_loop(self)
+        sys.set_asyncgen_hooks(*self._hooks())
+        try:
+            return fn(*args)
+        finally:
+            sys.set_asyncgen_hooks(*hooks)
+            events._set_running_loop(previous)
+
     # -- scheduling ---------------------------------------------------------
 
     def _call_soon(self, callback: Any, args: Any, context: Any) -> events.Handle:
@@ -299,6 +388,8 @@ class EventLoop(base_events.BaseEventLoop):
     # -- closing ------------------------------------------------------------
 
     def close(self) -> None:
+        if self._guest is not None and not self._closed:
+            self.end_guest()
         if self.is_running():
             raise RuntimeError("Cannot close a running event loop")
         if self._closed:
@@ -618,32 +709,31 @@ class EventLoop(base_events.BaseEventLoop):
         ssl_shutdown_timeout: float | None = None,
     ) -> None:
         on_stream = functools.partial(
-            self._serve_stream,
+            self.serve_stream,
             protocol_factory=protocol_factory,
-            sslcontext=sslcontext,
+            ssl=sslcontext,
             server=server,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
-            listening=sock,
         )
         self._listeners[sock] = self._driver.listen(sock, backlog, on_stream)
 
-    def _serve_stream(
+    def serve_stream(
         self,
         stream: Stream,
-        *,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
-        sslcontext: Any = None,
+        *,
+        ssl: Any = None,
         server: Any = None,
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
-        listening: socket.socket | None = None,
     ) -> None:
         """Run a new protocol over an accepted stream, as an asyncio server does.
 
-        Adapters whose framework accepts connections itself (a Tornado
-        ``TCPServer`` subclass, a Twisted ``Factory``) call this with the
-        framework's stream, so the accept rules stay written once.
+        This is the one accept path: core's listeners use it, and so do
+        adapters whose framework accepts connections itself (a Tornado
+        ``TCPServer``, a Twisted ``Factory``, a gevent ``StreamServer``).
+        Call it in this loop's context.
         """
         try:
             protocol = protocol_factory()
@@ -653,21 +743,17 @@ class EventLoop(base_events.BaseEventLoop):
         except BaseException as exc:
             stream.abort()
             self.call_exception_handler(
-                {
-                    "message": "Error on transport creation for incoming connection",
-                    "exception": exc,
-                    "socket": listening,
-                }
+                {"message": "Error on transport creation for incoming connection", "exception": exc}
             )
             return
-        if sslcontext is None:
+        if ssl is None:
             self._stream_transport(stream, protocol, None, None, server)
             return
         waiter = self.create_future()
         transport = self._ssl_transport(
             stream,
             protocol,
-            sslcontext,
+            ssl,
             waiter,
             server_side=True,
             server_hostname=None,
@@ -677,6 +763,12 @@ class EventLoop(base_events.BaseEventLoop):
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         waiter.add_done_callback(functools.partial(self._handshake_done, transport))
+
+    def _serve_stream(self, stream: Stream, **kwargs: Any) -> None:
+        # The old name, until every adapter calls serve_stream().
+        kwargs["ssl"] = kwargs.pop("sslcontext", None)
+        kwargs.pop("listening", None)
+        self.serve_stream(stream, **kwargs)
 
     def _handshake_done(self, transport: asyncio.Transport, waiter: asyncio.Future[None]) -> None:
         if waiter.cancelled() or waiter.exception() is None:

@@ -36,6 +36,26 @@ KeyboardInterrupt and SystemExit leave ``run_forever``.  What the framework
 raises while it polls (a ``signal.signal`` handler's exception) is not a
 callback's: it leaves ``run_forever`` too, as it leaves the stdlib loop's
 ``select()``.
+
+What core gives adapters in return is public, in :mod:`protoshim.core`, and
+an adapter uses nothing else of protoshim (no underscore name of core):
+
+* ``EventLoop.callback_failed(exc)``: the one rule above;
+* ``EventLoop.serve_stream(stream, protocol_factory, ssl=...)``: the one
+  accept path, for frameworks that accept connections themselves;
+* ``EventLoop.begin_guest()`` / ``end_guest()`` and ``call_as_running()``:
+  running inside a framework loop that the application runs;
+* ``EventLoop.wakes_on_signals``: whether core already polls the signal
+  wakeup descriptor;
+* ``FdDriver`` and its streams, datagrams and listeners, with the one
+  accept-pause policy (``accept_pauses``, ``ACCEPT_RETRY_DELAY``);
+* ``WatchTable``: the reader and writer of each descriptor, applied to a
+  framework that watches a descriptor once for both;
+* ``relay`` / ``on_settled``: a future's outcome carried to another loop or
+  to the framework's own waiting.
+
+Descriptor ownership is core's too: ``add_reader`` and ``add_writer`` refuse
+a descriptor that an open transport owns, before any driver sees it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ through protoshim's core: the conformance suite's expectations are *defined*
 by what the stdlib loop does.
 """
 
-from ..._registry import Adapter
+from ...core import Adapter
 
 __all__ = ["ASYNCIO", "UVLOOP"]
 

@@ -5,7 +5,7 @@ smallest complete example of the primitive interface for third-party
 adapters: a driver of about a hundred lines, everything else inherited.
 """
 
-from ..._registry import Adapter
+from ...core import Adapter
 
 __all__ = ["ADAPTER"]
 

@@ -11,8 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..._fdio import FdDriver
-from ..._loop import EventLoop
+from ...core import READ, WRITE, EventLoop, FdDriver, Watch, WatchTable
 
 __all__ = ["SelectorsDriver", "new_event_loop"]
 
@@ -40,8 +39,7 @@ class SelectorsDriver(FdDriver):
         self._timers: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
         self._stopping = False
-        self._readers: dict[int, Callback] = {}
-        self._writers: dict[int, Callback] = {}
+        self._watches = WatchTable(self._apply)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -84,10 +82,11 @@ class SelectorsDriver(FdDriver):
                 # iteration.  Watches are level-triggered; the events return.
                 break
             for key, mask in events:
-                if mask & selectors.EVENT_READ and key.fd in self._readers:
-                    call(self._readers[key.fd])
-                if mask & selectors.EVENT_WRITE and key.fd in self._writers:
-                    call(self._writers[key.fd])
+                watch: Watch = key.data
+                if mask & READ and watch.reader is not None:
+                    call(watch.reader)
+                if mask & WRITE and watch.writer is not None:
+                    call(watch.writer)
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 timer = heapq.heappop(self._timers)[2]
@@ -119,47 +118,32 @@ class SelectorsDriver(FdDriver):
         except OSError:
             pass
 
-    def _update(self, fd: int) -> None:
-        mask = (selectors.EVENT_READ if fd in self._readers else 0) | (
-            selectors.EVENT_WRITE if fd in self._writers else 0
-        )
-        try:
-            self._selector.get_key(fd)
-        except KeyError:
-            if mask:
-                self._selector.register(fd, mask)
-            return
-        if mask:
-            self._selector.modify(fd, mask)
+    def _apply(self, watch: Watch, previous: int) -> None:
+        # selectors' EVENT_READ and EVENT_WRITE are core's READ and WRITE.
+        if not watch.events:
+            self._selector.unregister(watch.fd)
+        elif previous:
+            self._selector.modify(watch.fd, watch.events, watch)
         else:
-            self._selector.unregister(fd)
+            self._selector.register(watch.fd, watch.events, watch)
 
     def add_reader(self, fd: int, callback: Callback) -> None:
-        self._readers[fd] = callback
-        self._update(fd)
+        self._watches.add_reader(fd, callback)
 
     def remove_reader(self, fd: int) -> bool:
-        if self._readers.pop(fd, None) is None:
-            return False
-        self._update(fd)
-        return True
+        return self._watches.remove_reader(fd)
 
     def add_writer(self, fd: int, callback: Callback) -> None:
-        self._writers[fd] = callback
-        self._update(fd)
+        self._watches.add_writer(fd, callback)
 
     def remove_writer(self, fd: int) -> bool:
-        if self._writers.pop(fd, None) is None:
-            return False
-        self._update(fd)
-        return True
+        return self._watches.remove_writer(fd)
 
     def close(self) -> None:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
-        self._readers.clear()
-        self._writers.clear()
+        self._watches.clear()
         self._timers.clear()
         self._soon.clear()
 
