@@ -16,11 +16,9 @@ pytest.importorskip("tornado", reason="the Tornado adapter needs Tornado install
 
 from tornado.httpclient import AsyncHTTPClient
 from tornado.ioloop import IOLoop
-from tornado.iostream import SSLIOStream
 from tornado.netutil import bind_sockets, bind_unix_socket
 
 from protoshim.adapters.tornado import AttachedEventLoop, ProtocolServer, attach
-from protoshim.adapters.tornado._iostream import adopt
 from protoshim.examples import tornado_app
 
 WAIT = 5.0
@@ -187,20 +185,6 @@ def test_protocol_factory_errors_reach_the_attached_loop_handler():
     run_app(main())
     assert len(contexts) == 1
     assert isinstance(contexts[0]["exception"], RuntimeError)
-
-
-def test_tornado_tls_streams_are_refused_with_a_reason():
-    async def main():
-        a, b = socket.socketpair()
-        try:
-            stream = SSLIOStream(a, ssl_options={})
-            with pytest.raises(TypeError, match="pass ssl= to the server"):
-                adopt(stream)
-        finally:
-            a.close()
-            b.close()
-
-    run_app(main())
 
 
 # -- attach() ------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """The Tornado adapter: protoshim's core on a Tornado ``IOLoop``.
 
-Streams are Tornado ``IOStream`` objects, servers accept through
-``TCPServer``, timers and callbacks go through the ``IOLoop``, and UDP
-endpoints watch their socket with ``IOLoop.add_handler``.  See
-``docs/adapters/tornado.md`` for how the layers fit together.
+Callbacks and timers go through the ``IOLoop``, and streams, listeners and
+UDP endpoints are core's descriptor primitives, watched with
+``IOLoop.add_handler``.  See ``docs/adapters/tornado.md`` for how the layers
+fit together, and why streams are not ``IOStream`` objects.
 
 Importing this package does not import Tornado; :func:`attach`,
 :class:`ProtocolServer` and :func:`new_event_loop` are loaded on first use.
@@ -33,7 +33,7 @@ ADAPTER = Adapter(
     loop_factory="protoshim.adapters.tornado._loop:new_event_loop",
     requires="tornado",
     distribution="tornado",
-    description="protoshim's core on a Tornado IOLoop, with IOStream transports",
+    description="protoshim's core on a Tornado IOLoop, with descriptor streams",
 )
 
 __getattr__ = lazy_exports(

@@ -12,21 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import ssl as ssl_module
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, NoReturn, TypeVar
 
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream
+from tornado.netutil import bind_sockets
 
 from ..._loop import EventLoop
-from ._iostream import PausingTCPServer, TornadoStream, adopt
+from ..._primitives import Listener, Stream
 from ._loop import TornadoDriver
 
 __all__ = ["AttachedEventLoop", "ProtocolServer", "attach"]
 
 T = TypeVar("T")
+
+#: Connections accepted per readable event, as many as asyncio's default backlog.
+_ACCEPT_BATCH = 100
 
 _attached: dict[IOLoop, AttachedEventLoop] = {}
 
@@ -115,14 +119,14 @@ def attach(io_loop: IOLoop | None = None) -> AttachedEventLoop:
     return loop
 
 
-class ProtocolServer(PausingTCPServer):
-    """A ``TCPServer`` that serves a PEP 3156 protocol factory.
+class ProtocolServer:
+    """Serve a PEP 3156 protocol factory from a Tornado application.
 
-    Use it like Tornado's ``HTTPServer``: ``listen(port)``, ``add_sockets``
-    (``tornado.netutil.bind_sockets`` or ``bind_unix_socket``), ``stop()``.
-    Each accepted ``IOStream`` becomes an asyncio transport on the loop
-    :func:`attach` gives for the IOLoop, and ``protocol_factory`` is called
-    with that loop running.
+    Use it like Tornado's ``TCPServer``: ``listen(port)``, ``add_sockets``
+    (``tornado.netutil.bind_sockets`` or ``bind_unix_socket``),
+    ``add_socket``, ``stop()``.  Connections are accepted on the loop
+    :func:`attach` gives for the current IOLoop, as that loop's own servers
+    accept them, and ``protocol_factory`` is called with that loop running.
 
     TLS is asyncio's own (pass an ``ssl.SSLContext`` as ``ssl``), not
     Tornado's ``ssl_options``, so that ``start_tls``, half-close and the
@@ -136,51 +140,41 @@ class ProtocolServer(PausingTCPServer):
         ssl: ssl_module.SSLContext | None = None,
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
-        max_buffer_size: int | None = None,
-        read_chunk_size: int | None = None,
     ) -> None:
-        super().__init__(max_buffer_size=max_buffer_size, read_chunk_size=read_chunk_size)
         self._protocol_factory = protocol_factory
         self._ssl = ssl
         self._ssl_handshake_timeout = ssl_handshake_timeout
         self._ssl_shutdown_timeout = ssl_shutdown_timeout
+        self._listeners: dict[socket.socket, Listener] = {}
 
-    def handle_stream(self, stream: IOStream, address: Any) -> None:
-        loop = attach(stream.io_loop)
-        driver = loop._tornado_driver
-        driver.in_protoshim(self._serve, loop, TornadoStream(driver, adopt(stream)))
+    def listen(self, port: int, address: str | None = None, **kwargs: Any) -> None:
+        """Accept on ``port``, as ``TCPServer.listen``: ``kwargs`` go to ``bind_sockets``."""
+        self.add_sockets(bind_sockets(port, address, **kwargs))
 
-    def _serve(self, loop: AttachedEventLoop, stream: TornadoStream) -> None:
-        # The same steps as core's own accept path (EventLoop._start_serving).
-        try:
-            protocol = self._protocol_factory()
-        except (SystemExit, KeyboardInterrupt):
-            stream.abort()
-            raise
-        except BaseException as exc:
-            stream.abort()
-            loop.call_exception_handler(
-                {
-                    "message": "Error on transport creation for incoming connection",
-                    "exception": exc,
-                    "socket": stream.socket(),
-                }
-            )
-            return
-        if self._ssl is None:
-            loop._stream_transport(stream, protocol, None, None, None)
-            return
-        waiter = loop.create_future()
-        transport = loop._ssl_transport(
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        """Accept on listening sockets; :meth:`stop` closes them."""
+        loop = attach()
+        serve = functools.partial(self._serve, loop)
+        for sock in sockets:
+            sock.setblocking(False)
+            self._listeners[sock] = loop.driver.listen(sock, _ACCEPT_BATCH, serve)
+
+    def add_socket(self, sock: socket.socket) -> None:
+        """Accept on one listening socket."""
+        self.add_sockets([sock])
+
+    def _serve(self, loop: AttachedEventLoop, stream: Stream) -> None:
+        loop.serve_stream(
             stream,
-            protocol,
-            self._ssl,
-            waiter,
-            server_side=True,
-            server_hostname=None,
-            extra=None,
-            server=None,
+            self._protocol_factory,
+            ssl=self._ssl,
             ssl_handshake_timeout=self._ssl_handshake_timeout,
             ssl_shutdown_timeout=self._ssl_shutdown_timeout,
         )
-        waiter.add_done_callback(functools.partial(loop._handshake_done, transport))
+
+    def stop(self) -> None:
+        """Stop accepting and close the sockets; established connections stay."""
+        listeners, self._listeners = self._listeners, {}
+        for sock, listener in listeners.items():
+            listener.close()
+            sock.close()

@@ -5,27 +5,22 @@ Tornado 6 has no event loop of its own: every ``IOLoop`` is a
 does the polling.  So there are three layers::
 
     protocols, tasks   ->  protoshim EventLoop   (asyncio's ready queue and timer heap)
-    driver primitives  ->  tornado IOLoop        (add_callback, call_later, add_handler,
-                                                  IOStream, TCPServer)
+    driver primitives  ->  tornado IOLoop        (add_callback, call_later, add_handler)
     polling            ->  IOLoop.asyncio_loop   (a private SelectorEventLoop,
                                                   or the application's loop when attached)
 
+Streams, datagrams and listeners are core's descriptor primitives
+(``FdDriver``), watched through ``IOLoop.add_handler``: they are faster than
+``IOStream`` and need none of its private state (see the adapter's docs).
+
 Both the protoshim loop and the loop under the IOLoop are asyncio loops in
-the same thread, and asyncio has one "running loop" slot per thread.  The
-driver keeps it honest at every crossing:
-
-* code called *by* Tornado into protoshim (ticks, timers, fd handlers,
-  stream events) runs with the protoshim loop as the running loop, and its
-  async generator hooks installed;
-* Tornado APIs called *from* protoshim (creating and closing IOStreams,
-  TCPServer) run with the IOLoop's own asyncio loop as the running loop,
-  exactly as Tornado expects when it looks up ``IOLoop.current()``.
-
-Crossings cost system calls on CPython 3.11, so the hot paths avoid them:
-each IOLoop event on a stream is one crossing, whatever the protocol does
-in it; callbacks and timers go straight to the IOLoop's asyncio loop; and
-a stream's reads and writes, which look up no running loop, are made from
-protoshim's context without crossing back (see ``_iostream``).
+the same thread, and asyncio has one "running loop" slot per thread.  Every
+callback the IOLoop runs for protoshim (ticks, timers, descriptor events)
+enters protoshim's context (:meth:`TornadoDriver.enter`), so protocol code
+sees the protoshim loop running, with its async generator hooks installed.
+Such a callback runs inside the IOLoop's asyncio loop, so the loop to
+restore is known without a lookup, which costs a ``getpid()`` on CPython
+3.11: a descriptor event is one crossing, whatever the protocol does in it.
 
 The protoshim loop is also registered as an alias of its IOLoop, so
 ``IOLoop.current()`` inside a protocol callback or a task returns the IOLoop
@@ -36,25 +31,21 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import socket
 import sys
 from asyncio import events
-from collections.abc import Callable, Sized
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import tornado
 from tornado.ioloop import IOLoop
 from tornado.platform.asyncio import AsyncIOLoop, BaseAsyncIOLoop
 
-from ..._fdio import FdDatagram
+from ..._fdio import FdDriver
 from ..._loop import EventLoop
-from ..._primitives import OnStream
-from ._iostream import TornadoListener, TornadoStream
 
 __all__ = ["TornadoDriver", "new_event_loop"]
 
 Callback = Callable[[], None]
-T = TypeVar("T")
 
 #: Before 6.3, IOLoop.start() also sets the thread's current asyncio loop.
 _START_SWAPS_CURRENT_LOOP = tornado.version_info < (6, 3)
@@ -63,7 +54,7 @@ _READ = IOLoop.READ
 _WRITE = IOLoop.WRITE
 
 
-class TornadoDriver:
+class TornadoDriver(FdDriver):
     """Run a protoshim loop's callbacks, timers and I/O on a Tornado ``IOLoop``.
 
     With ``owned=True`` the driver runs and closes the IOLoop (and the asyncio
@@ -82,9 +73,6 @@ class TornadoDriver:
         self._hooks: tuple[Any, Any] = (None, None)
         #: whether the driver made the protoshim loop the running loop
         self._inside = False
-        # The callbacks BaseEventLoop runs in its current iteration, if the
-        # asyncio loop is one (private, but stable since Python 3.4).
-        self._native_ready: Sized | None = getattr(self._native, "_ready", None)
         # fd -> [reader, writer]; one IOLoop handler per fd carries both
         self._fds: dict[int, list[Callback | None]] = {}
         self._closed = False
@@ -123,18 +111,6 @@ class TornadoDriver:
     # calls.  The driver remembers whether it made the protoshim loop the
     # running one (``_inside``), so it only asks when it cannot know.
 
-    def in_protoshim(self, fn: Callable[..., object], *args: Any) -> None:
-        """Call ``fn(*args)`` with the protoshim loop as the running loop."""
-        if self._inside:
-            fn(*args)
-            return
-        loop = self._loop
-        previous = events._get_running_loop()
-        if previous is loop or loop is None:
-            fn(*args)
-            return
-        self._cross(previous, fn, args)
-
     def enter(self, fn: Callable[..., object], *args: Any) -> None:
         """Call ``fn(*args)`` in protoshim's context, from a callback of the IOLoop's asyncio loop.
 
@@ -168,23 +144,6 @@ class TornadoDriver:
             sys.set_asyncgen_hooks(*hooks)
             events._set_running_loop(previous)
 
-    def in_tornado(self, fn: Callable[..., T], *args: Any) -> T:
-        """Return ``fn(*args)``, called with the IOLoop's asyncio loop as the running loop."""
-        inside = self._inside
-        if inside:
-            previous: asyncio.AbstractEventLoop | None = self._loop
-        else:
-            previous = events._get_running_loop()
-            if previous is self._native:
-                return fn(*args)
-        events._set_running_loop(self._native)
-        self._inside = False
-        try:
-            return fn(*args)
-        finally:
-            self._inside = inside
-            events._set_running_loop(previous)
-
     def add_callback(self, fn: Callable[..., object], *args: Any) -> None:
         """Call ``fn(*args)`` on the IOLoop's next iteration, in protoshim's context."""
         # On its own thread IOLoop.add_callback is this call_soon, plus a
@@ -194,15 +153,6 @@ class TornadoDriver:
             self._native.call_soon(self.enter, fn, *args)
         except RuntimeError:
             pass  # the IOLoop is closed; add_callback drops the callback too
-
-    def native_idle(self) -> bool:
-        """Return whether no other callback is queued on the IOLoop's asyncio loop.
-
-        Called from one of that loop's callbacks: the loop then polls next,
-        and sleeps if no descriptor is ready.  False when it cannot tell.
-        """
-        ready = self._native_ready
-        return ready is not None and not ready
 
     # -- running ------------------------------------------------------------
 
@@ -289,20 +239,6 @@ class TornadoDriver:
 
     def remove_writer(self, fd: int) -> bool:
         return self._watch(fd, 1, None)
-
-    # -- streams and servers ------------------------------------------------
-
-    def open_stream(self, sock: socket.socket) -> TornadoStream:
-        return TornadoStream.from_socket(self, sock)
-
-    def listen(self, sock: socket.socket, backlog: int, on_stream: OnStream) -> TornadoListener:
-        # Core has already called sock.listen(backlog).
-        return TornadoListener(self, sock, on_stream)
-
-    def open_datagram(self, sock: socket.socket) -> FdDatagram:
-        # Tornado has no datagram support: packets move with non-blocking
-        # calls, watched through IOLoop.add_handler by add_reader/add_writer.
-        return FdDatagram(self, sock)
 
     # -- closing ------------------------------------------------------------
 
