@@ -42,6 +42,7 @@ from tornado.platform.asyncio import AsyncIOLoop, BaseAsyncIOLoop
 
 from ..._fdio import FdDriver
 from ..._loop import EventLoop
+from ...core import Watch, WatchTable
 
 __all__ = ["TornadoDriver", "new_event_loop"]
 
@@ -50,8 +51,8 @@ Callback = Callable[[], None]
 #: Before 6.3, IOLoop.start() also sets the thread's current asyncio loop.
 _START_SWAPS_CURRENT_LOOP = tornado.version_info < (6, 3)
 
-_READ = IOLoop.READ
-_WRITE = IOLoop.WRITE
+#: Core's READ | WRITE bits as IOLoop event masks.
+_TORNADO_EVENTS = (IOLoop.NONE, IOLoop.READ, IOLoop.WRITE, IOLoop.READ | IOLoop.WRITE)
 
 
 class TornadoDriver(FdDriver):
@@ -73,8 +74,8 @@ class TornadoDriver(FdDriver):
         self._hooks: tuple[Any, Any] = (None, None)
         #: whether the driver made the protoshim loop the running loop
         self._inside = False
-        # fd -> [reader, writer]; one IOLoop handler per fd carries both
-        self._fds: dict[int, list[Callback | None]] = {}
+        # One IOLoop handler per descriptor carries both directions.
+        self._watches = WatchTable(self._apply)
         self._closed = False
 
     @property
@@ -194,25 +195,14 @@ class TornadoDriver(FdDriver):
 
     # -- descriptors --------------------------------------------------------
 
-    def _watch(self, fd: int, index: int, callback: Callback | None) -> bool:
-        entry = self._fds.get(fd)
-        if entry is None:
-            if callback is None:
-                return False
-            entry = self._fds[fd] = [None, None]
-            entry[index] = callback
-            self._io_loop.add_handler(fd, self._dispatch, _READ if index == 0 else _WRITE)
-            return False
-        had = entry[index] is not None
-        entry[index] = callback
-        reader, writer = entry
-        mask = (_READ if reader is not None else 0) | (_WRITE if writer is not None else 0)
-        if mask:
-            self._io_loop.update_handler(fd, mask)
+    def _apply(self, watch: Watch, previous: int) -> None:
+        events_mask = _TORNADO_EVENTS[watch.events]
+        if not previous:
+            self._io_loop.add_handler(watch.fd, self._dispatch, events_mask)
+        elif events_mask:
+            self._io_loop.update_handler(watch.fd, events_mask)
         else:
-            del self._fds[fd]
-            self._io_loop.remove_handler(fd)
-        return had
+            self._io_loop.remove_handler(watch.fd)
 
     def _dispatch(self, fd: int, events_mask: int) -> None:
         if self._owned and getattr(self._native, "_stopping", False):
@@ -221,24 +211,25 @@ class TornadoDriver(FdDriver):
             # the iteration that stopped it.  The watch is level-triggered,
             # so the event comes back on the next run.
             return
-        entry = self._fds.get(fd)
-        if entry is not None and events_mask & _READ and entry[0] is not None:
-            self.enter(entry[0])
-        entry = self._fds.get(fd)  # the reader may have removed the watcher
-        if entry is not None and events_mask & _WRITE and entry[1] is not None:
-            self.enter(entry[1])
+        watch = self._watches.get(fd)
+        if watch is None:
+            return
+        # The IOLoop reports each direction in a call of its own.
+        callback = watch.reader if events_mask & IOLoop.READ else watch.writer
+        if callback is not None:
+            self.enter(callback)
 
     def add_reader(self, fd: int, callback: Callback) -> None:
-        self._watch(fd, 0, callback)
+        self._watches.add_reader(fd, callback)
 
     def remove_reader(self, fd: int) -> bool:
-        return self._watch(fd, 0, None)
+        return self._watches.remove_reader(fd)
 
     def add_writer(self, fd: int, callback: Callback) -> None:
-        self._watch(fd, 1, callback)
+        self._watches.add_writer(fd, callback)
 
     def remove_writer(self, fd: int) -> bool:
-        return self._watch(fd, 1, None)
+        return self._watches.remove_writer(fd)
 
     # -- closing ------------------------------------------------------------
 
@@ -246,15 +237,15 @@ class TornadoDriver(FdDriver):
         if self._closed:
             return
         self._closed = True
-        for fd in list(self._fds):
+        for watch in self._watches.watches():
             try:
-                self._io_loop.remove_handler(fd)
+                self._io_loop.remove_handler(watch.fd)
             except OSError as exc:
                 # Closed behind the poller's back: the kernel already forgot
                 # it, and asyncio's own close() does not mind either.
                 if exc.errno != errno.EBADF:
                     raise
-        self._fds.clear()
+        self._watches.clear()
         if self._loop is not None and IOLoop._ioloop_for_asyncio.get(self._loop) is self._io_loop:
             del IOLoop._ioloop_for_asyncio[self._loop]
         if self._owned:
