@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import ssl
+import sys
 import tempfile
 from typing import ClassVar
 
@@ -286,3 +287,21 @@ def test_closing_the_attached_loop_unregisters_everything():
             w.close()
 
     run_app(main())
+
+
+def test_system_exit_in_protocol_code_leaves_the_application():
+    loops: list[AttachedEventLoop] = []
+
+    async def main():
+        loop = attach()
+        loops.append(loop)
+        loop.call_soon(sys.exit, 3)
+        await asyncio.sleep(WAIT)
+
+    try:
+        with pytest.raises(SystemExit) as raised:
+            run_app(main())
+        assert raised.value.code == 3
+        assert not loops[0].is_running()
+    finally:
+        loops[0].close()

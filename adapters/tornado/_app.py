@@ -14,15 +14,15 @@ import asyncio
 import functools
 import socket
 import ssl as ssl_module
-import threading
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
 from ..._loop import EventLoop
 from ..._primitives import Listener, Stream
+from ...core import relay
 from ._loop import TornadoDriver
 
 __all__ = ["AttachedEventLoop", "ProtocolServer", "attach"]
@@ -38,7 +38,7 @@ _attached: dict[IOLoop, AttachedEventLoop] = {}
 class AttachedEventLoop(EventLoop):
     """A protoshim loop that runs on an IOLoop someone else runs.
 
-    It counts as running from creation until :meth:`close`: ``run_forever``
+    It runs as a guest from creation until :meth:`close`: ``run_forever``
     and ``run_until_complete`` raise, as on any running loop, and
     :meth:`stop` has no run to end.  From Tornado code, use :meth:`submit`
     to run a coroutine on it and await the result.
@@ -47,8 +47,9 @@ class AttachedEventLoop(EventLoop):
     def __init__(self, driver: TornadoDriver) -> None:
         super().__init__(driver)
         self._tornado_driver = driver
-        # BaseEventLoop.is_running() is "has a thread"; the IOLoop's thread runs it.
-        self._thread_id = threading.get_ident()
+        # The IOLoop's asyncio loop is the running one between callbacks;
+        # the driver enters this loop around each of them.
+        self.begin_guest()
 
     @property
     def io_loop(self) -> IOLoop:
@@ -58,16 +59,10 @@ class AttachedEventLoop(EventLoop):
     def stop(self) -> None:
         """Do nothing: the loop runs for as long as its IOLoop; :meth:`close` detaches it."""
 
-    def _exit_with(self, exc: BaseException) -> NoReturn:
-        # No run_forever of ours carries it out: raise it into the IOLoop's
-        # callback, whose asyncio loop re-raises KeyboardInterrupt/SystemExit.
-        raise exc
-
     def close(self) -> None:
         """Detach from the IOLoop: unregister everything; the IOLoop keeps running."""
         if self.is_closed():
             return
-        self._thread_id = None  # type: ignore[assignment]  # "not running", as BaseEventLoop uses it
         super().close()
         if _attached.get(self.io_loop) is self:
             del _attached[self.io_loop]
@@ -79,24 +74,7 @@ class AttachedEventLoop(EventLoop):
         cancelling that future cancels the task.
         """
         outer: asyncio.Future[T] = self._tornado_driver.native_loop.create_future()
-        task = self.create_task(coro)
-
-        def task_done(task: asyncio.Task[T]) -> None:
-            if outer.done():
-                return
-            if task.cancelled():
-                outer.cancel()
-            elif (exc := task.exception()) is not None:
-                outer.set_exception(exc)
-            else:
-                outer.set_result(task.result())
-
-        def outer_done(outer: asyncio.Future[T]) -> None:
-            if outer.cancelled():
-                task.cancel()
-
-        task.add_done_callback(task_done)
-        outer.add_done_callback(outer_done)
+        relay(self.create_task(coro), outer)
         return outer
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import sys
 from asyncio import events
 from collections.abc import Callable
 from typing import Any
@@ -71,9 +70,6 @@ class TornadoDriver(FdDriver):
         self._native: asyncio.AbstractEventLoop = io_loop.asyncio_loop
         self._owned = owned
         self._loop: EventLoop | None = None
-        self._hooks: tuple[Any, Any] = (None, None)
-        #: whether the driver made the protoshim loop the running loop
-        self._inside = False
         # One IOLoop handler per descriptor carries both directions.
         self._watches = WatchTable(self._apply)
         self._closed = False
@@ -89,28 +85,15 @@ class TornadoDriver(FdDriver):
         return self._native
 
     def bind(self, loop: EventLoop) -> None:
-        """Attach the protoshim loop this driver serves; core calls it once, creating the loop."""
+        """Learn the protoshim loop this driver serves; core calls it once, creating the loop."""
         self._loop = loop
-        # What BaseEventLoop.run_forever installs: async generators first
-        # iterated in protocol code must be finalized by the protoshim loop.
-        self._hooks = (
-            getattr(loop, "_asyncgen_firstiter_hook"),  # noqa: B009  # untyped private hooks
-            getattr(loop, "_asyncgen_finalizer_hook"),  # noqa: B009
-        )
         # IOLoop.current() inside protocol code is then the IOLoop running it.
         IOLoop._ioloop_for_asyncio[loop] = self._io_loop
         if self._owned:
-            # Errors in Tornado's own callbacks (its accept handler, say)
-            # reach the protoshim loop's handler; its asyncio loop carries
-            # KeyboardInterrupt and SystemExit out of run() itself.
+            # Errors in Tornado's own callbacks reach the protoshim loop's
+            # handler; its asyncio loop carries KeyboardInterrupt and
+            # SystemExit out of run() itself.
             self._native.set_exception_handler(_forward_exceptions(loop))
-
-    # -- crossing between the two asyncio loops -----------------------------
-    #
-    # CPython 3.11 calls getpid() in _get_running_loop() and
-    # _set_running_loop() whenever a loop is set, so a crossing costs system
-    # calls.  The driver remembers whether it made the protoshim loop the
-    # running one (``_inside``), so it only asks when it cannot know.
 
     def enter(self, fn: Callable[..., object], *args: Any) -> None:
         """Call ``fn(*args)`` in protoshim's context, from a callback of the IOLoop's asyncio loop.
@@ -121,39 +104,13 @@ class TornadoDriver(FdDriver):
         :meth:`~protoshim.EventLoop.callback_failed`.
         """
         loop = self._loop
-        try:
-            if self._inside or loop is None:
-                fn(*args)
-            else:
-                self._cross(self._native, fn, args)
-        except BaseException as exc:
-            if loop is None:
-                raise
-            loop.callback_failed(exc)
-
-    def _cross(
-        self, previous: asyncio.AbstractEventLoop | None, fn: Callable[..., object], args: Any
-    ) -> None:
-        hooks = sys.get_asyncgen_hooks()
-        events._set_running_loop(self._loop)
-        sys.set_asyncgen_hooks(*self._hooks)
-        self._inside = True
-        try:
+        if loop is None:
             fn(*args)
-        finally:
-            self._inside = False
-            sys.set_asyncgen_hooks(*hooks)
-            events._set_running_loop(previous)
-
-    def add_callback(self, fn: Callable[..., object], *args: Any) -> None:
-        """Call ``fn(*args)`` on the IOLoop's next iteration, in protoshim's context."""
-        # On its own thread IOLoop.add_callback is this call_soon, plus a
-        # running-loop lookup (getpid) and a wrapper that logs exceptions;
-        # the protoshim loop reports its callbacks' exceptions itself.
+            return
         try:
-            self._native.call_soon(self.enter, fn, *args)
-        except RuntimeError:
-            pass  # the IOLoop is closed; add_callback drops the callback too
+            loop.call_as_running_from(self._native, fn, *args)
+        except BaseException as exc:
+            loop.callback_failed(exc)
 
     # -- running ------------------------------------------------------------
 
@@ -178,9 +135,20 @@ class TornadoDriver(FdDriver):
     def stop(self) -> None:
         if self._owned:
             self._io_loop.stop()
+        elif self._loop is not None:
+            # Only a KeyboardInterrupt or SystemExit stops an attached loop
+            # (see AttachedEventLoop.stop): leaving guest mode re-raises it
+            # from the IOLoop's next callback, and so out of the application.
+            self._native.call_soon(self._loop.end_guest)
 
     def call_soon(self, callback: Callback) -> None:
-        self.add_callback(callback)
+        # On its own thread IOLoop.add_callback is this call_soon, plus a
+        # running-loop lookup (getpid) and a wrapper that logs exceptions;
+        # the protoshim loop reports its callbacks' exceptions itself.
+        try:
+            self._native.call_soon(self.enter, callback)
+        except RuntimeError:
+            pass  # the IOLoop is closed; add_callback drops the callback too
 
     def call_later(self, delay: float, callback: Callback) -> asyncio.TimerHandle:
         # What IOLoop.call_later does, without its wrapper; remove_timeout()
@@ -292,8 +260,7 @@ def new_event_loop() -> EventLoop:
     """Create a protoshim event loop that runs on a new Tornado IOLoop of its own."""
     io_loop = _new_io_loop()
     try:
-        driver = TornadoDriver(io_loop, owned=True)
-        loop = EventLoop(driver)
+        loop = EventLoop(TornadoDriver(io_loop, owned=True))
     except BaseException:
         io_loop.close()
         raise
