@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..._registry import Adapter, lazy_exports
+from ...core import Adapter, lazy_exports
 
 if TYPE_CHECKING:
     from ._app import AttachedEventLoop, ProtocolServer, attach

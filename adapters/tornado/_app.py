@@ -20,9 +20,7 @@ from typing import Any, TypeVar
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
-from ..._loop import EventLoop
-from ..._primitives import Listener, Stream
-from ...core import relay
+from ...core import EventLoop, Listener, Stream, relay
 from ._loop import TornadoDriver
 
 __all__ = ["AttachedEventLoop", "ProtocolServer", "attach"]

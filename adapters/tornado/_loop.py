@@ -39,9 +39,8 @@ import tornado
 from tornado.ioloop import IOLoop
 from tornado.platform.asyncio import AsyncIOLoop, BaseAsyncIOLoop
 
-from ..._fdio import FdDriver
-from ..._loop import EventLoop
-from ...core import Watch, WatchTable
+from ...core import EventLoop, FdDriver, Watch, WatchTable
+from ._compat import alias_ioloop, unalias_ioloop
 
 __all__ = ["TornadoDriver", "new_event_loop"]
 
@@ -72,6 +71,7 @@ class TornadoDriver(FdDriver):
         self._loop: EventLoop | None = None
         # One IOLoop handler per descriptor carries both directions.
         self._watches = WatchTable(self._apply)
+        self._stopping = False
         self._closed = False
 
     @property
@@ -88,7 +88,7 @@ class TornadoDriver(FdDriver):
         """Learn the protoshim loop this driver serves; core calls it once, creating the loop."""
         self._loop = loop
         # IOLoop.current() inside protocol code is then the IOLoop running it.
-        IOLoop._ioloop_for_asyncio[loop] = self._io_loop
+        alias_ioloop(loop, self._io_loop)
         if self._owned:
             # Errors in Tornado's own callbacks reach the protoshim loop's
             # handler; its asyncio loop carries KeyboardInterrupt and
@@ -117,6 +117,7 @@ class TornadoDriver(FdDriver):
     def run(self) -> None:
         if not self._owned:
             raise RuntimeError("an attached loop runs with its IOLoop and cannot be run itself")
+        self._stopping = False
         # BaseEventLoop.run_forever made the protoshim loop the running loop;
         # the IOLoop's asyncio loop refuses to start while another one is.
         outer = events._get_running_loop()
@@ -134,6 +135,7 @@ class TornadoDriver(FdDriver):
 
     def stop(self) -> None:
         if self._owned:
+            self._stopping = True
             self._io_loop.stop()
         elif self._loop is not None:
             # Only a KeyboardInterrupt or SystemExit stops an attached loop
@@ -173,7 +175,7 @@ class TornadoDriver(FdDriver):
             self._io_loop.remove_handler(watch.fd)
 
     def _dispatch(self, fd: int, events_mask: int) -> None:
-        if self._owned and getattr(self._native, "_stopping", False):
+        if self._stopping:
             # stop() lets the asyncio loop finish an iteration that has
             # polled again since; asyncio runs no descriptor callback after
             # the iteration that stopped it.  The watch is level-triggered,
@@ -214,8 +216,8 @@ class TornadoDriver(FdDriver):
                 if exc.errno != errno.EBADF:
                     raise
         self._watches.clear()
-        if self._loop is not None and IOLoop._ioloop_for_asyncio.get(self._loop) is self._io_loop:
-            del IOLoop._ioloop_for_asyncio[self._loop]
+        if self._loop is not None:
+            unalias_ioloop(self._loop, self._io_loop)
         if self._owned:
             self._io_loop.close()
 
