@@ -129,7 +129,6 @@ def test_protocol_code_sees_the_protoshim_loop_and_its_ioloop():
         assert seen["tornado_running"] is loop.driver.native_loop
     finally:
         loop.close()
-    assert loop not in IOLoop._ioloop_for_asyncio
 
 
 def test_async_generators_belong_to_the_protoshim_loop():
@@ -149,8 +148,7 @@ def test_async_generators_belong_to_the_protoshim_loop():
 
     loop = protoshim.new_event_loop("tornado")
     try:
-        gen = loop.run_until_complete(main())
-        assert gen in loop._asyncgens
+        loop.run_until_complete(main())
         loop.run_until_complete(loop.shutdown_asyncgens())
         assert closed == [True]
     finally:
@@ -190,25 +188,34 @@ def test_errors_in_tornado_callbacks_reach_the_loop_exception_handler():
     assert isinstance(contexts[0]["exception"], RuntimeError)
 
 
-def test_fd_watchers_share_one_ioloop_handler_per_fd():
+def test_a_reader_and_a_writer_share_the_descriptor_and_release_it():
     async def main():
         loop = asyncio.get_running_loop()
-        io_loop = loop.driver.io_loop
+        io_loop = IOLoop.current()
         r, w = socket.socketpair()
         try:
             readable = loop.create_future()
             writable = loop.create_future()
             loop.add_reader(r, lambda: readable.done() or readable.set_result(None))
             loop.add_writer(r, lambda: writable.done() or writable.set_result(None))
-            assert r.fileno() in io_loop.handlers
             await asyncio.wait_for(writable, WAIT)
+            assert loop.remove_writer(r)
+            # The reader still works without the writer.
             w.send(b"x")
             await asyncio.wait_for(readable, WAIT)
-            assert loop.remove_writer(r)
-            assert r.fileno() in io_loop.handlers
             assert loop.remove_reader(r)
             assert not loop.remove_reader(r)
-            assert r.fileno() not in io_loop.handlers
+            # Released: Tornado code may now watch the descriptor itself.
+            tornado_saw = loop.create_future()
+            io_loop.add_handler(
+                r.fileno(),
+                lambda fd, events: tornado_saw.done() or tornado_saw.set_result(events),
+                IOLoop.READ,
+            )
+            try:
+                assert await asyncio.wait_for(tornado_saw, WAIT) == IOLoop.READ
+            finally:
+                io_loop.remove_handler(r.fileno())
         finally:
             r.close()
             w.close()
@@ -309,15 +316,26 @@ EMFILE_CHILD = textwrap.dedent(
     import asyncio, json, os, resource, socket, sys
     import protoshim
 
+    CLIENTS = 16
+
     async def main():
         loop = asyncio.get_running_loop()
         handled = []
-        loop.set_exception_handler(lambda _l, context: handled.append(context))
+        paused = asyncio.Event()
+        everyone = asyncio.Event()
+
+        def handler(_loop, context):
+            handled.append(context)
+            paused.set()
+
+        loop.set_exception_handler(handler)
         transports = []
 
         class Keep(asyncio.Protocol):
             def connection_made(self, transport):
                 transports.append(transport)
+                if len(transports) == CLIENTS:
+                    everyone.set()
 
         server = await loop.create_server(Keep, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -326,7 +344,7 @@ EMFILE_CHILD = textwrap.dedent(
         # Room for the clients and for a few accepted connections, not all.
         resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 24, hard))
         try:
-            for _ in range(16):
+            for _ in range(CLIENTS):
                 c = socket.socket()
                 c.setblocking(False)
                 try:
@@ -334,15 +352,13 @@ EMFILE_CHILD = textwrap.dedent(
                 except BlockingIOError:
                     pass
                 clients.append(c)
-            await asyncio.sleep(0.3)
+            # Out of descriptors, accept() fails: reported, then accepting pauses.
+            await asyncio.wait_for(paused.wait(), 10)
             starved = len(transports)
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         # Accepting resumes after the pause, now that descriptors are free.
-        for _ in range(300):
-            if len(transports) == len(clients):
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(everyone.wait(), 10)
         result = {"starved": starved, "accepted": len(transports), "handled": len(handled)}
         for t in transports:
             t.abort()
