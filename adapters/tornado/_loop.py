@@ -69,8 +69,13 @@ class TornadoDriver(FdDriver):
         self._native: asyncio.AbstractEventLoop = io_loop.asyncio_loop
         self._owned = owned
         self._loop: EventLoop | None = None
-        # One IOLoop handler per descriptor carries both directions.
-        self._watches = WatchTable(self._apply)
+        # One IOLoop handler per descriptor carries both directions; the
+        # descriptor primitives are the table's own methods.
+        self._watches = watches = WatchTable(self._apply)
+        self.add_reader = watches.add_reader
+        self.remove_reader = watches.remove_reader
+        self.add_writer = watches.add_writer
+        self.remove_writer = watches.remove_writer
         self._stopping = False
         self._closed = False
 
@@ -188,18 +193,6 @@ class TornadoDriver(FdDriver):
         callback = watch.reader if events_mask & IOLoop.READ else watch.writer
         if callback is not None:
             self.enter(callback)
-
-    def add_reader(self, fd: int, callback: Callback) -> None:
-        self._watches.add_reader(fd, callback)
-
-    def remove_reader(self, fd: int) -> bool:
-        return self._watches.remove_reader(fd)
-
-    def add_writer(self, fd: int, callback: Callback) -> None:
-        self._watches.add_writer(fd, callback)
-
-    def remove_writer(self, fd: int) -> bool:
-        return self._watches.remove_writer(fd)
 
     # -- closing ------------------------------------------------------------
 
