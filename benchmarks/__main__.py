@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,11 +31,13 @@ from ._harness import (
     Record,
     Servers,
     Spec,
+    allow_connections,
     build_loadgen,
     measure_echo,
     measure_http,
     measure_idle_memory,
     measure_rate,
+    measure_storm,
     measure_ws,
 )
 from ._report import write_outputs
@@ -81,8 +82,25 @@ class Settings:
     rate_connections: int = 10
     rate_size: int = 100
     rate_seconds: float = 2.0
-    idle_connections: int = 10000
+    #: Memory per idle connection is read at each of these counts.
+    idle_connections: tuple[int, ...] = (10000, 50000)
     idle_repeats: int = 1
+    #: Client connections per loopback source address (127.0.0.1, .2, ...):
+    #: one address has about 28,000 ephemeral ports towards a server port.
+    per_address: int = 20000
+    storm_connections: int = 10000
+    #: Connections the storm keeps opening but not yet answered, below the
+    #: servers' listen backlog (4096), so the kernel never drops a handshake.
+    storm_window: int = 1000
+    storm_seconds: float = 60.0
+    #: Near-peak latency: closed-loop peak for ``peak_seconds``, then the
+    #: same connections at ``load_fraction`` of the slower server's peak.
+    latency_connections: int = 100
+    latency_size: int = 100
+    peak_seconds: float = 1.0
+    peak_warmup: float = 0.25
+    load_fraction: float = 0.8
+    latency_seconds: float = 2.0
     #: A run during which others used more than this many cores on ours is
     #: run again, up to ``attempts`` times in all; the quietest one is kept.
     quiet_threshold: float = 0.05
@@ -97,7 +115,15 @@ QUICK = Settings(
     ws_seconds=0.5,
     ws_warmup=0.1,
     rate_seconds=1.0,
-    idle_connections=1000,
+    # Small counts, spread over several source addresses all the same.
+    idle_connections=(1000, 2000),
+    per_address=500,
+    storm_connections=2000,
+    storm_window=500,
+    storm_seconds=20.0,
+    peak_seconds=0.3,
+    peak_warmup=0.1,
+    latency_seconds=0.5,
     attempts=1,
 )
 
@@ -108,7 +134,7 @@ def _rotated(items: Sequence[Spec], by: int) -> list[Spec]:
 
 
 def _progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _quietly(settings: Settings, measure: Callable[[], Record]) -> Record:
@@ -288,25 +314,105 @@ def run_asgi(
 def run_idle(
     settings: Settings, frameworks: Sequence[str], loadgen: Path, pinning: Pinning, logs: Path
 ) -> Iterator[Record]:
-    """Measure memory per idle connection, each server fresh and alone."""
+    """Measure memory per idle connection at each count, each server fresh and alone."""
     specs = _echo_specs(frameworks)
-    # Client and server each hold one descriptor per connection, and may
-    # raise their soft limit only as far as the hard one.
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    conns = settings.idle_connections
-    if hard != resource.RLIM_INFINITY and hard - 100 < conns:
-        conns = max(hard - 100, 100)
-        print(f"benchmarks: RLIMIT_NOFILE allows {conns} idle connections", file=sys.stderr)
-    _progress(f"idle: {conns} connections per server")
+    allowed = allow_connections(max(settings.idle_connections))
+    counts = sorted({min(n, allowed) for n in settings.idle_connections})
+    _progress(f"idle: {', '.join(map(str, counts))} connections per server")
     for repeat in range(settings.idle_repeats):
         for position, spec in enumerate(_rotated(specs, repeat)):
             with Servers([spec], loadgen, pinning, logs) as servers:
                 server = servers.running[spec]
-                record = measure_idle_memory(server, loadgen, pinning, conns)
+                records = measure_idle_memory(
+                    server, loadgen, pinning, counts, settings.per_address
+                )
+            for record in records:
+                yield _tag(record, spec, repeat, position)
+
+
+def run_storm(
+    settings: Settings, frameworks: Sequence[str], loadgen: Path, pinning: Pinning, logs: Path
+) -> Iterator[Record]:
+    """Time an accept storm on each server, fresh and alone."""
+    specs = _echo_specs(frameworks)
+    conns = allow_connections(settings.storm_connections)
+    _progress(f"storm: {conns} connections, {settings.storm_window} at a time unanswered")
+    for repeat in range(settings.repeats):
+        for position, spec in enumerate(_rotated(specs, repeat)):
+            # Fresh, so that no server works through an earlier storm's
+            # closes during this one: they all share one core.
+            with Servers([spec], loadgen, pinning, logs) as servers:
+                record = measure_storm(
+                    servers.running[spec],
+                    loadgen,
+                    pinning,
+                    conns,
+                    settings.storm_window,
+                    settings.per_address,
+                    settings.storm_seconds,
+                )
             yield _tag(record, spec, repeat, position)
 
 
-PHASES = {"echo": run_echo, "http": run_http, "asgi": run_asgi, "idle": run_idle}
+def run_latency(
+    settings: Settings, frameworks: Sequence[str], loadgen: Path, pinning: Pinning, logs: Path
+) -> Iterator[Record]:
+    """Measure latency near the peak, native and protoshim at the same offered rate."""
+    conns, size = settings.latency_connections, settings.latency_size
+    specs = _echo_specs(frameworks)[1:]  # native and protoshim, framework by framework
+    with Servers(specs, loadgen, pinning, logs) as servers:
+        for repeat in range(settings.repeats):
+            for fw in frameworks:
+                pair = _rotated(
+                    [Spec("echo", impl, fw) for impl in ("native", "protoshim")], repeat
+                )
+                peaks = {
+                    spec: measure_echo(
+                        servers.running[spec],
+                        loadgen,
+                        pinning,
+                        conns,
+                        size,
+                        settings.peak_seconds,
+                        settings.peak_warmup,
+                    )["rounds_per_s"]
+                    for spec in pair
+                }
+                slower = min(peaks.values())
+                if slower <= 0:
+                    raise RuntimeError(f"latency: no round trips on {fw} while finding its peak")
+                offered = settings.load_fraction * slower
+                _progress(f"latency: {fw} at {offered:,.0f} messages/s over {conns} connections")
+                for position, spec in enumerate(pair):
+                    record = _quietly(
+                        settings,
+                        functools.partial(
+                            measure_rate,
+                            servers.running[spec],
+                            loadgen,
+                            pinning,
+                            conns,
+                            size,
+                            offered,
+                            settings.latency_seconds,
+                        ),
+                    )
+                    record.update(
+                        peak_rounds_per_s=peaks[spec],
+                        offered_per_s=offered,
+                        load_fraction=settings.load_fraction,
+                    )
+                    yield _tag(record, spec, repeat, position)
+
+
+PHASES = {
+    "echo": run_echo,
+    "http": run_http,
+    "asgi": run_asgi,
+    "idle": run_idle,
+    "storm": run_storm,
+    "latency": run_latency,
+}
 
 
 def _version(distribution: str) -> str | None:

@@ -237,8 +237,14 @@ class Interference:
         record["steal"] = round(self.steal / self.wall, 4)
 
 
-def _client_run(argv: list[str], pinning: Pinning, timeout: float) -> tuple[str, float]:
-    """Run a client; return its stdout and the CPU seconds it used."""
+def _client_run(
+    argv: list[str], pinning: Pinning, timeout: float, ok: tuple[int, ...] = (0,)
+) -> tuple[str, float]:
+    """Run a client; return its stdout and the CPU seconds it used.
+
+    An exit status in ``ok`` other than 0 means the client finished with a
+    result that says what went short (answers late, a storm unfinished).
+    """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         argv,
@@ -249,19 +255,24 @@ def _client_run(argv: list[str], pinning: Pinning, timeout: float) -> tuple[str,
         check=False,
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
+    if done.returncode not in ok:
         raise RuntimeError(f"{argv[0]} failed ({done.returncode}): {done.stderr.strip()}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return done.stdout, cpu
 
 
 def _measure_loadgen(
-    server: Server, loadgen: Path, pinning: Pinning, args: list[str], seconds: float
+    server: Server,
+    loadgen: Path,
+    pinning: Pinning,
+    args: list[str],
+    seconds: float,
+    ok: tuple[int, ...] = (0,),
 ) -> Record:
     """Run the load generator with ``args`` against ``server``; return its record."""
     argv = [str(loadgen), args[0], HOST, str(server.port), *args[1:]]
     with Interference(server, pinning) as watch:
-        out, client_cpu = _client_run(argv, pinning, timeout=seconds + 120)
+        out, client_cpu = _client_run(argv, pinning, timeout=seconds + 120, ok=ok)
     record: Record = json.loads(out)
     # Over the whole run, warm-up included: /proc has no finer clock.
     record["server_cpu"] = watch.server_cpu / watch.wall
@@ -292,9 +303,31 @@ def measure_rate(
     rate: float,
     seconds: float,
 ) -> Record:
-    """Send at a fixed rate against ``server``; return latencies from the schedule."""
+    """Send at a fixed rate against ``server``; return latencies from the schedule.
+
+    A server still behind 10 s after the last send is recorded, not fatal:
+    the record's ``late_at_end`` counts the answers it still owed.
+    """
     args = ["rate", str(conns), str(size), str(rate), str(seconds)]
-    return _measure_loadgen(server, loadgen, pinning, args, seconds)
+    return _measure_loadgen(server, loadgen, pinning, args, seconds, ok=(0, 4))
+
+
+def measure_storm(
+    server: Server,
+    loadgen: Path,
+    pinning: Pinning,
+    conns: int,
+    window: int,
+    per_address: int,
+    seconds: float,
+) -> Record:
+    """Open ``conns`` connections at once to ``server``; return how long it took to serve them.
+
+    A storm that ``seconds`` does not see through is recorded with the
+    connections ``accepted`` so far.
+    """
+    args = ["storm", str(conns), str(window), str(per_address), str(seconds)]
+    return _measure_loadgen(server, loadgen, pinning, args, seconds, ok=(0, 4))
 
 
 def measure_ws(
@@ -367,25 +400,78 @@ def measure_http(server: Server, pinning: Pinning, path: str, conns: int, second
     return record
 
 
-def measure_idle_memory(server: Server, loadgen: Path, pinning: Pinning, conns: int) -> Record:
-    """Open ``conns`` idle connections to ``server``; return its RSS growth per connection."""
+#: Descriptors a server or client needs beyond one per connection.
+FD_MARGIN = 100
+
+
+def allow_connections(wanted: int) -> int:
+    """Raise RLIMIT_NOFILE for ``wanted`` connections; return how many it allows.
+
+    Servers and the load generator inherit the hard limit and raise their
+    soft limit to it.  Root with CAP_SYS_RESOURCE may raise the hard limit
+    up to ``/proc/sys/fs/nr_open``; anyone else measures what it allows, and
+    is told so.
+    """
+    need = wanted + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+        except (ValueError, OSError):
+            pass
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        if soft != resource.RLIM_INFINITY and soft < need:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        return wanted
+    allowed = max(hard - FD_MARGIN, 1)
+    print(
+        f"benchmarks: RLIMIT_NOFILE's hard limit is {hard} and cannot be raised to {need} "
+        "(that needs root with CAP_SYS_RESOURCE, up to /proc/sys/fs/nr_open): "
+        f"measuring {allowed} connections instead of {wanted}",
+        file=sys.stderr,
+    )
+    return allowed
+
+
+def measure_idle_memory(
+    server: Server, loadgen: Path, pinning: Pinning, counts: Sequence[int], per_address: int
+) -> list[Record]:
+    """Hold idle connections to ``server`` up to each of ``counts``; return RSS per connection.
+
+    One load generator opens them one after another, ``per_address`` per
+    loopback source address, and stops at each count while the server's
+    RSS is read; every figure is measured from the RSS before the first.
+    """
     rss0 = server.rss()
+    checkpoints = ",".join(map(str, counts))
     hold = subprocess.Popen(
-        [str(loadgen), "hold", HOST, str(server.port), str(conns)],
+        [str(loadgen), "hold", HOST, str(server.port), checkpoints, str(per_address)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         preexec_fn=pinning.preexec(pinning.client),  # noqa: PLW1509 - no threads here
     )
     assert hold.stdout is not None and hold.stdin is not None
+    records: list[Record] = []
     try:
-        ready, _, _ = select.select([hold.stdout], [], [], 120)
-        line = hold.stdout.readline() if ready else ""
-        if not line:
-            raise RuntimeError(f"could not hold {conns} connections to {server.spec.label}")
-        record: Record = json.loads(line)
-        time.sleep(0.5)  # let the server finish what the last connection started
-        rss1 = server.rss()
+        for conns in counts:
+            # Bounded: each connection gets 10 s in the load generator, and
+            # the whole count 10 ms each (about 1.5 ms on a busy 2-core VM).
+            ready, _, _ = select.select([hold.stdout], [], [], 60 + conns * 0.01)
+            line = hold.stdout.readline() if ready else ""
+            if not line:
+                raise RuntimeError(f"could not hold {conns} connections to {server.spec.label}")
+            record: Record = json.loads(line)
+            time.sleep(0.5)  # let the server finish what the last connection started
+            rss1 = server.rss()
+            record.update(
+                rss_before=rss0, rss_after=rss1, bytes_per_connection=(rss1 - rss0) / conns
+            )
+            records.append(record)
+            if conns != counts[-1]:
+                hold.stdin.write("\n")
+                hold.stdin.flush()
     finally:
         hold.stdin.close()
         try:
@@ -393,5 +479,5 @@ def measure_idle_memory(server: Server, loadgen: Path, pinning: Pinning, conns: 
         except subprocess.TimeoutExpired:
             hold.kill()
             hold.wait()
-    record.update(rss_before=rss0, rss_after=rss1, bytes_per_connection=(rss1 - rss0) / conns)
-    return record
+        hold.stdout.close()
+    return records

@@ -107,6 +107,37 @@ def ws_workload(size: int, conns: int) -> str:
     return f"WS {size_label(size)} x{conns}"
 
 
+Where = tuple[tuple[str, Any], ...]
+
+
+def latency_workloads(results: dict[str, Any]) -> list[tuple[str, Where]]:
+    """Name the fixed-rate workloads: the echo phase's light one, the latency phase's near peak."""
+    s = results["settings"]
+    found: list[tuple[str, Where]] = []
+    if "rate" in s:
+        found.append((f"{s['rate']:g}/s", (("phase", "echo"), ("mode", "rate"))))
+    if "load_fraction" in s:
+        found.append(
+            (f"{s['load_fraction']:.0%} of peak", (("phase", "latency"), ("mode", "rate")))
+        )
+    return found
+
+
+def counts(records: Iterable[Record], mode: str) -> list[int]:
+    """Return the connection counts that ``mode`` (hold, storm) was measured at."""
+    return sorted({r["connections"] for r in records if r.get("mode") == mode})
+
+
+def storm_workload(conns: int) -> str:
+    """Name an accept storm: ``storm of 10,000``."""
+    return f"storm of {conns:,}"
+
+
+def idle_workload(conns: int) -> str:
+    """Name an idle-memory count: ``10,000 idle``."""
+    return f"{conns:,} idle"
+
+
 #: The ASGI comparisons, in the order of the table: (group, protoshim's
 #: framework, the other server, its name in the table, target).
 ASGI_ROWS: tuple[tuple[str, str, str, str, float | None], ...] = (
@@ -258,32 +289,39 @@ def comparisons(results: dict[str, Any]) -> list[Comparison]:
                     asgi_target,
                 )
             )
+    # Scale: every figure is a cost, protoshim's over the native server's.
+    scale: list[tuple[str, str, Where, str]] = [
+        (f"latency {metric[:3]}", workload, where, metric)
+        for workload, where in latency_workloads(results)
+        for metric in ("p50_us", "p99_us")
+    ]
+    scale += [
+        ("accept storm", storm_workload(n), (("mode", "storm"), ("connections", n)), "seconds")
+        for n in counts(records, "storm")
+    ]
+    scale += [
+        (
+            "memory per idle connection",
+            idle_workload(n),
+            (("mode", "hold"), ("connections", n)),
+            "bytes_per_connection",
+        )
+        for n in counts(records, "hold")
+    ]
     for fw in FRAMEWORKS:
-        for metric in ("p50_us", "p99_us"):
+        for group, workload, where, metric in scale:
             add(
                 Comparison(
-                    f"latency {metric[:3]}",
+                    group,
                     fw,
-                    "fixed rate",
+                    workload,
                     f"echo/protoshim/{fw}",
                     f"echo/native/{fw}",
-                    (("mode", "rate"),),
+                    where,
                     metric,
                     higher_is_better=False,
                 )
             )
-        add(
-            Comparison(
-                "memory per idle connection",
-                fw,
-                "idle",
-                f"echo/protoshim/{fw}",
-                f"echo/native/{fw}",
-                (("mode", "hold"),),
-                "bytes_per_connection",
-                higher_is_better=False,
-            )
-        )
     return out
 
 
@@ -400,51 +438,159 @@ def _machine_line(results: dict[str, Any]) -> str:
     )
 
 
-def _scale_table(results: dict[str, Any], found: list[Ratio]) -> str:
+@dataclass(frozen=True)
+class _Column:
+    """A scale table column: one metric of each pair, native / protoshim."""
+
+    header: str
+    metric: str
+    where: Where
+    group: str = ""  # the ratio shown beside the pair: (group, workload)
+    workload: str = ""
+    scale: float = 1.0
+    digits: int = 2
+    difference: bool = False  # show protoshim's excess instead of the ratio
+    single: bool = False  # one figure for the pair (the native server's)
+    reference: str = ""  # the C echo server's figure, formatted into this
+
+
+def _latency_columns(results: dict[str, Any]) -> list[_Column]:
+    columns = []
+    for workload, where in latency_workloads(results):
+        if dict(where)["phase"] == "latency":
+            columns.append(_Column("offered messages/s", "offered_per_s", where, single=True))
+        columns += [
+            _Column(
+                f"{metric[:3]} ms at {workload}",
+                metric,
+                where,
+                f"latency {metric[:3]}",
+                workload,
+                scale=1000,
+                reference=f"{metric[:3]} {{}} ms at {workload}",
+            )
+            for metric in ("p50_us", "p99_us")
+        ]
+    return columns
+
+
+def _connection_columns(results: dict[str, Any]) -> list[_Column]:
     records = results["records"]
-    p50 = medians(records, "p50_us", mode="rate")
-    p99 = medians(records, "p99_us", mode="rate")
-    mem = medians(records, "bytes_per_connection", mode="hold")
+    columns = [
+        _Column(
+            f"seconds to serve a storm of {n:,}",
+            "seconds",
+            (("mode", "storm"), ("connections", n)),
+            "accept storm",
+            storm_workload(n),
+            reference=f"{{}} s for the storm of {n:,}",
+        )
+        for n in counts(records, "storm")
+    ]
+    columns += [
+        _Column(
+            f"KiB per idle connection, {n:,} open",
+            "bytes_per_connection",
+            (("mode", "hold"), ("connections", n)),
+            scale=1024,
+            digits=1,
+            difference=True,
+            reference=f"{{}} KiB per idle connection at {n:,}",
+        )
+        for n in counts(records, "hold")
+    ]
+    return columns
+
+
+def _pair_table(results: dict[str, Any], found: list[Ratio], columns: list[_Column]) -> str:
+    """Tabulate native / protoshim per framework, with the ratio or the difference."""
+    records = results["records"]
+    values = [medians(records, c.metric, **dict(c.where)) for c in columns]
+    by_key = {(r.comparison.group, r.comparison.framework, r.comparison.workload): r for r in found}
     rows = []
     for fw in FRAMEWORKS:
         native, shim = f"echo/native/{fw}", f"echo/protoshim/{fw}"
-        if native not in p99 and native not in mem:
-            continue
-
-        def cell(
-            table: dict[str, float], scale: float, fmt: str, native: str = native, shim: str = shim
-        ) -> str:
-            if native not in table or shim not in table:
-                return "-"
-            return f"{fmt.format(table[native] / scale)} / {fmt.format(table[shim] / scale)}"
-
-        rows.append(
-            [
-                f"`{fw}`",
-                cell(p50, 1000, "{:.2f}"),
-                cell(p99, 1000, "{:.2f}"),
-                cell(mem, 1024, "{:.1f}"),
-            ]
-        )
-    s = results["settings"]
-    held = max(
-        (r["connections"] for r in records if r.get("mode") == "hold"),
-        default=s["idle_connections"],
-    )
+        cells = []
+        for column, table in zip(columns, values, strict=True):
+            if native not in table or (shim not in table and not column.single):
+                cells.append("-")
+                continue
+            n = table[native] / column.scale
+            if column.single:
+                cells.append(f"{n:,.0f}")
+                continue
+            p = table[shim] / column.scale
+            cell = f"{n:.{column.digits}f} / {p:.{column.digits}f}"
+            ratio = by_key.get((column.group, fw, column.workload))
+            if column.difference:
+                cell += f" ({p - n:+.{column.digits}f})"
+            elif ratio is not None:
+                cell += f" ({ratio.median:.2f}x)"
+            cells.append(cell)
+        if any(cell != "-" for cell in cells):
+            rows.append([f"`{fw}`", *cells])
     header = [
         "framework",
-        f"p50 ms at {s['rate']:g}/s (native / protoshim)",
-        "p99 ms (native / protoshim)",
-        f"KiB per idle connection, {held} open (native / protoshim)",
+        *(c.header + ("" if c.single else " (native / protoshim)") for c in columns),
     ]
-    c = "echo/c/c"
-    extra = ""
-    if c in p99:
-        extra = (
-            f"\n\nThe C echo server, same load: p50 {p50[c] / 1000:.2f} ms, "
-            f"p99 {p99[c] / 1000:.2f} ms."
-        )
-    return _table(header, rows) + extra
+    text = _table(header, rows)
+    reference = [
+        c.reference.format(f"{table['echo/c/c'] / c.scale:.{c.digits}f}")
+        for c, table in zip(columns, values, strict=True)
+        if "echo/c/c" in table and c.reference
+    ]
+    if reference:
+        text += "\n\nThe C echo server: " + "; ".join(reference) + "."
+    return text
+
+
+def _measured(results: dict[str, Any], columns: list[_Column]) -> list[_Column]:
+    records = results["records"]
+    return [c for c in columns if medians(records, c.metric, **dict(c.where))]
+
+
+def _scale_text(results: dict[str, Any], found: list[Ratio]) -> list[str]:
+    """Return the scale tables that the results have, with their captions."""
+    s = results["settings"]
+    parts: list[str] = []
+    latency = _measured(results, _latency_columns(results))
+    if latency:
+        loads = []
+        phases = {dict(c.where)["phase"] for c in latency}
+        if "echo" in phases:
+            loads.append(f"at {s['rate']:g} messages/s over {s['rate_connections']} connections")
+        if "latency" in phases:
+            loads.append(
+                f"at {s['load_fraction']:.0%} of the slower server's closed-loop peak over "
+                f"{s['latency_connections']} connections (the same rate for both of a pair)"
+            )
+        parts += [
+            f"**Latency** of {size_label(s.get('rate_size', 100))} echoes sent on a fixed "
+            "schedule and measured from it (no coordinated omission), "
+            + " and ".join(loads)
+            + "; protoshim ÷ native in brackets:",
+            "",
+            _pair_table(results, found, latency),
+            "",
+        ]
+    connections = _measured(results, _connection_columns(results))
+    if connections:
+        what = []
+        if any(c.metric == "seconds" for c in connections):
+            what.append(
+                "the time to serve an accept storm (connections opened as fast as the server "
+                f"answers them, at most {s['storm_window']:,} unanswered, until each has echoed a "
+                "byte; protoshim ÷ native in brackets)"
+            )
+        if any(c.metric == "bytes_per_connection" for c in connections):
+            what.append("memory per idle connection (RSS growth; protoshim's excess in brackets)")
+        parts += [
+            "**Connections**: " + " and ".join(what) + ":",
+            "",
+            _pair_table(results, found, connections),
+            "",
+        ]
+    return parts
 
 
 def readme_section(results: dict[str, Any], found: list[Ratio]) -> str:
@@ -489,11 +635,7 @@ def readme_section(results: dict[str, Any], found: list[Ratio]) -> str:
             "",
         ]
     parts += [
-        "**Scale**: latency at a fixed rate (100 B messages over 10 connections, measured from "
-        "the schedule) and memory per idle connection:",
-        "",
-        _scale_table(results, found),
-        "",
+        *_scale_text(results, found),
         "![benchmark ratios](docs/benchmarks/ratios.svg)",
         "",
         "All numbers, the native HTTP rows and per-server medians: "
@@ -620,7 +762,8 @@ def results_markdown(results: dict[str, Any], found: list[Ratio]) -> str:
     asgi_servers = sorted({r["server"] for r in records if r["phase"] == "asgi"})
     if asgi_servers:
         out += _asgi_medians(results, asgi_servers)
-    out += ["## Scale", "", _scale_table(results, found), ""]
+    out += ["## Scale", "", *_scale_text(results, found)]
+    out += _scale_notes(results)
     watched = [r for r in records if "foreign_cpu" in r]
     disturbed = [r for r in watched if r["foreign_cpu"] > s.get("quiet_threshold", 0.05)]
     out += [
@@ -629,14 +772,34 @@ def results_markdown(results: dict[str, Any], found: list[Ratio]) -> str:
         f"(after {sum(r.get('attempts', 1) > 1 for r in watched)} runs were made again).",
         "",
     ]
+    return "\n".join(out)
+
+
+def _scale_notes(results: dict[str, Any]) -> list[str]:
+    """Say where a scale figure fell short of what was asked."""
+    records = results["records"]
+    notes = []
     late = [r for r in records if r.get("mode") == "rate" and r.get("late_at_end")]
     if late:
-        out += [
+        notes.append(
             f"{len(late)} fixed-rate runs ended with answers outstanding: "
-            + ", ".join(sorted({r["server"] for r in late})),
-            "",
-        ]
-    return "\n".join(out)
+            + ", ".join(sorted({r["server"] for r in late}))
+        )
+    short = [r for r in records if r.get("mode") == "storm" and r["accepted"] < r["connections"]]
+    if short:
+        notes.append(
+            f"{len(short)} accept storms did not finish in time (their time is the limit): "
+            + ", ".join(sorted({r["server"] for r in short}))
+        )
+    wanted = results["settings"].get("idle_connections")
+    held = counts(records, "hold")
+    # A list once read back from results.json, a tuple straight from Settings.
+    if isinstance(wanted, list | tuple) and held and max(wanted) > max(held):
+        notes.append(
+            f"Idle memory was asked at {', '.join(map(str, wanted))} connections, but the "
+            f"descriptor limit allowed at most {max(held)}."
+        )
+    return [line for note in notes for line in (note, "")]
 
 
 def _asgi_medians(results: dict[str, Any], servers: list[str]) -> list[str]:
@@ -703,6 +866,19 @@ def _chart_cell(
     return None
 
 
+def _scale_series(results: dict[str, Any]) -> list[tuple[str, str]]:
+    records = results["records"]
+    series = [
+        (f"latency {p}", workload)
+        for workload, where in latency_workloads(results)
+        if medians(records, "p50_us", **dict(where))
+        for p in ("p50", "p99")
+    ]
+    series += [("accept storm", storm_workload(n)) for n in counts(records, "storm")]
+    series += [("memory per idle connection", idle_workload(n)) for n in counts(records, "hold")]
+    return series
+
+
 def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
     """Draw every ratio as bars, targets as lines, misses hatched; save as SVG."""
     import matplotlib
@@ -736,11 +912,7 @@ def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
         (
             "Scale: protoshim ÷ native (lower is better)",
             list(FRAMEWORKS),
-            [
-                ("latency p50", "fixed rate"),
-                ("latency p99", "fixed rate"),
-                ("memory per idle connection", "idle"),
-            ],
+            _scale_series(results),
             (),
         ),
     ]
@@ -761,7 +933,8 @@ def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.3 * len(panels)))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (title, xs, series, targets) in zip(axes, panels, strict=True):
-        width = 0.8 / len(series)
+        # A run without the scale phases has no series in that panel.
+        width = 0.8 / max(len(series), 1)
         handles, labels = [], []
         for i, (group, key) in enumerate(series):
             heights, hatches, positions = [], [], []
@@ -775,10 +948,10 @@ def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
             bars = ax.bar(positions, heights, width, color=color)
             for bar, hatch in zip(bars, hatches, strict=True):
                 bar.set_hatch(hatch)
-            if group.startswith(("latency", "memory")):
-                label = group
-            elif group == "asgi":
-                label = key
+            if group.startswith("latency"):
+                label = f"{group.removeprefix('latency ')} at {key}"
+            elif group == "memory per idle connection":
+                label = f"memory, {key}"
             elif group.startswith("http"):
                 label = f"{key} ({group.split(' vs ')[1]})"
             else:
@@ -790,7 +963,7 @@ def draw_chart(found: list[Ratio], results: dict[str, Any], path: Path) -> None:
         ax.axhline(1.0, color="grey", linewidth=0.5)
         ax.set_xticks(range(len(xs)), xs, fontsize=8 if "\n" in "".join(xs) else None)
         ax.set_title(title, fontsize=10)
-        ax.legend(handles, labels, fontsize=7, ncol=min(len(series), 6), loc="upper right")
+        ax.legend(handles, labels, fontsize=7, ncol=min(max(len(series), 1), 6), loc="upper right")
         ax.set_ylim(0, max([1.3, *(bar.get_height() * 1.2 for bar in ax.patches)]))
     fig.suptitle("protoshim benchmarks (dashed: targets; hatched: target missed)", fontsize=11)
     fig.tight_layout()

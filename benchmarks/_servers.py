@@ -39,6 +39,7 @@ HOST = "127.0.0.1"
 HELLO = b"Hello, World!"
 BIG = b"x" * (1 << 20)
 READ_SIZE = 1 << 16
+BACKLOG = 4096
 
 
 def response_for(path: str) -> tuple[str, bytes]:
@@ -103,9 +104,9 @@ def _listening_socket() -> socket.socket:
     # every server below has it, whatever its own default.
     _nodelay(sock)
     sock.bind((HOST, 0))
-    # The scale run opens connections one at a time, but a deep backlog
-    # keeps a burst of them from waiting on SYN retransmits.
-    sock.listen(4096)
+    # A deep backlog keeps a burst of connections (the accept storm) from
+    # waiting on SYN retransmits; every server keeps this one.
+    sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -138,7 +139,8 @@ def _serve_asyncio_loop(
     factory: Callable[[], asyncio.BaseProtocol],
     sock: socket.socket,
 ) -> None:
-    server = loop.run_until_complete(loop.create_server(factory, sock=sock))
+    # create_server() listens again, with 100 unless told otherwise.
+    server = loop.run_until_complete(loop.create_server(factory, sock=sock, backlog=BACKLOG))
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     _ready(sock)
     try:
@@ -336,7 +338,7 @@ def _pyuv_echo(sock: socket.socket) -> None:
         for handle_ in (server, term, *clients):
             handle_.close()
 
-    server.listen(on_connection, 4096)
+    server.listen(on_connection, BACKLOG)
     term = pyuv.Signal(loop)
     term.start(on_term, signal.SIGTERM)
     _ready(sock)
@@ -556,7 +558,8 @@ def main(argv: list[str]) -> None:
     """Serve ``KIND IMPL FRAMEWORK`` until SIGTERM."""
     kind, impl, framework = argv
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # The scale run holds 10,000 connections open.
+    # The scale runs hold tens of thousands of connections open; the
+    # harness raised the hard limit as far as it could.
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     SERVERS[kind, impl](framework, _listening_socket())
 

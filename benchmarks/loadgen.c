@@ -7,12 +7,15 @@
  *
  *   loadgen echo   HOST PORT CONNS SIZE SECONDS WARMUP closed loop ping-pong
  *   loadgen rate   HOST PORT CONNS SIZE RATE SECONDS   open loop, fixed rate
- *   loadgen hold   HOST PORT CONNS                     open, ping once, wait
+ *   loadgen hold   HOST PORT COUNTS PER_ADDRESS        open, ping once, wait
+ *   loadgen storm  HOST PORT CONNS WINDOW PER_ADDRESS SECONDS
+ *                                                      accept storm, then hold
  *   loadgen ws     HOST PORT PATH CONNS SIZE SECONDS WARMUP
  *                                                      WebSocket echo, closed loop
  *   loadgen server PORT                                trivial echo server
  *
- * Every mode but `server` prints one JSON object on stdout.
+ * Every mode but `server` prints one JSON object on stdout (`hold`: one per
+ * count it reaches).
  *
  * Echoed bytes are checked: the stream sent on every connection is the
  * pattern byte(i) = i % 251 of its offset i, and each byte that comes back
@@ -140,7 +143,7 @@ static void fifo_push(fifo_t *f, double t, uint64_t end) {
     f->len++;
 }
 
-static int connect_to(const char *host, int port) {
+static struct sockaddr_in server_address(const char *host, int port) {
     struct sockaddr_in sa;
     memset(&sa, 0, sizeof sa);
     sa.sin_family = AF_INET;
@@ -149,13 +152,50 @@ static int connect_to(const char *host, int port) {
         fprintf(stderr, "loadgen: not an IPv4 address: %s\n", host);
         exit(2);
     }
+    return sa;
+}
+
+/*
+ * One source address holds at most one connection per ephemeral port to a
+ * given server port (about 28,000 with Linux's default range), so `hold`
+ * and `storm` give connection i the source 127.0.0.(1 + i / PER_ADDRESS)
+ * when PER_ADDRESS > 0; the whole of 127/8 is loopback.  The port is left
+ * to connect() (IP_BIND_ADDRESS_NO_PORT), which may reuse a port that
+ * another source address already uses.
+ */
+static void bind_source(int fd, int i, int per_address) {
+    if (per_address <= 0) return;
+    int block = i / per_address;
+    if (block > 253) {
+        fprintf(stderr, "loadgen: more than 254 source addresses needed\n");
+        exit(2);
+    }
+    int one = 1;
+    if (setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one) < 0)
+        die("IP_BIND_ADDRESS_NO_PORT");
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)block);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind source address");
+}
+
+static int source_addresses(int nconns, int per_address) {
+    return per_address > 0 ? (nconns + per_address - 1) / per_address : 1;
+}
+
+static int connect_from(const char *host, int port, int i, int per_address) {
+    struct sockaddr_in sa = server_address(host, port);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) die("socket");
+    bind_source(fd, i, per_address);
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
 }
+
+static int connect_to(const char *host, int port) { return connect_from(host, port, 0, 0); }
 
 static void set_nonblocking(int fd) {
     int flags = fcntl(fd, F_GETFL);
@@ -380,32 +420,157 @@ static int run_rate(const char *host, int port, int nconns, int size, double rat
 
 /* ---- hold: many idle connections ----------------------------------------- */
 
+/* Read stdin up to a newline; return 0 at EOF. */
+static int read_line(void) {
+    char ch;
+    for (;;) {
+        ssize_t r = read(0, &ch, 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return 0;
+        if (ch == '\n') return 1;
+    }
+}
+
 /*
- * Open CONNS connections one after another, each echoing one byte before the
- * next is opened (so the server has accepted it and built its protocol),
- * report, then keep them open, idle, until stdin closes or says anything.
+ * Open connections one after another, each echoing one byte before the next
+ * is opened (so the server has accepted it and built its protocol).  COUNTS
+ * is an ascending comma-separated list: on reaching each count, report it
+ * and wait for a line on stdin before opening more.  After the last one,
+ * keep them all open, idle, until stdin closes or says anything.  A server
+ * that takes more than 10 s to echo a byte fails the run.
  */
-static int run_hold(const char *host, int port, int nconns) {
+static int run_hold(const char *host, int port, const char *counts, int per_address) {
+    int targets[64], ntargets = 0;
+    const char *p = counts;
+    for (char *end; ntargets < 64; p = end + 1) {
+        targets[ntargets++] = (int)strtol(p, &end, 10);
+        int k = ntargets - 1;
+        if (end == p || targets[k] <= 0 || (k > 0 && targets[k] <= targets[k - 1])) {
+            fprintf(stderr, "loadgen: hold COUNTS must be ascending numbers: %s\n", counts);
+            return 2;
+        }
+        if (*end != ',') break;
+    }
+    int nconns = targets[ntargets - 1];
     int *fds = calloc((size_t)nconns, sizeof(int));
     if (!fds) die("calloc");
+    struct timeval tv = {10, 0};
     double start = now();
-    for (int i = 0; i < nconns; i++) {
-        fds[i] = connect_to(host, port);
-        unsigned char b = (unsigned char)(i % PATTERN), back = 0;
-        if (send(fds[i], &b, 1, MSG_NOSIGNAL) != 1) die("send");
-        if (recv(fds[i], &back, 1, MSG_WAITALL) != 1) die("recv");
-        if (back != b) {
-            fprintf(stderr, "loadgen: wrong byte echoed\n");
-            return 3;
+    int opened = 0;
+    for (int k = 0; k < ntargets; k++) {
+        for (; opened < targets[k]; opened++) {
+            int fd = fds[opened] = connect_from(host, port, opened, per_address);
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+            unsigned char b = (unsigned char)(opened % PATTERN), back = 0;
+            if (send(fd, &b, 1, MSG_NOSIGNAL) != 1) die("send");
+            if (recv(fd, &back, 1, MSG_WAITALL) != 1) die("recv");
+            if (back != b) {
+                fprintf(stderr, "loadgen: wrong byte echoed\n");
+                return 3;
+            }
+        }
+        printf("{\"mode\": \"hold\", \"connections\": %d, \"open_seconds\": %.3f, "
+               "\"source_addresses\": %d}\n",
+               opened, now() - start, source_addresses(opened, per_address));
+        fflush(stdout);
+        if (!read_line()) break;
+    }
+    for (int i = 0; i < opened; i++) close(fds[i]);
+    return 0;
+}
+
+/* ---- storm: open many connections at once -------------------------------- */
+
+/*
+ * Open CONNS non-blocking connections as fast as the server takes them,
+ * with at most WINDOW of them not yet answered: each sends one byte once
+ * connected, and counts as accepted when the server has echoed it.  The
+ * window keeps the listen queue (4096 for the benchmark servers) from
+ * overflowing, which would make the kernel drop handshakes and the result
+ * a measure of TCP's retransmit timer.  Accepted connections stay open
+ * until all are, then all are closed.  The time runs from the first
+ * connect() to the last echo; the run gives up after SECONDS (exit 4).
+ */
+typedef struct {
+    int fd;
+    double t0;
+} storm_conn_t;
+
+static int run_storm(const char *host, int port, int nconns, int window, int per_address,
+                     double seconds) {
+    struct sockaddr_in sa = server_address(host, port);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0) die("epoll_create1");
+    storm_conn_t *conns = calloc((size_t)nconns, sizeof(storm_conn_t));
+    if (!conns) die("calloc");
+    samples_t lat = {0};
+    int opened = 0, accepted = 0, one = 1;
+    double start = now(), cpu0 = cpu_seconds(), deadline = start + seconds, last = start;
+    struct epoll_event events[MAX_EVENTS];
+    while (accepted < nconns) {
+        for (; opened < nconns && opened - accepted < window; opened++) {
+            storm_conn_t *c = &conns[opened];
+            c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+            if (c->fd < 0) die("socket");
+            bind_source(c->fd, opened, per_address);
+            setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            c->t0 = now();
+            if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS)
+                die("connect");
+            /* Writable once connected: then the byte goes out. */
+            struct epoll_event ev = {.events = EPOLLOUT, .data.u32 = (uint32_t)opened};
+            if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl");
+        }
+        double t = now();
+        if (t >= deadline) break;
+        int n = epoll_wait(ep, events, MAX_EVENTS, (int)((deadline - t) * 1000) + 1);
+        if (n < 0 && errno != EINTR) die("epoll_wait");
+        t = now();
+        for (int k = 0; k < n; k++) {
+            int i = (int)events[k].data.u32;
+            storm_conn_t *c = &conns[i];
+            unsigned char b = (unsigned char)(i % PATTERN), back = 0;
+            if (events[k].events & EPOLLOUT) {
+                int err = 0;
+                socklen_t len = sizeof err;
+                getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                if (err) {
+                    errno = err;
+                    die("connect");
+                }
+                if (send(c->fd, &b, 1, MSG_NOSIGNAL) != 1) die("send");
+                struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+                if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) < 0) die("epoll_ctl");
+                continue;
+            }
+            ssize_t r = recv(c->fd, &back, 1, 0);
+            if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+            if (r != 1) {
+                fprintf(stderr, "loadgen: server closed a connection during the storm\n");
+                return 1;
+            }
+            if (back != b) {
+                fprintf(stderr, "loadgen: wrong byte echoed\n");
+                return 3;
+            }
+            /* Held open, no longer watched. */
+            if (epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL) < 0) die("epoll_ctl");
+            sample_add(&lat, t - c->t0);
+            accepted++;
+            last = t;
         }
     }
-    printf("{\"mode\": \"hold\", \"connections\": %d, \"open_seconds\": %.3f}\n", nconns,
-           now() - start);
+    double elapsed = (accepted == nconns ? last : now()) - start, cpu = cpu_seconds() - cpu0;
+    qsort(lat.v, lat.n, sizeof(double), cmp_double);
+    printf("{\"mode\": \"storm\", \"connections\": %d, \"accepted\": %d, \"window\": %d, "
+           "\"source_addresses\": %d, \"seconds\": %.6f, \"accepts_per_s\": %.1f, "
+           "\"client_cpu\": %.4f, \"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f}\n",
+           nconns, accepted, window, source_addresses(nconns, per_address), elapsed,
+           (double)accepted / elapsed, cpu / elapsed, percentile(&lat, 50) * 1e6,
+           percentile(&lat, 99) * 1e6, lat.n ? lat.v[lat.n - 1] * 1e6 : -1.0);
     fflush(stdout);
-    char line[16];
-    if (read(0, line, sizeof line) < 0) die("read");
-    for (int i = 0; i < nconns; i++) close(fds[i]);
-    return 0;
+    for (int i = 0; i < opened; i++) close(conns[i].fd);
+    return accepted == nconns ? 0 : 4;
 }
 
 /* ---- ws: WebSocket echo, closed loop -------------------------------------- */
@@ -666,8 +831,11 @@ int main(int argc, char **argv) {
     if (argc == 8 && strcmp(argv[1], "rate") == 0)
         return run_rate(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atof(argv[6]),
                         atof(argv[7]));
-    if (argc == 5 && strcmp(argv[1], "hold") == 0)
-        return run_hold(argv[2], atoi(argv[3]), atoi(argv[4]));
+    if (argc == 6 && strcmp(argv[1], "hold") == 0)
+        return run_hold(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]));
+    if (argc == 8 && strcmp(argv[1], "storm") == 0)
+        return run_storm(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]),
+                         atof(argv[7]));
     if (argc == 9 && strcmp(argv[1], "ws") == 0)
         return run_ws(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atoi(argv[6]),
                       atof(argv[7]), atof(argv[8]));
@@ -675,7 +843,8 @@ int main(int argc, char **argv) {
     fprintf(stderr,
             "usage: loadgen echo HOST PORT CONNS SIZE SECONDS WARMUP\n"
             "       loadgen rate HOST PORT CONNS SIZE RATE SECONDS\n"
-            "       loadgen hold HOST PORT CONNS\n"
+            "       loadgen hold HOST PORT COUNTS PER_ADDRESS\n"
+            "       loadgen storm HOST PORT CONNS WINDOW PER_ADDRESS SECONDS\n"
             "       loadgen ws HOST PORT PATH CONNS SIZE SECONDS WARMUP\n"
             "       loadgen server PORT\n");
     return 2;

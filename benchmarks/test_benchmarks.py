@@ -1,21 +1,28 @@
-"""Check the benchmark tooling's pure parts: parsing, pairing, the README splice.
+"""Check the benchmark tooling: parsing, pairing, the README splice, the scale phases.
 
-Run with ``python -m pytest benchmarks`` (``nox -s bench`` does, first).
+Run with ``python -m pytest benchmarks`` (``nox -s bench`` does, first).  The
+scale phases run for real, in quick mode, against the asyncio servers (about
+20 seconds; they need gcc).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.__main__ import main
+from benchmarks.__main__ import QUICK, main
 from benchmarks._harness import parse_wrk
 from benchmarks._profile import summarize
 from benchmarks._report import (
     Comparison,
     _asgi_table,
+    _scale_notes,
+    _scale_text,
     measure,
     ratios,
     update_readme,
@@ -130,7 +137,11 @@ def test_summarize_counts_self_and_inclusive_time() -> None:
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--phases", "echo,latency", "unknown phase latency (choose from echo, http, asgi, idle)"),
+        (
+            "--phases",
+            "echo,peak",
+            "unknown phase peak (choose from echo, http, asgi, idle, storm, latency)",
+        ),
         ("--frameworks", "trio", "unknown framework trio (choose from asyncio,"),
     ],
 )
@@ -202,3 +213,114 @@ def test_results_without_an_asgi_phase_have_no_asgi_ratios() -> None:
     results = _asgi_results()
     del results["settings"]["asgi_paths"], results["settings"]["ws_size"]
     assert ratios(results) == []
+
+
+# ---- scale phases -------------------------------------------------------------
+
+
+def _scale_results() -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "echo_sizes": [],
+        "echo_connections": [],
+        "http_paths": [],
+        "rate": 5000.0,
+        "rate_connections": 10,
+        "idle_connections": (10000, 50000),  # as Settings has it; a list once read back
+        "storm_window": 1000,
+        "latency_connections": 100,
+        "load_fraction": 0.8,
+    }
+    records: list[dict[str, Any]] = []
+    for impl, kib, storm_s, p99 in (("native", 1.0, 0.5, 200.0), ("protoshim", 2.5, 0.6, 300.0)):
+        server = f"echo/{impl}/twisted"
+        for conns in (10000, 19900):  # the descriptor limit stopped short of 50,000
+            records.append(
+                {"server": server, "repeat": 0, "phase": "idle", "mode": "hold"}
+                | {"connections": conns, "bytes_per_connection": kib * 1024}
+            )
+        records.append(
+            {"server": server, "repeat": 0, "phase": "storm", "mode": "storm"}
+            | {"connections": 10000, "accepted": 10000 if impl == "native" else 9000}
+            | {"seconds": storm_s}
+        )
+        records.append(
+            {"server": server, "repeat": 0, "phase": "latency", "mode": "rate"}
+            | {"p50_us": 100.0, "p99_us": p99, "offered_per_s": 8000.0}
+        )
+    return {"settings": settings, "records": records}
+
+
+def test_scale_ratios_pair_each_count_storm_and_load() -> None:
+    found = {
+        (r.comparison.group, r.comparison.workload): r
+        for r in ratios(_scale_results())
+        if r.comparison.framework == "twisted"
+    }
+    assert found["memory per idle connection", "10,000 idle"].median == pytest.approx(2.5)
+    assert ("memory per idle connection", "19,900 idle") in found
+    assert found["accept storm", "storm of 10,000"].median == pytest.approx(1.2)
+    p99 = found["latency p99", "80% of peak"]
+    assert p99.median == pytest.approx(1.5)
+    assert p99.comparison.higher_is_better is False
+    # No light-load records: no ratio for them.
+    assert ("latency p99", "5000/s") not in found
+
+
+def test_scale_tables_show_both_sides_and_say_what_fell_short() -> None:
+    results = _scale_results()
+    text = "\n".join([*_scale_text(results, ratios(results)), *_scale_notes(results)])
+    assert "| `twisted` | 8,000 | 0.10 / 0.10 (1.00x) | 0.20 / 0.30 (1.50x) |" in text
+    assert "| `twisted` | 0.50 / 0.60 (1.20x) | 1.0 / 2.5 (+1.5) | 1.0 / 2.5 (+1.5) |" in text
+    assert "1 accept storms did not finish in time" in text
+    assert "the descriptor limit allowed at most 19900" in text
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="the load generator needs gcc")
+def test_quick_scale_phases_measure_every_count_storm_and_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    argv = ["--quick", "--phases", "idle,storm,latency", "--frameworks", "asyncio"]
+    assert main([*argv, "--out", str(tmp_path), "--no-readme"]) == 0
+    err = capsys.readouterr().err
+    for phase in ("idle:", "storm:", "latency:"):
+        assert phase in err
+    results = json.loads((tmp_path / "results.json").read_text())
+    records = results["records"]
+    python_servers = {"echo/native/asyncio", "echo/protoshim/asyncio"}
+
+    held = [r for r in records if r["phase"] == "idle"]
+    assert {(r["server"], r["connections"]) for r in held} == {
+        (server, n) for server in {"echo/c/c", *python_servers} for n in QUICK.idle_connections
+    }
+    for r in held:
+        assert r["source_addresses"] == math.ceil(r["connections"] / QUICK.per_address) > 1
+        if r["server"] in python_servers:
+            assert r["rss_after"] > r["rss_before"]
+            assert r["bytes_per_connection"] > 0
+
+    storms = [r for r in records if r["phase"] == "storm"]
+    assert {r["server"] for r in storms} == {"echo/c/c", *python_servers}
+    for r in storms:
+        assert r["accepted"] == r["connections"] == QUICK.storm_connections
+        assert r["window"] == QUICK.storm_window
+        assert r["seconds"] > 0 and r["accepts_per_s"] > 0
+        assert 0 < r["p50_us"] <= r["p99_us"] <= r["max_us"]
+
+    loads = [r for r in records if r["phase"] == "latency"]
+    assert {r["server"] for r in loads} == python_servers
+    offered = {r["offered_per_s"] for r in loads}
+    assert len(offered) == 1  # the same rate for both servers of the pair
+    slower = min(r["peak_rounds_per_s"] for r in loads)
+    assert offered.pop() == pytest.approx(QUICK.load_fraction * slower)
+    for r in loads:
+        assert r["mode"] == "rate" and r["rounds"] > 0
+        assert 0 < r["p50_us"] <= r["p99_us"]
+
+    groups = {(r["group"], r["workload"]) for r in results["ratios"]}
+    for n in QUICK.idle_connections:
+        assert ("memory per idle connection", f"{n:,} idle") in groups
+    assert ("accept storm", f"storm of {QUICK.storm_connections:,}") in groups
+    assert ("latency p99", "80% of peak") in groups
+    markdown = (tmp_path / "results.md").read_text()
+    assert f"seconds to serve a storm of {QUICK.storm_connections:,}" in markdown

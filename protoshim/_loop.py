@@ -228,6 +228,10 @@ class EventLoop(base_events.BaseEventLoop):
                 self._exit_with(exc)
                 return
         if self._stopping:
+            if self._guest is not None:
+                # run_forever clears the request when it returns; a guest
+                # never returns, and stays running for the next run.
+                self._stopping = False
             self._driver.stop()
         elif ready:
             self._request_tick()
@@ -296,6 +300,9 @@ class EventLoop(base_events.BaseEventLoop):
             sys.set_asyncgen_hooks(*self._hooks())
             events._set_running_loop(self)
         self._guest = (running, hooks)
+        # Callbacks left ready (by an interrupted run, say) need a tick, as
+        # a run's start asks for one.
+        self._request_tick()
 
     def end_guest(self) -> None:
         """Stop running as a guest; re-raise a KeyboardInterrupt or SystemExit it carried."""
@@ -388,8 +395,19 @@ class EventLoop(base_events.BaseEventLoop):
     # -- closing ------------------------------------------------------------
 
     def close(self) -> None:
+        interrupt: BaseException | None = None
         if self._guest is not None and not self._closed:
-            self.end_guest()
+            try:
+                self.end_guest()
+            except BaseException as exc:  # raised once the loop is closed
+                interrupt = exc
+        try:
+            self._close()
+        finally:
+            if interrupt is not None:
+                raise interrupt
+
+    def _close(self) -> None:
         if self.is_running():
             raise RuntimeError("Cannot close a running event loop")
         if self._closed:

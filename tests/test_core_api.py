@@ -172,6 +172,34 @@ def test_a_guest_reraises_an_interrupt_that_nobody_consumed() -> None:
         loop.close()
 
 
+def test_closing_a_guest_closes_the_loop_before_it_reraises_an_interrupt() -> None:
+    loop = new_loop()
+    loop.begin_guest(running=True)
+    loop.callback_failed(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        loop.close()
+    assert loop.is_closed()
+
+
+def test_a_guest_runs_what_was_left_ready_and_stays_running_after_stop() -> None:
+    loop = new_loop()
+    try:
+        ran: list[int] = []
+        loop.call_soon(ran.append, 1)
+        loop.begin_guest(running=True)
+        loop.call_soon(loop.stop)
+        loop.driver.run()  # what the application's own run of the framework does
+        assert ran == [1]
+        assert loop.is_running(), "a stopped guest is still attached"
+        loop.call_later(0.01, ran.append, 2)
+        loop.call_later(0.02, loop.stop)
+        loop.driver.run()
+        assert ran == [1, 2]
+        loop.end_guest()
+    finally:
+        loop.close()
+
+
 def test_closing_a_guest_ends_it() -> None:
     loop = new_loop()
     loop.begin_guest()

@@ -8,6 +8,7 @@ import gc
 import os
 import signal
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -22,7 +23,6 @@ from protoshim.adapters.pyuv import (  # noqa: E402 - only importable with pyuv
     attach,
     new_event_loop,
 )
-from protoshim.adapters.pyuv._handles import UvDatagram, UvStream  # noqa: E402
 
 #: Seconds any single expected event may take.
 WAIT = 5.0
@@ -36,6 +36,7 @@ class Peer(asyncio.Protocol):
         self.paused = paused
         self.transport: Any = None
         self.data = bytearray()
+        self.arrived = asyncio.Event()
         self.made = asyncio.get_running_loop().create_future()
         self.eof = asyncio.get_running_loop().create_future()
         self.lost = asyncio.get_running_loop().create_future()
@@ -48,6 +49,15 @@ class Peer(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.data += data
+        self.arrived.set()
+
+    async def received(self, size: int) -> bytes:
+        """Wait until ``size`` bytes have arrived; return them."""
+        async with asyncio.timeout(WAIT):
+            while len(self.data) < size:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return bytes(self.data)
 
     def eof_received(self) -> bool:
         self.eof.set_result(None)
@@ -86,6 +96,15 @@ async def tcp_pair(*, server_paused: bool = False) -> Any:
         await server.wait_closed()
 
 
+def handle_on(loop: PyuvEventLoop, fileobj: Any) -> Any:
+    """Return the open libuv handle of ``loop`` on ``fileobj``'s descriptor, or None."""
+    fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+    for handle in loop.uv_loop.handles:
+        if hasattr(handle, "fileno") and not handle.closed and handle.fileno() == fd:
+            return handle
+    return None
+
+
 # -- the registry --------------------------------------------------------------
 
 
@@ -108,14 +127,12 @@ def test_adapter_is_registered_and_lacks_nothing() -> None:
 def test_tcp_and_unix_streams_are_libuv_handles(loop: PyuvEventLoop, tmp_path: Any) -> None:
     async def main() -> None:
         async with tcp_pair() as (client, _):
-            stream = client.transport._stream
-            assert isinstance(stream, UvStream)
-            assert isinstance(stream._handle, pyuv.TCP)
-            assert stream._handle.fileno() == client.transport.get_extra_info("socket").fileno()
+            sock = client.transport.get_extra_info("socket")
+            assert isinstance(handle_on(loop, sock), pyuv.TCP)
         left, right = socket.socketpair()
         transport, _ = await loop.connect_accepted_socket(Peer, left)
         try:
-            assert isinstance(transport._stream._handle, pyuv.Pipe)  # type: ignore[attr-defined]
+            assert isinstance(handle_on(loop, left), pyuv.Pipe)
         finally:
             transport.abort()
             right.close()
@@ -134,7 +151,7 @@ def test_closing_a_stream_closes_its_descriptor_once(loop: PyuvEventLoop) -> Non
             await asyncio.wait_for(client.lost, WAIT)
             # The socket object forgot the number, so it cannot close it again.
             assert sock.fileno() == -1
-            assert not any(owner._fd == fd for owner in loop._driver._owners.values())
+            assert handle_on(loop, fd) is None
 
     loop.run_until_complete(main())
 
@@ -155,7 +172,7 @@ def test_a_socket_libuv_refuses_is_closed(
     monkeypatch.setattr(pyuv, handle, Refusing)
     sock = socket.socket(socket.AF_INET, kind)
     with pytest.raises(OSError):
-        getattr(loop._driver, open_)(sock)
+        getattr(loop.driver, open_)(sock)
     assert sock.fileno() == -1
 
 
@@ -168,7 +185,7 @@ def test_queued_counts_libuv_write_queue(loop: PyuvEventLoop) -> None:
                 if transport.get_write_buffer_size():
                     break
                 transport.write(block)
-            handle = transport._stream._handle
+            handle = handle_on(loop, transport.get_extra_info("socket"))
             assert handle.write_queue_size > 0
             assert transport.get_write_buffer_size() == handle.write_queue_size
 
@@ -198,9 +215,7 @@ def test_eof_keeps_the_write_side_open(loop: PyuvEventLoop) -> None:
             client.transport.write_eof()
             await asyncio.wait_for(peer.eof, WAIT)
             peer.transport.write(b"after eof")
-            while len(client.data) < 9:
-                await asyncio.sleep(0.01)
-            assert bytes(client.data) == b"after eof"
+            assert await client.received(9) == b"after eof"
 
     loop.run_until_complete(main())
 
@@ -218,10 +233,8 @@ def test_datagram_endpoint_is_a_udp_handle_and_keeps_reuseaddr_off(loop: PyuvEve
             asyncio.DatagramProtocol, remote_addr=server.get_extra_info("sockname")
         )
         try:
-            endpoint = server._endpoint  # type: ignore[attr-defined]
-            assert isinstance(endpoint, UvDatagram)
-            assert isinstance(endpoint._handle, pyuv.UDP)
             sock = server.get_extra_info("socket")
+            assert isinstance(handle_on(loop, sock), pyuv.UDP)
             # libuv sets SO_REUSEADDR when it opens a UDP socket; asyncio does not.
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
             client.sendto(b"ping")
@@ -253,7 +266,38 @@ def test_add_reader_on_a_closed_descriptor_raises(loop: PyuvEventLoop) -> None:
     right.close()
     with pytest.raises(OSError):
         loop.add_reader(fd, lambda: None)
-    assert not loop._driver._watches
+    assert not loop.remove_reader(fd)
+    assert handle_on(loop, fd) is None
+
+
+def test_a_watcher_left_on_a_reused_descriptor_gives_way_to_a_transport(
+    loop: PyuvEventLoop,
+) -> None:
+    async def main() -> None:
+        left, right = socket.socketpair()
+        fd = left.fileno()
+        loop.add_reader(fd, lambda: None)
+        # Closed without remove_reader(): the number is free for a new socket.
+        left.close()
+        right.close()
+        mine, theirs = socket.socketpair()
+        try:
+            if fd not in (mine.fileno(), theirs.fileno()):
+                pytest.skip("the descriptor number was not reused")
+            if theirs.fileno() == fd:
+                mine, theirs = theirs, mine
+            transport, peer = await loop.connect_accepted_socket(Peer, mine)
+            theirs.send(b"ping")
+            assert await peer.received(4) == b"ping"
+            transport.write(b"pong")
+            theirs.settimeout(WAIT)
+            assert theirs.recv(4) == b"pong"
+            transport.abort()
+            await asyncio.wait_for(peer.lost, WAIT)
+        finally:
+            theirs.close()
+
+    loop.run_until_complete(main())
 
 
 def test_fd_watchers_follow_readiness(loop: PyuvEventLoop) -> None:
@@ -395,13 +439,13 @@ def test_attach_runs_asyncio_inside_the_programs_uv_run() -> None:
         assert asyncio.get_running_loop() is loop
         async with tcp_pair() as (client, peer):
             client.transport.write(b"hello")
-            while not peer.data:
-                await asyncio.sleep(0.01)
-            results.append(bytes(peer.data))
+            results.append(await peer.received(5))
         return await loop.run_in_executor(None, str, "done")
 
+    hooks = sys.get_asyncgen_hooks()
     with attach(uv) as loop:
         assert loop.is_running()
+        assert sys.get_asyncgen_hooks() != hooks
         nap = asyncio.sleep(0)
         with pytest.raises(RuntimeError, match="already running"):
             loop.run_until_complete(nap)
@@ -421,10 +465,59 @@ def test_attach_runs_asyncio_inside_the_programs_uv_run() -> None:
         assert later.result() == "later"
     assert loop.is_closed()
     assert not loop.is_running()
+    assert sys.get_asyncgen_hooks() == hooks
     with contextlib.suppress(RuntimeError):
         asyncio.get_running_loop()
         pytest.fail("the loop is still the running loop after detaching")
     uv.run()  # our handles are closed: nothing keeps the loop alive
+
+
+def test_closing_an_attached_loop_gives_the_program_its_uv_loop_back() -> None:
+    uv = pyuv.Loop()
+    seen: list[BaseException] = []
+
+    def program_hook(typ: type[BaseException], value: BaseException, tb: Any) -> None:
+        seen.append(value)
+
+    uv.excepthook = program_hook
+    loop = new_event_loop(uv)
+    loop.attach()
+    loop.close()  # without detach()
+    assert not loop.is_running()
+    with contextlib.suppress(RuntimeError):
+        asyncio.get_running_loop()
+        pytest.fail("the closed loop is still the running loop")
+
+    def fail(handle: Any) -> None:
+        raise ValueError("the program's own")
+
+    timer = pyuv.Timer(uv)
+    timer.start(fail, 0.0, 0.0)
+    uv.run()  # the attached loop's handles are gone: only the program's timer runs
+    timer.close()
+    uv.run()
+    assert [type(exc) for exc in seen] == [ValueError]
+
+
+def test_attach_runs_what_an_interrupted_run_left_ready() -> None:
+    uv = pyuv.Loop()
+    ran: list[str] = []
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    loop = new_event_loop(uv)
+    loop.call_soon(interrupt)
+    loop.call_soon(ran.append, "left ready")
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()
+    loop.attach()
+    try:
+        uv.run(pyuv.UV_RUN_NOWAIT)  # one iteration, which runs core's tick
+        assert ran == ["left ready"]
+    finally:
+        loop.detach()
+        loop.close()
 
 
 def test_attach_carries_keyboard_interrupt_out_of_the_block() -> None:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..._registry import Adapter, lazy_exports
+from ...core import Adapter, lazy_exports
 
 if TYPE_CHECKING:
-    from ._loop import PyuvDriver, PyuvEventLoop, attach, new_event_loop
+    from ._driver import PyuvDriver
+    from ._loop import PyuvEventLoop, attach, new_event_loop
 
 __all__ = ["ADAPTER", "PyuvDriver", "PyuvEventLoop", "attach", "new_event_loop"]
 
@@ -31,5 +32,5 @@ ADAPTER = Adapter(
 )
 
 __getattr__ = lazy_exports(
-    __name__, {"._loop": ["PyuvDriver", "PyuvEventLoop", "attach", "new_event_loop"]}
+    __name__, {"._driver": ["PyuvDriver"], "._loop": ["PyuvEventLoop", "attach", "new_event_loop"]}
 )

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import pyuv
 
-from ..._primitives import Address, DatagramSink, StreamSink
+from ...core import Address, DatagramSink, StreamSink
 
 if TYPE_CHECKING:
-    from ._loop import PyuvDriver
+    from ._driver import PyuvDriver
 
 __all__ = ["UvDatagram", "UvStream", "uv_error"]
 
@@ -66,7 +65,7 @@ class _Closing:
             return
         self._closed = True
         self._reading = False
-        self._driver._forget(self._fd)
+        self._driver._open.discard(self)
         # uv_close closes the descriptor now and cancels queued writes; the
         # handle object lives on in pyuv until its close callback has run.
         self._handle.close()
@@ -88,25 +87,21 @@ class UvStream(_Closing):
         "_eof_seen",
         "_fd",
         "_handle",
-        "_on_data",
         "_reading",
         "_sink",
         "_sock",
-        "_write_cb",
     )
+
+    _sink: StreamSink  # bound by attach(), before any other call
 
     def __init__(self, driver: PyuvDriver, handle: Any, sock: socket.socket) -> None:
         self._driver = driver
         self._handle = handle
         self._sock = sock
         self._fd = sock.fileno()
-        self._sink: StreamSink | None = None
-        self._on_data: Callable[[bytes], None] | None = None
         self._reading = False
         self._eof_seen = False  # libuv reported EOF; the sink has not heard yet
         self._closed = False
-        # One bound method for every write, instead of a new one per call.
-        self._write_cb = self._on_write
 
     def __repr__(self) -> str:
         kind = type(self._handle).__name__
@@ -114,7 +109,6 @@ class UvStream(_Closing):
 
     def attach(self, sink: StreamSink) -> None:
         self._sink = sink
-        self._on_data = sink._on_data
 
     # -- reading ------------------------------------------------------------
 
@@ -135,7 +129,7 @@ class UvStream(_Closing):
     def _on_read(self, handle: Any, data: bytes | None, error: int | None) -> None:
         if error is None:
             if data:  # libuv reports EAGAIN as an empty read
-                self._on_data(data)  # type: ignore[misc]
+                self._sink._on_data(data)
             return
         # pyuv has already stopped reading on any error, EOF included.
         if error == UV_EOF:
@@ -147,7 +141,6 @@ class UvStream(_Closing):
             self._driver._defer(self._report_eof, None)
             return
         self._reading = False
-        assert self._sink is not None
         self._sink._on_error(uv_error(error))
 
     def _report_eof(self, _: object) -> None:
@@ -155,7 +148,6 @@ class UvStream(_Closing):
             return  # paused or closed meanwhile
         self._eof_seen = False
         self._reading = False
-        assert self._sink is not None
         self._sink._on_eof()
 
     # -- writing ------------------------------------------------------------
@@ -173,7 +165,7 @@ class UvStream(_Closing):
             if sent:
                 data = memoryview(data)[sent:]  # type: ignore[assignment]
         try:
-            handle.write(data, self._write_cb)
+            handle.write(data, self._on_write)
         except UVError as exc:
             # Reported later: a sink is never called from inside a primitive.
             self._driver._defer(self._report, uv_exception_error(exc))
@@ -181,7 +173,6 @@ class UvStream(_Closing):
     def _on_write(self, handle: Any, error: int | None) -> None:
         if self._closed:
             return  # close() cancels what is queued; nobody is listening
-        assert self._sink is not None
         if error is None:
             self._sink._on_written()
         else:
@@ -189,7 +180,6 @@ class UvStream(_Closing):
 
     def _report(self, exc: BaseException) -> None:
         if not self._closed:
-            assert self._sink is not None
             self._sink._on_error(exc)
 
     def queued(self) -> int:
@@ -204,7 +194,6 @@ class UvStream(_Closing):
 
     def _on_shutdown(self, handle: Any, error: int | None) -> None:
         if error is not None and not self._closed:
-            assert self._sink is not None
             self._sink._on_error(uv_error(error))
 
 
@@ -218,20 +207,19 @@ class UvDatagram(_Closing):
         "_handle",
         "_peer",
         "_reading",
-        "_sent_cb",
         "_sink",
         "_sock",
     )
+
+    _sink: DatagramSink  # bound by attach(), before any other call
 
     def __init__(self, driver: PyuvDriver, handle: Any, sock: socket.socket) -> None:
         self._driver = driver
         self._handle = handle
         self._sock = sock
         self._fd = sock.fileno()
-        self._sink: DatagramSink | None = None
         self._reading = False
         self._closed = False
-        self._sent_cb = self._on_sent
         try:
             # libuv 1.x sends only with an explicit address, so a connected
             # endpoint sends to its peer by name.
@@ -259,14 +247,12 @@ class UvDatagram(_Closing):
     def _on_recv(
         self, handle: Any, addr: Address, flags: int, data: bytes | None, error: int | None
     ) -> None:
-        assert self._sink is not None
         if error is None:
             self._sink._on_datagram(data or b"", addr)
         else:
             self._sink._on_error_received(uv_error(error))
 
     def sendto(self, data: bytes, addr: Address | None) -> None:
-        assert self._sink is not None
         if addr is None:
             addr = self._peer
         handle = self._handle
@@ -280,7 +266,7 @@ class UvDatagram(_Closing):
                         # Datagram errors are not fatal; asyncio reports them at once.
                         self._sink._on_error_received(uv_exception_error(exc))
                         return
-            handle.send(addr, data, self._sent_cb)
+            handle.send(addr, data, self._on_sent)
         except (TypeError, ValueError, OverflowError):
             # pyuv takes numeric addresses only: let the socket module resolve
             # or reject anything else, with the errors asyncio would give.
@@ -294,7 +280,6 @@ class UvDatagram(_Closing):
     def _on_sent(self, handle: Any, error: int | None) -> None:
         if self._closed:
             return
-        assert self._sink is not None
         if error is not None:
             self._sink._on_error_received(uv_error(error))
         self._sink._on_written()
