@@ -56,14 +56,18 @@ class AttachedEventLoop(EventLoop):
 
     def stop(self) -> None:
         """Do nothing: the loop runs for as long as its IOLoop; :meth:`close` detaches it."""
+        # Core would stop the driver, and an attached driver stops only to
+        # carry a KeyboardInterrupt or SystemExit out (TornadoDriver.stop).
 
     def close(self) -> None:
         """Detach from the IOLoop: unregister everything; the IOLoop keeps running."""
         if self.is_closed():
             return
-        super().close()
-        if _attached.get(self.io_loop) is self:
-            del _attached[self.io_loop]
+        try:
+            super().close()  # re-raises an interrupt that nobody consumed
+        finally:
+            if _attached.get(self.io_loop) is self:
+                del _attached[self.io_loop]
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         """Run ``coro`` as a task of this loop; return a future of the IOLoop's own loop.
