@@ -745,13 +745,15 @@ class EventLoop(base_events.BaseEventLoop):
         server: Any = None,
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
-    ) -> None:
+    ) -> asyncio.Transport | None:
         """Run a new protocol over an accepted stream, as an asyncio server does.
 
         This is the one accept path: core's listeners use it, and so do
         adapters whose framework accepts connections itself (a Tornado
         ``TCPServer``, a Twisted ``Factory``, a gevent ``StreamServer``).
-        Call it in this loop's context.
+        Call it in this loop's context.  Return the transport the protocol
+        sees (the TLS one with ``ssl``), or None if the protocol factory
+        failed and the stream was aborted.
         """
         try:
             protocol = protocol_factory()
@@ -763,10 +765,9 @@ class EventLoop(base_events.BaseEventLoop):
             self.call_exception_handler(
                 {"message": "Error on transport creation for incoming connection", "exception": exc}
             )
-            return
+            return None
         if ssl is None:
-            self._stream_transport(stream, protocol, None, None, server)
-            return
+            return self._stream_transport(stream, protocol, None, None, server)
         waiter = self.create_future()
         transport = self._ssl_transport(
             stream,
@@ -781,6 +782,7 @@ class EventLoop(base_events.BaseEventLoop):
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         waiter.add_done_callback(functools.partial(self._handshake_done, transport))
+        return transport
 
     def _serve_stream(self, stream: Stream, **kwargs: Any) -> None:
         # The old name, until every adapter calls serve_stream().

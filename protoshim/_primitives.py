@@ -88,7 +88,11 @@ class Cancellable(Protocol):
 
 
 class StreamSink(Protocol):
-    """Receive the events of one :class:`Stream` (implemented by core)."""
+    """Receive the events of one :class:`Stream` (implemented by core).
+
+    The sink a stream is attached to is the stream's transport: core's
+    ``StreamTransport``, an :class:`asyncio.Transport`.
+    """
 
     def _on_data(self, data: bytes) -> None:
         """Deliver bytes read from the peer; only while reading is started."""
@@ -219,7 +223,7 @@ class Listener(Protocol):
 
 
 #: Called by a listener with each accepted connection.
-OnStream = Callable[[Stream], None]
+OnStream = Callable[[Stream], object]
 
 
 class Driver(Protocol):

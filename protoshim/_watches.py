@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["READ", "WRITE", "Watch", "WatchTable"]
+__all__ = ["READ", "WRITE", "Watch", "WatchTable", "WatchingDriver"]
 
 Callback = Callable[[], None]
 
@@ -118,3 +118,24 @@ class WatchTable:
     def clear(self) -> None:
         """Forget every watch without applying anything: the framework is going away."""
         self._watches.clear()
+
+
+class WatchingDriver:
+    """The four descriptor primitives of a driver, kept in a :class:`WatchTable`.
+
+    Mix in and set ``self._watches = WatchTable(apply)`` in ``__init__``.
+    """
+
+    _watches: WatchTable
+
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        self._watches.add_reader(fd, callback)
+
+    def remove_reader(self, fd: int) -> bool:
+        return self._watches.remove_reader(fd)
+
+    def add_writer(self, fd: int, callback: Callback) -> None:
+        self._watches.add_writer(fd, callback)
+
+    def remove_writer(self, fd: int) -> bool:
+        return self._watches.remove_writer(fd)

@@ -11,7 +11,8 @@ whose contract is in the docstrings of :mod:`protoshim._primitives`.
   :class:`Listener` and their sinks;
 * descriptor-based primitives for drivers that watch descriptors:
   :class:`FdDriver` and what it builds on, and the accept-pause rule;
-* the per-descriptor reader and writer table: :class:`WatchTable`;
+* the per-descriptor reader and writer table: :class:`WatchTable`, and
+  :class:`WatchingDriver`, a driver's four descriptor primitives over it;
 * carrying a future's outcome across loops: :func:`relay`, :func:`on_settled`;
 * registering the adapter: :class:`Adapter`, :func:`lazy_exports`.
 """
@@ -41,7 +42,7 @@ from ._primitives import (
 )
 from ._registry import Adapter, lazy_exports
 from ._relay import on_settled, relay
-from ._watches import READ, WRITE, Watch, WatchTable
+from ._watches import READ, WRITE, Watch, WatchingDriver, WatchTable
 
 __all__ = [
     "ACCEPT_NOTHING",
@@ -66,6 +67,7 @@ __all__ = [
     "StreamSink",
     "Watch",
     "WatchTable",
+    "WatchingDriver",
     "accept_pauses",
     "lazy_exports",
     "on_settled",

@@ -14,7 +14,7 @@ from gevent import socket as gsocket
 from gevent.event import Event
 
 import protoshim
-from protoshim.adapters.gevent import wait_future, wait_greenlet
+from protoshim.adapters.gevent import GreenletRunner, wait_future, wait_greenlet
 
 FRAMEWORK = "gevent"  # for the ``loop`` fixture
 WAIT = 5.0
@@ -140,6 +140,36 @@ def test_wait_future_needs_the_loop_of_a_coroutine():
     coro.close()
 
 
+def test_wait_future_ends_when_the_loop_is_closed_first():
+    loop = protoshim.new_event_loop("gevent")
+    waiter = gevent.spawn(wait_future, loop.create_future())
+    gevent.sleep(0)  # the greenlet waits
+    loop.close()
+    with pytest.raises(ConnectionAbortedError):
+        waiter.get(timeout=WAIT)
+
+
+def test_greenlet_runner_runs_blocking_code_that_waits_for_the_loop(loop):
+    runner = GreenletRunner()
+
+    async def double(value):
+        await asyncio.sleep(0)
+        return 2 * value
+
+    def blocking():
+        return runner.call(loop, double(21))
+
+    assert loop.run_until_complete(asyncio.wait_for(runner.run(loop, blocking), WAIT)) == 42
+
+
+def test_greenlet_runner_refuses_a_closed_loop_and_closes_the_coroutine():
+    loop = protoshim.new_event_loop("gevent")
+    loop.close()
+    # An unclosed coroutine would warn that it was never awaited (an error here).
+    with pytest.raises(ConnectionAbortedError):
+        GreenletRunner().call(loop, asyncio.sleep(0))
+
+
 def test_wait_greenlet_raises_the_greenlet_exception(loop):
     def fails():
         raise LookupError("from the greenlet")
@@ -162,10 +192,11 @@ def test_cancelling_wait_greenlet(loop, kill):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.01)
 
     try:
         loop.run_until_complete(main())
+        if kill:
+            glet.join(WAIT)
         assert glet.dead is kill
     finally:
         glet.kill()
@@ -215,9 +246,7 @@ def test_other_greenlets_see_no_running_loop(loop):
         # while the loop waits in the hub
         waiting = await wait_greenlet(gevent.spawn(probe))
         # while a coroutine of the loop blocks in a gevent call
-        glet = gevent.spawn(probe)
-        gevent.sleep(0.01)
-        blocked = glet.get(block=False)
+        blocked = gevent.spawn(probe).get(timeout=WAIT)
         assert asyncio.get_running_loop() is loop
         return waiting, blocked
 

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("gevent", reason="the gevent adapter needs gevent installed")
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 
 from protoshim.adapters.gevent import ThreadExecutor
 
@@ -113,8 +113,10 @@ def test_gevent_timeout_interrupts_run_until_complete(loop):
 
 
 def test_killing_the_runner_greenlet_stops_the_loop(loop):
+    running = Event()
+    loop.call_soon(running.set)
     runner = gevent.spawn(loop.run_forever)
-    gevent.sleep(0.01)
+    assert running.wait(WAIT)
     assert loop.is_running()
     runner.kill(timeout=WAIT)
     assert runner.dead

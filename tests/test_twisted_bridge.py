@@ -17,9 +17,18 @@ from protoshim.adapters.twisted import (
     as_future,
     attach,
 )
+from protoshim.adapters.twisted._compat import close_reactor
 from protoshim.adapters.twisted._loop import new_reactor
 
 TIMEOUT = 10.0
+
+
+async def eventually(predicate, timeout: float = TIMEOUT) -> None:
+    """Let the loop run until ``predicate()`` holds; fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0)
 
 
 def run_attached(make_coro, timeout: float = TIMEOUT, reactor=None):
@@ -53,9 +62,7 @@ def run_attached(make_coro, timeout: float = TIMEOUT, reactor=None):
         if guard.active():
             guard.cancel()
         if private:
-            reactor.removeReader(reactor.waker)
-            reactor.waker.connectionLost(None)
-            reactor._poller.close()
+            close_reactor(reactor)
     assert loop.is_closed(), "the reactor's shutdown closes the attached loop"
     assert "task" in outcome, "the reactor stopped before the coroutine finished"
     return outcome["task"].result()
@@ -77,11 +84,12 @@ def test_attach_runs_coroutines_on_the_running_reactor():
         with pytest.raises(RuntimeError):
             loop.run_until_complete(nested)  # run_forever cannot nest in reactor.run()
         nested.close()
-        ticks = []
-        call = reactor.callLater(0.01, ticks.append, "twisted timer")
-        await asyncio.sleep(0.05)
-        assert ticks == ["twisted timer"]
-        assert not call.active()
+        loop.stop()  # the application stops its reactor, not the loop
+        await asyncio.sleep(0)
+        assert loop.is_running()
+        fired = loop.create_future()
+        reactor.callLater(0.01, fired.set_result, "twisted timer")
+        assert await asyncio.wait_for(fired, TIMEOUT) == "twisted timer"
         return await loop.run_in_executor(None, sum, [1, 2, 3])
 
     assert run_attached(main) == 6
@@ -233,7 +241,7 @@ def test_async_generators_are_finalized_on_an_attached_loop():
 
         generator = numbers()
         assert await generator.__anext__() == 1
-        assert generator in loop._asyncgens
+        # Only a generator whose first iteration met the loop's hooks is closed here.
         await loop.shutdown_asyncgens()
         return await asyncio.wait_for(closed, 5)
 
@@ -259,31 +267,31 @@ def test_protocol_factory_over_a_transport_that_is_not_a_socket():
         def connection_lost(self, exc):
             events.append(("lost", exc))
 
+    protocols: list[Record] = []
+
+    def record() -> Record:
+        protocols.append(Record())
+        return protocols[-1]
+
     async def main(loop, reactor):
-        twisted_protocol = ProtocolFactory(Record, loop).buildProtocol(None)
+        twisted_protocol = ProtocolFactory(record, loop).buildProtocol(None)
         transport = StringTransport()
         twisted_protocol.makeConnection(transport)
         assert transport.producerState == "paused", "reading waits for connection_made"
-        await asyncio.sleep(0.01)
-        assert transport.producerState == "producing"
+        await eventually(lambda: transport.producerState == "producing")
         twisted_protocol.dataReceived(b"ping")
-        await asyncio.sleep(0)
-        assert transport.value() == b"ping"
+        await eventually(lambda: transport.value() == b"ping")
         # The transport says its buffer is full, then drained: water marks follow.
         stream = transport.producer
         stream.pauseProducing()
         twisted_protocol.dataReceived(b"x" * 70000)
         assert events == ["pause_writing"]
         stream.resumeProducing()
-        await asyncio.sleep(0)
-        assert events == ["pause_writing", "resume_writing"]
+        await eventually(lambda: events == ["pause_writing", "resume_writing"])
         twisted_protocol.readConnectionLost()
-        await asyncio.sleep(0)
-        assert events[-1] == "eof"
-        asyncio_transport = twisted_protocol.stream._sink
-        asyncio_transport.close()
-        await asyncio.sleep(0.01)
-        assert events[-1] == ("lost", None)
+        await eventually(lambda: events[-1] == "eof")
+        protocols[0].transport.close()
+        await eventually(lambda: events[-1] == ("lost", None))
         assert transport.disconnecting
         assert transport.producer is None, "unregistered before loseConnection"
         return True

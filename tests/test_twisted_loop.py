@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import struct
@@ -34,13 +35,24 @@ class Recorder(asyncio.Protocol):
     def __init__(self) -> None:
         loop = asyncio.get_running_loop()
         self.events: list[object] = []
+        self.made: asyncio.Future[None] = loop.create_future()
+        self.received: asyncio.Future[None] = loop.create_future()
         self.lost: asyncio.Future[BaseException | None] = loop.create_future()
 
     def connection_made(self, transport):
         self.transport = transport
+        self.made.set_result(None)
 
     def data_received(self, data):
         self.events.append(data)
+        if not self.received.done():
+            self.received.set_result(None)
+
+    def pause_writing(self):
+        self.events.append("pause_writing")
+
+    def resume_writing(self):
+        self.events.append("resume_writing")
 
     def eof_received(self):
         self.events.append("eof")
@@ -84,13 +96,15 @@ def test_streams_are_twisted_tcp_transports():
     async def main():
         loop = asyncio.get_running_loop()
         server = await loop.create_server(Recorder, "127.0.0.1", 0)
-        transport, client = await loop.create_connection(
-            Recorder, *server.sockets[0].getsockname()
-        )
-        stream = transport._stream
-        assert isinstance(stream.transport, tcp.Server)
-        # the very socket core connected, not a duplicate
-        assert stream.transport.getHandle() is stream.socket()
+        transport, client = await loop.create_connection(Recorder, *server.sockets[0].getsockname())
+        transport.write(b"ping")
+        await asyncio.wait_for(client.made, WAIT)
+        fd = transport.get_extra_info("socket").fileno()
+        # The reactor reads the very descriptor core connected (no duplicate)
+        # through Twisted's own transport.
+        readers = [r for r in loop.reactor.getReaders() if r.fileno() == fd]
+        assert len(readers) == 1
+        assert isinstance(readers[0], tcp.Server)
         transport.close()
         await client.lost
         server.close()
@@ -112,44 +126,55 @@ async def raw_peer():
             yield transport, client, conn
 
 
-def test_queued_counts_twisteds_buffer_and_drains_to_zero():
+def test_the_write_buffer_fills_pauses_and_drains_to_zero():
     async def main():
+        loop = asyncio.get_running_loop()
         async with raw_peer() as (transport, client, conn):
             conn.setblocking(False)
             chunk = b"x" * 65536
             written = 0
-            while transport.get_write_buffer_size() == 0 and written < 256 * 2**20:
+            while "pause_writing" not in client.events and written < 256 * 2**20:
                 transport.write(chunk)
                 written += len(chunk)
-            twisted_transport = transport._stream.transport
-            queued = (
-                len(twisted_transport.dataBuffer)
-                - twisted_transport.offset
-                + twisted_transport._tempDataLen
-            )
-            assert transport.get_write_buffer_size() == queued > 0
+            assert transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
             received = 0
             while received < written:
-                try:
-                    received += len(conn.recv(1 << 20))
-                except BlockingIOError:
-                    await asyncio.sleep(0.001)
+                received += len(await loop.sock_recv(conn, 1 << 20))
+            # Every byte reached the peer, so none is left queued.
             assert transport.get_write_buffer_size() == 0
+            assert client.events == ["pause_writing", "resume_writing"]
             transport.close()
             await client.lost
 
     run(main())
 
 
-def test_peer_reset_is_connection_reset_error():
+def test_a_peer_reset_reaches_connection_lost_with_its_errno_as_on_asyncio():
     async def main():
-        async with raw_peer() as (_, client, conn):
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
-            exc = await asyncio.wait_for(client.lost, WAIT)
-            assert isinstance(exc, ConnectionResetError)
+        loop = asyncio.get_running_loop()
+        accepted: list[Recorder] = []
 
-    run(main())
+        def factory() -> Recorder:
+            accepted.append(Recorder())
+            return accepted[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        with socket.create_connection(server.sockets[0].getsockname(), timeout=WAIT) as peer:
+            peer.sendall(b"ping")
+            while not accepted:
+                await asyncio.sleep(0)
+            await asyncio.wait_for(accepted[0].received, WAIT)  # the server reads
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        exc = await asyncio.wait_for(accepted[0].lost, WAIT)
+        server.close()
+        await server.wait_closed()
+        assert isinstance(exc, OSError)
+        return type(exc), exc.errno, exc.strerror
+
+    twisted = run(main())
+    stdlib = asyncio.run(asyncio.wait_for(main(), 10))
+    reset = (ConnectionResetError, errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+    assert twisted == stdlib == reset
 
 
 def test_abort_ends_with_fin_and_connection_lost_none():
@@ -237,7 +262,7 @@ def test_twisted_apis_work_with_the_loops_own_reactor():
     run(main())
 
 
-def test_add_reader_of_a_closed_descriptor_raises_and_leaves_no_watcher():
+def test_add_reader_of_a_closed_descriptor_raises_and_leaves_no_watch():
     async def main():
         loop = asyncio.get_running_loop()
         r, w = os.pipe()
@@ -245,7 +270,17 @@ def test_add_reader_of_a_closed_descriptor_raises_and_leaves_no_watcher():
         os.close(w)
         with pytest.raises(OSError):
             loop.add_reader(r, lambda: None)
-        assert loop.driver.watcher(r) is None
         assert not loop.remove_reader(r)
+        # A new descriptor (most likely the same number) is watched afresh.
+        r, w = os.pipe()
+        readable = loop.create_future()
+        try:
+            loop.add_reader(r, readable.set_result, None)
+            os.write(w, b"x")
+            await asyncio.wait_for(readable, WAIT)
+        finally:
+            loop.remove_reader(r)
+            os.close(r)
+            os.close(w)
 
     run(main())

@@ -22,10 +22,9 @@ See docs/adapters/gevent.md.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..._registry import Adapter
+from ...core import Adapter, lazy_exports
 
 if TYPE_CHECKING:
     from ._blocking import GreenletRunner
@@ -54,23 +53,13 @@ ADAPTER = Adapter(
     description="asyncio on the gevent hub's loop, next to the application's greenlets",
 )
 
-_LAZY = {
-    "GeventDriver": "_loop",
-    "new_event_loop": "_loop",
-    "ThreadExecutor": "_executor",
-    "GreenletRunner": "_blocking",
-    "wait_future": "_greenlets",
-    "wait_greenlet": "_greenlets",
-    "ProtocolHandler": "_server",
-    "ProtocolStreamServer": "_server",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Import the helpers, and so gevent, only when one is first used."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "._loop": ("GeventDriver", "new_event_loop"),
+        "._executor": ("ThreadExecutor",),
+        "._blocking": ("GreenletRunner",),
+        "._greenlets": ("wait_future", "wait_greenlet"),
+        "._server": ("ProtocolHandler", "ProtocolStreamServer"),
+    },
+)

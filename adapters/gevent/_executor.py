@@ -22,13 +22,14 @@ from typing import Any
 
 import gevent  # type: ignore[import-untyped]
 from gevent import monkey
-from gevent._hub_local import get_hub_if_exists  # type: ignore[import-untyped]
 from gevent.event import Event  # type: ignore[import-untyped]
+
+from ._compat import get_hub_if_exists
 
 __all__ = ["ThreadExecutor"]
 
-_allocate_lock, _start_new_thread = monkey.get_original(
-    "_thread", ["allocate_lock", "start_new_thread"]
+_allocate_lock, _get_ident, _start_new_thread = monkey.get_original(
+    "_thread", ["allocate_lock", "get_ident", "start_new_thread"]
 )
 
 _Job = tuple["_Future", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
@@ -120,12 +121,15 @@ class ThreadExecutor(concurrent.futures.ThreadPoolExecutor):
                     self._exited.clear()
                 self._workers += 1
                 start = True
-            if self._async is not None and get_hub_if_exists() is self._hub:
+            if self._async is not None and self._in_hub_thread():
                 # A greenlet waiting for the future must not meet LoopExit.
                 self._async.ref = True
         if start:
             _start_new_thread(self._work, ())
         return future
+
+    def _in_hub_thread(self) -> bool:
+        return bool(self._hub.thread_ident == _get_ident())
 
     def _work(self) -> None:
         # In a worker thread: never touch a gevent object of the hub's thread.
@@ -206,7 +210,7 @@ class ThreadExecutor(concurrent.futures.ThreadPoolExecutor):
         self._async = None
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        in_hub_thread = get_hub_if_exists() is self._hub
+        in_hub_thread = self._in_hub_thread()
         with self._mutex:
             self._closed = True
             dropped = list(self._jobs) if cancel_futures else []

@@ -4,15 +4,78 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from gevent import Greenlet  # type: ignore[import-untyped]
 from gevent.event import AsyncResult  # type: ignore[import-untyped]
 
-__all__ = ["wait_future", "wait_greenlet"]
+from ...core import on_settled
+from ._running import running_loop
+
+__all__ = ["POLL_INTERVAL", "cross", "wait_future", "wait_greenlet"]
 
 T = TypeVar("T")
+
+#: How often a waiting greenlet checks that the loop it waits for still exists.
+POLL_INTERVAL = 1.0
+
+
+def cross(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T], timeout: float | None) -> T:
+    """Start ``awaitable`` on ``loop`` from this greenlet and block until it is done.
+
+    Return its result or raise its exception.  Raise :class:`RuntimeError` if
+    the loop is closed already, :class:`ConnectionAbortedError` if it is
+    closed first and :class:`TimeoutError` after ``timeout`` seconds; then,
+    or when the greenlet is killed or interrupted, cancel the future.
+    """
+    outcome = AsyncResult()
+    started: list[asyncio.Future[T]] = []
+
+    def start() -> None:
+        try:
+            future = asyncio.ensure_future(awaitable, loop=loop)
+        except BaseException as exc:
+            outcome.set_exception(exc)
+            return
+        started.append(future)
+        on_settled(future, outcome.set, outcome.set_exception, cancelled)
+
+    def cancelled() -> None:
+        outcome.set_exception(asyncio.CancelledError())
+
+    def cancel() -> None:
+        if started:
+            started[0].cancel()
+
+    def drop() -> None:
+        # A coroutine that never ran is closed, so nobody warns it was never awaited.
+        if not started and asyncio.iscoroutine(awaitable):
+            awaitable.close()
+
+    try:
+        loop.call_soon_threadsafe(start)
+    except RuntimeError:
+        drop()
+        raise
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while not outcome.ready():
+            if loop.is_closed():  # then what was queued never runs
+                drop()
+                raise ConnectionAbortedError("the event loop is closed")
+            left = POLL_INTERVAL if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the future was not done within {timeout:g} s")
+            outcome.wait(min(left, POLL_INTERVAL))
+    except BaseException:
+        if not outcome.ready():
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(cancel)
+        raise
+    result: T = outcome.get(block=False)
+    return result
 
 
 def wait_future(
@@ -26,8 +89,9 @@ def wait_future(
     Return its result or raise its exception.  ``loop`` is required for a
     coroutine (a future knows its loop); the loop must run, in another
     greenlet, for the wait to end.  On ``timeout`` (seconds) raise
-    :class:`TimeoutError`; on timeout, or when the waiting greenlet is killed
-    or interrupted, the future is cancelled.
+    :class:`TimeoutError`, and if the loop is closed first,
+    :class:`ConnectionAbortedError`; then, or when the waiting greenlet is
+    killed or interrupted, the future is cancelled.
 
     Calling it from the greenlet that runs ``loop`` would wait forever, so it
     raises :class:`RuntimeError` there: ``await`` the future instead.
@@ -36,51 +100,11 @@ def wait_future(
         loop = awaitable.get_loop()
     elif loop is None:
         raise ValueError("wait_future() needs loop= for a coroutine or other awaitable")
-    if asyncio._get_running_loop() is loop:
+    if running_loop() is loop:
         raise RuntimeError(
             "wait_future() called from the greenlet that runs the loop; await the future"
         )
-    outcome = AsyncResult()
-    holder: list[asyncio.Future[T]] = []
-
-    def done(future: asyncio.Future[T]) -> None:
-        if future.cancelled():
-            outcome.set_exception(asyncio.CancelledError())
-        elif (exc := future.exception()) is not None:
-            outcome.set_exception(exc)
-        else:
-            outcome.set(future.result())
-
-    def start() -> None:
-        assert loop is not None
-        try:
-            future = asyncio.ensure_future(awaitable, loop=loop)
-        except BaseException as exc:
-            outcome.set_exception(exc)
-            return
-        holder.append(future)
-        future.add_done_callback(done)
-
-    def cancel() -> None:
-        if holder:
-            holder[0].cancel()
-
-    def abandon() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            loop.call_soon_threadsafe(cancel)
-
-    loop.call_soon_threadsafe(start)
-    try:
-        outcome.wait(timeout)
-    except BaseException:
-        if not outcome.ready():
-            abandon()
-        raise
-    if not outcome.ready():
-        abandon()
-        raise TimeoutError(f"the future was not done within {timeout:g} s")
-    result: T = outcome.get(block=False)
-    return result
+    return cross(loop, awaitable, timeout)
 
 
 async def wait_greenlet(glet: Greenlet, *, kill_on_cancel: bool = True) -> Any:

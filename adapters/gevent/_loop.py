@@ -29,10 +29,8 @@ from typing import Any
 
 import gevent  # type: ignore[import-untyped]
 from gevent import getcurrent, monkey
-from gevent._hub_local import get_hub_if_exists  # type: ignore[import-untyped]
 
-from ..._fdio import FdDriver
-from ..._loop import EventLoop
+from ...core import READ, WRITE, EventLoop, FdDriver, Watch, WatchingDriver, WatchTable
 from . import _running
 from ._blocking import GREENLETS
 from ._executor import ThreadExecutor
@@ -41,21 +39,22 @@ __all__ = ["GeventDriver", "new_event_loop"]
 
 Callback = Callable[[], None]
 
-_READ = 1  # libev's EV_READ, which gevent also uses for libuv
-_WRITE = 2
-
 
 class _Io:
-    """Watch one direction of one descriptor for the driver."""
+    """Watch one direction (core's READ or WRITE: libev's events) of one descriptor.
 
-    __slots__ = ("_active", "_driver", "_queued", "_watcher", "callback")
+    Not one watcher per descriptor: see "Descriptor watchers" in docs/adapters/gevent.md.
+    """
 
-    def __init__(self, driver: GeventDriver, fd: int, events: int, callback: Callback) -> None:
+    __slots__ = ("_active", "_driver", "_events", "_queued", "_watch", "_watcher")
+
+    def __init__(self, driver: GeventDriver, watch: Watch, events: int) -> None:
         self._driver = driver
+        self._watch = watch
+        self._events = events
         self._queued = False
         self._active = True
-        self.callback = callback
-        self._watcher = driver._hub.loop.io(fd, events, ref=False)
+        self._watcher = driver._hub.loop.io(watch.fd, events, ref=False)
         self._watcher.start(self._fired)
 
     def _fired(self) -> None:
@@ -76,7 +75,10 @@ class _Io:
             return
         if not self._watcher.active:
             self._watcher.start(self._fired)
-        self.callback()
+        # The table's dispatch() would test both directions: 0.2 us an event.
+        callback = self._watch.reader if self._events == READ else self._watch.writer
+        assert callback is not None  # or _apply() would have closed this watcher
+        callback()
 
     def close(self) -> None:
         self._active = False
@@ -121,7 +123,7 @@ class _Timer:
             watcher.close()
 
 
-class GeventDriver(FdDriver):
+class GeventDriver(FdDriver, WatchingDriver):
     """Run core's callbacks, timers and fd watchers on the current thread's gevent hub.
 
     Create it in the thread whose hub it uses; ``run`` must be called from
@@ -140,8 +142,7 @@ class GeventDriver(FdDriver):
         self._parked = False
         self._stopping = False
         self._closed = False
-        self._readers: dict[int, _Io] = {}
-        self._writers: dict[int, _Io] = {}
+        self._watches = WatchTable(self._apply)
         self._timers: set[_Timer] = set()
         # core keeps at most one call_soon outstanding: one reusable zero
         # timer, which the hub runs after its next poll, as the contract asks.
@@ -167,7 +168,7 @@ class GeventDriver(FdDriver):
                 "cannot run a protoshim gevent loop inside the hub (from a watcher, "
                 "rawlink or run_callback callback): run it in a greenlet"
             )
-        if get_hub_if_exists() is not hub:
+        if hub.thread_ident != _running.get_ident():
             raise RuntimeError("a protoshim gevent loop must run in the thread that created it")
         self._runner = current
         self._stopping = False
@@ -260,31 +261,15 @@ class GeventDriver(FdDriver):
 
     # -- descriptors --------------------------------------------------------
 
-    def _add(self, table: dict[int, _Io], fd: int, events: int, callback: Callback) -> None:
-        io = table.get(fd)
-        if io is None:
-            table[fd] = _Io(self, fd, events, callback)
-        else:
-            io.callback = callback
-
-    def _remove(self, table: dict[int, _Io], fd: int) -> bool:
-        io = table.pop(fd, None)
-        if io is None:
-            return False
-        io.close()
-        return True
-
-    def add_reader(self, fd: int, callback: Callback) -> None:
-        self._add(self._readers, fd, _READ, callback)
-
-    def remove_reader(self, fd: int) -> bool:
-        return self._remove(self._readers, fd)
-
-    def add_writer(self, fd: int, callback: Callback) -> None:
-        self._add(self._writers, fd, _WRITE, callback)
-
-    def remove_writer(self, fd: int) -> bool:
-        return self._remove(self._writers, fd)
+    def _apply(self, watch: Watch, previous: int) -> None:
+        # watch.handle: the _Io of each watched direction
+        ios: dict[int, _Io] = watch.handle or {}
+        for events in (READ, WRITE):
+            if watch.events & events and not previous & events:
+                ios[events] = _Io(self, watch, events)
+            elif previous & events and not watch.events & events:
+                ios.pop(events).close()
+        watch.handle = ios or None
 
     # -- closing ------------------------------------------------------------
 
@@ -292,10 +277,10 @@ class GeventDriver(FdDriver):
         if self._closed:
             return
         self._closed = True
-        for table in (self._readers, self._writers):
-            for io in table.values():
+        for watch in self._watches.watches():
+            for io in watch.handle.values():
                 io.close()
-            table.clear()
+        self._watches.clear()
         for timer in list(self._timers):
             timer.cancel()
         self._soon_timer.stop()

@@ -20,10 +20,12 @@ from typing import Any
 import greenlet  # type: ignore[import-untyped]
 from gevent.monkey import get_original  # type: ignore[import-untyped]
 
-__all__ = ["enter", "leave"]
+__all__ = ["enter", "get_ident", "leave", "running_loop"]
 
 # The real thread id, even when threading is monkey-patched.
-_get_ident = get_original("_thread", "get_ident")
+get_ident = get_original("_thread", "get_ident")
+# The current greenlet's running loop, or None (asyncio's hook for third-party loops).
+running_loop = events._get_running_loop
 
 
 class _Tracer:
@@ -52,7 +54,7 @@ _tracers: dict[int, _Tracer] = {}
 
 def enter() -> None:
     """Note that a loop starts running in the current thread."""
-    ident = _get_ident()
+    ident = get_ident()
     tracer = _tracers.get(ident)
     if tracer is None:
         tracer = _tracers[ident] = _Tracer()
@@ -62,7 +64,7 @@ def enter() -> None:
 
 def leave() -> None:
     """Note that a loop of the current thread stopped running."""
-    ident = _get_ident()
+    ident = get_ident()
     tracer = _tracers[ident]
     tracer.runners -= 1
     if tracer.runners or tracer.saved:

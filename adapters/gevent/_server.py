@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +19,8 @@ import gevent  # type: ignore[import-untyped]
 from gevent.event import Event  # type: ignore[import-untyped]
 from gevent.server import StreamServer  # type: ignore[import-untyped]
 
-from ..._fdio import FdStream
-from ..._loop import EventLoop
+from ...core import EventLoop, FdStream
+from ._greenlets import POLL_INTERVAL
 from ._loop import GeventDriver, new_event_loop
 
 __all__ = ["ProtocolHandler", "ProtocolStreamServer"]
@@ -30,8 +29,6 @@ ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 #: Seconds a killed handler waits for its aborted connection to be released.
 ABORT_TIMEOUT = 1.0
-#: How often a waiting handler checks that its loop still exists.
-POLL_INTERVAL = 1.0
 
 
 class _Stream(FdStream):
@@ -46,18 +43,6 @@ class _Stream(FdStream):
         super().close()
         self._released.set()
 
-    def transport(self) -> asyncio.Transport | None:
-        """Return the transport the protocol sees (under TLS, the TLS one)."""
-        sink: Any = self._sink
-        if sink is None:
-            return None
-        protocol = sink.get_protocol()
-        if isinstance(protocol, sslproto.SSLProtocol):
-            app: asyncio.Transport = protocol._app_transport
-            return app
-        transport: asyncio.Transport = sink
-        return transport
-
 
 class _Connection:
     """One accepted socket on its way through core, seen from its handler greenlet."""
@@ -65,6 +50,8 @@ class _Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.stream: _Stream | None = None
+        # the transport the protocol sees: under TLS, the TLS one
+        self.transport: asyncio.Transport | None = None
         self.dropped = False  # abandoned before the loop took the socket
         self.released = Event()
 
@@ -74,10 +61,10 @@ class _Connection:
             return
         self.stream = _Stream(_driver_of(loop), self.sock, self.released)
         # core's own accept rules: factory errors, TLS handshake failures
-        loop._serve_stream(
+        self.transport = loop.serve_stream(
             self.stream,
-            protocol_factory=handler._factory,
-            sslcontext=handler._ssl,
+            handler._factory,
+            ssl=handler._ssl,
             ssl_handshake_timeout=handler._ssl_handshake_timeout,
             ssl_shutdown_timeout=handler._ssl_shutdown_timeout,
         )
@@ -89,13 +76,12 @@ class _Connection:
             self.sock.close()
             self.released.set()
             return
-        transport = self.stream.transport()
-        if transport is None:
+        if self.transport is None:
             return
         if abort:
-            transport.abort()
+            self.transport.abort()
         else:
-            transport.close()
+            self.transport.close()
 
 
 class ProtocolHandler:

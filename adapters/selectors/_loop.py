@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ...core import READ, WRITE, EventLoop, FdDriver, Watch, WatchTable
+from ...core import READ, WRITE, EventLoop, FdDriver, Watch, WatchingDriver, WatchTable
 
 __all__ = ["SelectorsDriver", "new_event_loop"]
 
@@ -29,7 +29,7 @@ class _Timer:
         self.cancelled = True
 
 
-class SelectorsDriver(FdDriver):
+class SelectorsDriver(FdDriver, WatchingDriver):
     """Run callbacks, timers and fd watchers on a :class:`selectors.DefaultSelector`."""
 
     def __init__(self) -> None:
@@ -126,18 +126,6 @@ class SelectorsDriver(FdDriver):
             self._selector.modify(watch.fd, watch.events, watch)
         else:
             self._selector.register(watch.fd, watch.events, watch)
-
-    def add_reader(self, fd: int, callback: Callback) -> None:
-        self._watches.add_reader(fd, callback)
-
-    def remove_reader(self, fd: int) -> bool:
-        return self._watches.remove_reader(fd)
-
-    def add_writer(self, fd: int, callback: Callback) -> None:
-        self._watches.add_writer(fd, callback)
-
-    def remove_writer(self, fd: int) -> bool:
-        return self._watches.remove_writer(fd)
 
     def close(self) -> None:
         self._selector.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..._registry import Adapter, lazy_exports
+from ...core import Adapter, lazy_exports
 
 if TYPE_CHECKING:
     from ._bridge import ProtocolFactory, as_deferred, as_future

@@ -67,19 +67,20 @@ class _Host(StreamProtocol):
         self._factory = factory
 
     def connectionMade(self) -> None:
-        loop = self._factory.loop
-        driver = loop._driver
-        stream = TwistedStream(driver, self.transport, self, None)
+        factory = self._factory
+        loop = factory.loop
+        driver = loop.driver
+        stream = TwistedStream(driver, self.transport, self)
         driver.register_stream(stream)
         # Core's accept rules (factory errors, TLS handshake) apply as for
         # create_server; run them as a loop callback, so asyncio finds its loop.
         driver.run_callback(
             functools.partial(
-                loop._serve_stream,
+                loop.serve_stream,
                 stream,
-                protocol_factory=self._factory.protocol_factory,
-                sslcontext=self._factory.ssl,
-                ssl_handshake_timeout=self._factory.ssl_handshake_timeout,
+                factory.protocol_factory,
+                ssl=factory.ssl,
+                ssl_handshake_timeout=factory.ssl_handshake_timeout,
             )
         )
 

@@ -13,15 +13,12 @@ Two ways to get a loop:
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
-import sys
 import threading
 import warnings
 import weakref
-from asyncio import events
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import error as tw_error
 from twisted.internet import interfaces
@@ -30,9 +27,17 @@ from twisted.internet.defer import Deferred
 from twisted.python import failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from ..._fdio import FdDatagram, FdListener
-from ..._loop import EventLoop
-from ..._primitives import OnStream
+from ...core import (
+    READ,
+    WRITE,
+    EventLoop,
+    FdDatagram,
+    FdListener,
+    OnStream,
+    Watch,
+    WatchTable,
+)
+from ._compat import close_reactor, forget_watch
 from ._stream import TwistedStream, open_socket_stream
 
 __all__ = [
@@ -47,48 +52,13 @@ __all__ = [
 Callback = Callable[[], None]
 
 
-def _unwatch(reactor: Any, watcher: _Watcher, *, read: bool) -> None:
-    """Remove one interest of ``watcher``, even if its descriptor was closed.
-
-    epoll forgets a closed descriptor by itself, but Twisted's epoll reactor
-    still asks it to, and the EBADF would leave the descriptor in the
-    reactor's tables for ever (and a reused number never watched again).
-    asyncio's selectors ignore that error, so the watch goes away here too.
-    """
-    try:
-        if read:
-            reactor.removeReader(watcher)
-        else:
-            reactor.removeWriter(watcher)
-    except OSError as exc:
-        if exc.errno != errno.EBADF:
-            raise
-        fd = watcher.fileno()
-        primary, other = (reactor._reads, reactor._writes)
-        if not read:
-            primary, other = other, primary
-        primary.discard(fd)
-        if fd not in other:
-            reactor._selectables.pop(fd, None)
-
-
 def new_reactor() -> ReactorBase:
     """Create a reactor of the platform's best polling kind, without installing it."""
     try:
-        from twisted.internet.epollreactor import EPollReactor
-    except ImportError:
-        pass
-    else:
-        return EPollReactor()  # type: ignore[no-untyped-call]
-    try:
-        from twisted.internet.pollreactor import PollReactor
-    except ImportError:
-        pass
-    else:
-        return PollReactor()  # type: ignore[no-untyped-call]
-    from twisted.internet.selectreactor import SelectReactor
-
-    return SelectReactor()
+        from twisted.internet.epollreactor import EPollReactor as Reactor
+    except ImportError:  # not Linux
+        from twisted.internet.pollreactor import PollReactor as Reactor  # type: ignore[assignment]
+    return Reactor()  # type: ignore[no-untyped-call]
 
 
 class _Timer:
@@ -107,51 +77,45 @@ class _Timer:
 
 @implementer(interfaces.IReadDescriptor, interfaces.IWriteDescriptor)
 class _Watcher:
-    """One descriptor watched for core, with its reader and writer callbacks.
+    """The reactor's selectable for one descriptor core watches, both ways.
 
     Twisted keeps a single selectable per descriptor, so reading and writing
     interest on one fd share this object.
     """
 
-    def __init__(self, driver: TwistedDriver, fd: int) -> None:
+    __slots__ = ("_driver", "_watch")
+
+    def __init__(self, driver: TwistedDriver, watch: Watch) -> None:
         self._driver = driver
-        self._fd = fd
-        self.reader: Callback | None = None
-        self.writer: Callback | None = None
+        self._watch = watch
 
     def __repr__(self) -> str:
-        return f"<protoshim watcher fd={self._fd}>"
+        return f"<protoshim watcher fd={self._watch.fd}>"
 
     def fileno(self) -> int:
-        return self._fd
+        return self._watch.fd
 
     def logPrefix(self) -> str:
         return "protoshim"
 
     def doRead(self) -> None:
-        if self.reader is not None:
-            self._driver.run_callback(self.reader)
+        self._driver.run_callback(WatchTable.dispatch, self._watch, READ)
 
     def doWrite(self) -> None:
-        if self.writer is not None:
-            self._driver.run_callback(self.writer)
+        self._driver.run_callback(WatchTable.dispatch, self._watch, WRITE)
 
     def connectionLost(self, reason: failure.Failure) -> None:
         # The reactor drops a descriptor that reports hang-up or error;
         # asyncio keeps reporting it ready until the callback removes it.
-        driver = self._driver
-        if driver.closed or driver.watcher(self._fd) is not self:
+        watch = self._watch
+        if self._driver.closed or watch.handle is not self:
             return
-        reactor: Any = driver.reactor
-        if self.reader is not None:
+        reactor: Any = self._driver.reactor
+        if watch.events & READ:
             reactor.addReader(self)
-        if self.writer is not None:
+        if watch.events & WRITE:
             reactor.addWriter(self)
-        reader, writer = self.reader, self.writer
-        if reader is not None:
-            driver.run_callback(reader)
-        if writer is not None and self.writer is writer:
-            driver.run_callback(writer)
+        self._driver.run_callback(WatchTable.dispatch, watch, watch.events)
 
 
 class TwistedDriver:
@@ -169,7 +133,12 @@ class TwistedDriver:
         self._stopping = False
         self._closed = False
         self._wake_lock = threading.RLock()
-        self._watchers: dict[int, _Watcher] = {}
+        # The descriptor primitives are the table's own.
+        self._watches = watches = WatchTable(self._apply)
+        self.add_reader = watches.add_reader
+        self.remove_reader = watches.remove_reader
+        self.add_writer = watches.add_writer
+        self.remove_writer = watches.remove_writer
         self._streams: weakref.WeakSet[TwistedStream] = weakref.WeakSet()
         self.loop: EventLoop | None = None
         if owned:
@@ -182,25 +151,20 @@ class TwistedDriver:
     @property
     def reactor(self) -> ReactorBase:
         """The reactor whose machinery runs the loop."""
-        reactor: ReactorBase = self._reactor
-        return reactor
+        return cast(ReactorBase, self._reactor)
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
         return self._closed
 
-    def watcher(self, fd: int) -> _Watcher | None:
-        """Return the watcher of ``fd``, if core watches it."""
-        return self._watchers.get(fd)
-
     # -- running ------------------------------------------------------------
 
     def bind(self, loop: EventLoop) -> None:
         self.loop = loop
 
-    def run_callback(self, callback: Callback) -> None:
-        """Call ``callback`` for the reactor; give what escapes it to the loop's rule.
+    def run_callback(self, callback: Callable[..., object], *args: Any) -> None:
+        """Call ``callback(*args)`` for the reactor; give what escapes it to the loop's rule.
 
         Twisted would log what its callbacks raise to its own log (and drop
         a descriptor whose doRead raised); the loop's
@@ -208,34 +172,18 @@ class TwistedDriver:
         """
         if self._closed:
             return
-        if self._owned:
-            try:
-                callback()
-            except BaseException as exc:
-                self._failed(exc)
-            return
-        # Inside the application's reactor.run(), asyncio code must still find
-        # its loop running, and async generators its finalizer (captured at
-        # their first iteration), as run_forever would provide.
-        loop: Any = self.loop
-        previous = events._get_running_loop()
-        hooks = sys.get_asyncgen_hooks()
-        events._set_running_loop(loop)
-        sys.set_asyncgen_hooks(
-            firstiter=loop._asyncgen_firstiter_hook, finalizer=loop._asyncgen_finalizer_hook
-        )
+        loop = self.loop
         try:
-            callback()
+            if self._owned or loop is None:
+                callback(*args)
+            else:
+                # Inside the application's reactor.run(), asyncio code must
+                # still find its loop running, as under run_forever.
+                loop.call_as_running(callback, *args)
         except BaseException as exc:
-            self._failed(exc)
-        finally:
-            sys.set_asyncgen_hooks(*hooks)
-            events._set_running_loop(previous)
-
-    def _failed(self, exc: BaseException) -> None:
-        if self.loop is None:
-            raise exc
-        self.loop.callback_failed(exc)
+            if loop is None:
+                raise
+            loop.callback_failed(exc)
 
     def run(self) -> None:
         if not self._owned:
@@ -274,54 +222,23 @@ class TwistedDriver:
 
     # -- descriptors --------------------------------------------------------
 
-    def _watch(self, fd: int) -> _Watcher:
-        watcher = self._watchers.get(fd)
+    def _apply(self, watch: Watch, previous: int) -> None:
+        watcher = watch.handle
         if watcher is None:
-            watcher = self._watchers[fd] = _Watcher(self, fd)
-        return watcher
-
-    def _forget(self, fd: int, watcher: _Watcher) -> None:
-        if watcher.reader is None and watcher.writer is None:
-            del self._watchers[fd]
-
-    def add_reader(self, fd: int, callback: Callback) -> None:
-        watcher = self._watch(fd)
-        previous, watcher.reader = watcher.reader, callback
-        try:
-            self._reactor.addReader(watcher)
-        except BaseException:
-            # The reactor refused the fd (EBADF, ...): leave no trace of it.
-            watcher.reader = previous
-            self._forget(fd, watcher)
-            raise
-
-    def remove_reader(self, fd: int) -> bool:
-        watcher = self._watchers.get(fd)
-        if watcher is None or watcher.reader is None:
-            return False
-        watcher.reader = None
-        _unwatch(self._reactor, watcher, read=True)
-        self._forget(fd, watcher)
-        return True
-
-    def add_writer(self, fd: int, callback: Callback) -> None:
-        watcher = self._watch(fd)
-        previous, watcher.writer = watcher.writer, callback
-        try:
-            self._reactor.addWriter(watcher)
-        except BaseException:
-            watcher.writer = previous
-            self._forget(fd, watcher)
-            raise
-
-    def remove_writer(self, fd: int) -> bool:
-        watcher = self._watchers.get(fd)
-        if watcher is None or watcher.writer is None:
-            return False
-        watcher.writer = None
-        _unwatch(self._reactor, watcher, read=False)
-        self._forget(fd, watcher)
-        return True
+            watcher = watch.handle = _Watcher(self, watch)
+        changed = watch.events ^ previous
+        if changed & READ:
+            if watch.events & READ:
+                self._reactor.addReader(watcher)
+            else:
+                forget_watch(self._reactor, watcher, read=True)
+        if changed & WRITE:
+            if watch.events & WRITE:
+                self._reactor.addWriter(watcher)
+            else:
+                forget_watch(self._reactor, watcher, read=False)
+        if not watch.events:
+            watch.handle = None
 
     # -- sockets ------------------------------------------------------------
 
@@ -353,12 +270,12 @@ class TwistedDriver:
                 return
             self._closed = True
         reactor: Any = self._reactor
-        for watcher in list(self._watchers.values()):
-            _unwatch(reactor, watcher, read=True)
-            _unwatch(reactor, watcher, read=False)
-        self._watchers.clear()
+        for watch in self._watches.watches():
+            forget_watch(reactor, watch.handle, read=True)
+            forget_watch(reactor, watch.handle, read=False)
+        self._watches.clear()
         for stream in list(self._streams):
-            stream.release()
+            stream.abort()  # silently: the loop is closing
         if not self._owned:
             return
         # Shut the private reactor down: shutdown triggers (such as stopping
@@ -368,26 +285,21 @@ class TwistedDriver:
         except tw_error.ReactorNotRunning:
             pass
         reactor.runUntilCurrent()
-        waker = getattr(reactor, "waker", None)
-        if waker is not None:
-            reactor.removeReader(waker)
-            waker.connectionLost(failure.Failure(tw_error.ConnectionDone()))  # type: ignore[no-untyped-call]
-            reactor.waker = None
-        poller = getattr(reactor, "_poller", None)
-        close = getattr(poller, "close", None)
-        if close is not None:
-            close()
+        close_reactor(reactor)
 
 
 class TwistedEventLoop(EventLoop):
     """An asyncio event loop on a Twisted reactor."""
 
-    _driver: TwistedDriver
+    @property
+    def driver(self) -> TwistedDriver:
+        """The driver that runs this loop on its reactor."""
+        return cast(TwistedDriver, super().driver)
 
     @property
     def reactor(self) -> ReactorBase:
         """The reactor to pass to Twisted APIs (endpoints, ``deferLater``, ...)."""
-        return self._driver.reactor
+        return self.driver.reactor
 
 
 class AttachedEventLoop(TwistedEventLoop):
@@ -396,21 +308,16 @@ class AttachedEventLoop(TwistedEventLoop):
     It counts as running in the reactor's thread from the moment it is
     attached, so ``run_forever`` and ``run_until_complete`` refuse to nest;
     ``loop.create_task()`` and everything asyncio schedules run on the
-    reactor's own iterations.  ``stop()`` does nothing: the application
-    stops its reactor.  It is closed when the reactor shuts down.
+    reactor's own iterations.  ``stop()`` leaves it running: the
+    application stops its reactor.  It is closed when the reactor shuts down.
     """
 
     def __init__(self, driver: TwistedDriver) -> None:
         super().__init__(driver)
-        self._thread_id = threading.get_ident()
-
-    def stop(self) -> None:
-        """Do nothing: an attached loop runs as long as its reactor does."""
-
-    def close(self) -> None:
-        """Close the loop, even though its reactor keeps running."""
-        self._thread_id = None  # type: ignore[assignment]
-        super().close()
+        # Not the running loop between callbacks: the reactor may run on an
+        # asyncio loop of its own (asyncioreactor); the driver enters this
+        # one around each callback.
+        self.begin_guest()
 
 
 def new_event_loop() -> TwistedEventLoop:
@@ -461,4 +368,6 @@ def _close_attached(reactor: Any, loop: AttachedEventLoop) -> None:
     if _ATTACHED.get(reactor) is loop:
         del _ATTACHED[reactor]
     if not loop.is_closed():
+        # Re-raises a KeyboardInterrupt or SystemExit that a callback carried
+        # (once closed), for Twisted to log.
         loop.close()

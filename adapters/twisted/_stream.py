@@ -8,31 +8,31 @@ endpoint, is driven through Twisted's producer/consumer interfaces.
 
 How Twisted's behaviour maps onto the primitive contract:
 
-* ``queued()`` is Twisted's real user-space buffer (``dataBuffer`` from
-  ``offset`` plus ``_tempDataLen``) and ``_on_written`` follows every
-  ``doWrite`` that shrank it;
+* ``queued()`` is Twisted's real user-space buffer and ``_on_written``
+  follows every ``doWrite`` that shrank it (see ``_compat``);
 * the peer's EOF arrives through ``IHalfCloseableProtocol.readConnectionLost``
   and becomes ``_on_eof``; ``shutdown_write`` is ``loseWriteConnection``;
 * ``stop_reading``/``start_reading`` are ``pauseProducing``/``resumeProducing``;
 * after core's ``close``/``abort`` the transport's ``connectionLost`` is
-  swallowed; an unsolicited one becomes ``_on_error`` with an OSError.
+  swallowed; an unsolicited one becomes ``_on_error`` with an OSError: the
+  very one ``recv`` or ``send`` raised, on a socket connection.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import abstract, interfaces, protocol, tcp
 from twisted.internet import error as tw_error
+from twisted.internet import interfaces, protocol, tcp
 from twisted.python import failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from ..._primitives import StreamSink
+from ...core import StreamSink
+from ._compat import buffered, drop_buffer, take_over_socket
 
 if TYPE_CHECKING:
     from ._loop import TwistedDriver
@@ -62,10 +62,6 @@ class StreamProtocol(protocol.Protocol):
             self.stream._lost(reason)
 
 
-def _fd_buffered(transport: abstract.FileDescriptor) -> int:
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-
-
 @implementer(interfaces.IPushProducer)
 class TwistedStream:
     """Move one connection's bytes through a Twisted transport."""
@@ -75,7 +71,6 @@ class TwistedStream:
         "__weakref__",
         "_dead",
         "_delivery_scheduled",
-        "_do_write",
         "_driver",
         "_eof_held",
         "_eof_seen",
@@ -90,21 +85,16 @@ class TwistedStream:
         "_transport",
     )
 
-    def __init__(
-        self,
-        driver: TwistedDriver,
-        transport: Any,
-        bridge: StreamProtocol,
-        sock: socket.socket | None,
-    ) -> None:
+    def __init__(self, driver: TwistedDriver, transport: Any, bridge: StreamProtocol) -> None:
         self._driver = driver
         self._transport = transport
-        if sock is None:
-            # Twisted forgets the handle when the connection is lost: keep it.
-            handle = getattr(transport, "getHandle", None)
-            candidate = handle() if handle is not None else None
-            sock = candidate if isinstance(candidate, socket.socket) else None
-        self._sock = sock
+        # A socket connection exposes its buffer, so queued() is exact there;
+        # any other transport only says "full" and "drained" to its producer.
+        self._exact = isinstance(transport, tcp.Connection)
+        # Twisted forgets the handle when the connection is lost: keep it.
+        handle = getattr(transport, "getHandle", None)
+        sock = handle() if handle is not None else None
+        self._sock = sock if isinstance(sock, socket.socket) else None
         self._sink: StreamSink | None = None
         self._reading = False
         # Data that arrived while not reading; a list only while there is some.
@@ -113,27 +103,18 @@ class TwistedStream:
         self._eof_seen = False
         self._released = False  # core closed or aborted us
         self._dead = False  # the Twisted transport is gone
-        # A FileDescriptor exposes its buffer, so queued() is exact there; any
-        # other transport only says "full" and "drained" to its producer.
-        self._exact = isinstance(transport, abstract.FileDescriptor)
         self._since_drain = 0
         self._throttled = False
         self._delivery_scheduled = False
         bridge.stream = self
         transport.pauseProducing()  # core starts reading after connection_made
         if self._exact:
-            self._do_write = transport.doWrite
-            transport.doWrite = self._wrapped_do_write
+            take_over_socket(transport, self._data, self._written)
         else:
             transport.registerProducer(self, True)
 
     def __repr__(self) -> str:
         return f"<TwistedStream {self._transport!r}>"
-
-    @property
-    def transport(self) -> Any:
-        """The Twisted transport underneath."""
-        return self._transport
 
     # -- the Stream primitive -------------------------------------------------
 
@@ -162,15 +143,17 @@ class TwistedStream:
         transport = self._transport
         if self._dead:
             return
-        if self._exact and not _fd_buffered(transport) and not transport._writeDisconnecting:
-            # Send at once, as asyncio does, so small writes leave nothing queued.
+        if self._exact and not buffered(transport):
+            # Send at once, as asyncio does, so small writes leave nothing
+            # queued, and a failure is reported now, with its own errno.
             sent = transport.writeSomeData(data)
-            if isinstance(sent, int) and sent > 0:
-                data = data[sent:]
-            if not data:
+            if isinstance(sent, BaseException):
+                assert self._sink is not None
+                self._sink._on_error(sent)
                 return
-            # On an error the rest stays queued: doWrite meets it again and
-            # reports it from a reactor callback.
+            if sent == len(data):
+                return
+            data = data[sent:]
         elif not self._exact:
             self._since_drain += len(data)
         transport.write(data)
@@ -179,7 +162,7 @@ class TwistedStream:
         if self._dead or self._released:
             return 0
         if self._exact:
-            return _fd_buffered(self._transport)
+            return buffered(self._transport)
         return self._since_drain if self._throttled else 0
 
     def shutdown_write(self) -> None:
@@ -200,10 +183,6 @@ class TwistedStream:
     def socket(self) -> socket.socket | None:
         return self._sock
 
-    def release(self) -> None:
-        """Drop the connection silently: the loop is closing."""
-        self._release(abort=True)
-
     # -- IPushProducer: a non-FileDescriptor transport's buffer -------------
 
     def pauseProducing(self) -> None:
@@ -220,18 +199,15 @@ class TwistedStream:
 
     # -- Twisted's events -----------------------------------------------------
 
-    def _notify(self, event: Callable[[StreamSink], None]) -> None:
+    def _notify(self, event: Callable[..., None], *args: Any) -> None:
         sink = self._sink
         if sink is None or self._released or self._driver.closed:
             return
-        self._driver.run_callback(functools.partial(event, sink))
+        self._driver.run_callback(event, sink, *args)
 
-    def _wrapped_do_write(self) -> Any:
-        before = _fd_buffered(self._transport)
-        result = self._do_write()
-        if before and _fd_buffered(self._transport) < before and not self._dead:
+    def _written(self) -> None:
+        if not self._dead:
             self._notify(lambda sink: sink._on_written())
-        return result
 
     def _data(self, data: bytes) -> None:
         if self._released or self._dead:
@@ -242,13 +218,13 @@ class TwistedStream:
             else:
                 self._held.append(data)
             return
-        self._notify(lambda sink: sink._on_data(data))
+        self._notify(_deliver_data, data)
 
     def _eof(self) -> None:
         if self._released or self._dead or self._eof_seen:
             return
-        # Twisted's epoll reactor reads a reset as a clean end of input; the
-        # socket's pending error tells the two apart, as asyncio's recv does.
+        # A reset after the peer's FIN reads as a clean end of input; the
+        # socket's pending error tells the two apart.
         error = self._pending_error()
         if error is not None:
             # Core answers with abort(), which releases the Twisted transport.
@@ -262,17 +238,12 @@ class TwistedStream:
         self._notify(lambda sink: sink._on_eof())
 
     def _pending_error(self) -> OSError | None:
-        if self._sock is None:
-            return None
         try:
-            code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if self._sock else 0
         except OSError:
             return None
-        if code in (0, errno.EAGAIN):
-            return None
-        # The peer's RST surfaces as EPIPE or ECONNRESET depending on what
-        # the kernel saw last; either way the connection was reset.
-        return ConnectionResetError(errno.ECONNRESET, os.strerror(code))
+        # OSError picks the subclass: EPIPE after a FIN, ECONNRESET before.
+        return OSError(code, os.strerror(code)) if code not in (0, errno.EAGAIN) else None
 
     def _schedule_delivery(self) -> None:
         if not self._delivery_scheduled:
@@ -282,7 +253,7 @@ class TwistedStream:
     def _deliver_held(self) -> None:
         self._delivery_scheduled = False
         while self._held and self._reading and not self._released and not self._dead:
-            self._notify(functools.partial(_deliver_data, data=self._held.pop(0)))
+            self._notify(_deliver_data, self._held.pop(0))
         if self._held or not self._reading or self._released or self._dead:
             return
         if self._eof_held:
@@ -312,12 +283,13 @@ class TwistedStream:
         elif isinstance(exc, tw_error.ConnectionAborted):
             error = ConnectionAbortedError(errno.ECONNABORTED, "Connection aborted")
         elif isinstance(exc, tw_error.ConnectionLost):
-            # Twisted folds every recv/send failure into ConnectionLost.
+            # The reactor's own report of a hang-up, or a transport that is
+            # not a socket connection: no errno to keep (a socket connection
+            # reports recv and send failures with their OSError, below).
             error = ConnectionResetError(errno.ECONNRESET, "Connection lost")
-        elif isinstance(exc, BaseException):
+        else:
+            assert exc is not None  # a Failure always wraps an exception
             error = exc
-        else:  # pragma: no cover - a Failure always wraps an exception
-            error = ConnectionResetError(errno.ECONNRESET, str(exc))
         self._notify(lambda sink: sink._on_error(error))
 
     # -- releasing ------------------------------------------------------------
@@ -332,10 +304,7 @@ class TwistedStream:
         transport = self._transport
         if self._exact:
             if abort:
-                transport.dataBuffer = b""
-                transport.offset = 0
-                transport._tempDataBuffer = []
-                transport._tempDataLen = 0
+                drop_buffer(transport)
             # Core closes only once the buffer is empty (or drops it on
             # abort), so Twisted's flush-then-close has nothing left to do:
             # end the connection now, as asyncio does, instead of on the next
@@ -375,6 +344,6 @@ def open_socket_stream(driver: TwistedDriver, sock: socket.socket) -> TwistedStr
         transport = tcp.Server(sock, bridge, peer, None, 0, reactor)  # type: ignore[arg-type]
     # Server.__init__ leaves these for a listening Port to fill in.
     transport.repstr = f"<{type(transport).__name__} fd={sock.fileno()} peer={peer!r}>"
-    stream = TwistedStream(driver, transport, bridge, sock)
+    stream = TwistedStream(driver, transport, bridge)
     bridge.makeConnection(transport)  # type: ignore[no-untyped-call]
     return stream

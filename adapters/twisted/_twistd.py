@@ -11,7 +11,7 @@ drop-in ``twisted/plugins/protoshim_twistd.py`` next to Twisted's own, and
 from __future__ import annotations
 
 import asyncio
-import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -27,18 +27,12 @@ __all__ = ["Options", "ServiceMaker", "load_factory", "serviceMaker"]
 
 def load_factory(spec: str) -> Callable[[], asyncio.BaseProtocol]:
     """Import ``MODULE:NAME`` (NAME may be dotted) and return that callable."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
+    if ":" not in spec:
         raise usage.UsageError(f"expected MODULE:FACTORY, got {spec!r}")
     try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise usage.UsageError(f"cannot import {module_name!r}: {exc}") from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise usage.UsageError(f"{module_name!r} has no attribute {attr!r}") from None
+        obj: Any = pkgutil.resolve_name(spec)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise usage.UsageError(f"cannot load {spec!r}: {exc}") from None
     if not callable(obj):
         raise usage.UsageError(f"{spec} is not callable")
     factory: Callable[[], asyncio.BaseProtocol] = obj
