@@ -39,7 +39,7 @@ import tornado
 from tornado.ioloop import IOLoop
 from tornado.platform.asyncio import AsyncIOLoop, BaseAsyncIOLoop
 
-from ...core import EventLoop, FdDriver, Watch, WatchTable
+from ...core import EventLoop, FdDriver, Watch, WatchingDriver, WatchTable
 from ._compat import alias_ioloop, unalias_ioloop
 
 __all__ = ["TornadoDriver", "new_event_loop"]
@@ -53,7 +53,7 @@ _START_SWAPS_CURRENT_LOOP = tornado.version_info < (6, 3)
 _TORNADO_EVENTS = (IOLoop.NONE, IOLoop.READ, IOLoop.WRITE, IOLoop.READ | IOLoop.WRITE)
 
 
-class TornadoDriver(FdDriver):
+class TornadoDriver(FdDriver, WatchingDriver):
     """Run a protoshim loop's callbacks, timers and I/O on a Tornado ``IOLoop``.
 
     With ``owned=True`` the driver runs and closes the IOLoop (and the asyncio
@@ -69,13 +69,8 @@ class TornadoDriver(FdDriver):
         self._native: asyncio.AbstractEventLoop = io_loop.asyncio_loop
         self._owned = owned
         self._loop: EventLoop | None = None
-        # One IOLoop handler per descriptor carries both directions; the
-        # descriptor primitives are the table's own methods.
-        self._watches = watches = WatchTable(self._apply)
-        self.add_reader = watches.add_reader
-        self.remove_reader = watches.remove_reader
-        self.add_writer = watches.add_writer
-        self.remove_writer = watches.remove_writer
+        # One IOLoop handler per descriptor carries both directions.
+        self._watches = WatchTable(self._apply)
         self._stopping = False
         self._closed = False
 
