@@ -1,9 +1,9 @@
 """A Tornado web application and a PEP 3156 protocol, served by one process.
 
 The protocol (:class:`Shout`) is plain asyncio code: it knows nothing of
-Tornado.  :class:`~protoshim.adapters.tornado.ProtocolServer` serves it from
-Tornado's own ``TCPServer`` machinery, next to a ``tornado.web``
-application, on the same IOLoop.  The ``/ask`` page goes the other way: a
+Tornado.  :class:`~protoshim.adapters.tornado.ProtocolServer` serves it the
+way a ``TCPServer`` is used, next to a ``tornado.web`` application, on the
+same IOLoop.  The ``/ask`` page goes the other way: a
 Tornado handler opens an asyncio client connection to the protocol, on the
 protoshim loop attached to the IOLoop.
 

@@ -1,9 +1,9 @@
 """The Tornado adapter: protoshim's core on a Tornado ``IOLoop``.
 
-Streams are Tornado ``IOStream`` objects, servers accept through
-``TCPServer``, timers and callbacks go through the ``IOLoop``, and UDP
-endpoints watch their socket with ``IOLoop.add_handler``.  See
-``docs/adapters/tornado.md`` for how the layers fit together.
+Callbacks and timers go through the ``IOLoop``, and streams, listeners and
+UDP endpoints are core's descriptor primitives, watched with
+``IOLoop.add_handler``.  See ``docs/adapters/tornado.md`` for how the layers
+fit together, and why streams are not ``IOStream`` objects.
 
 Importing this package does not import Tornado; :func:`attach`,
 :class:`ProtocolServer` and :func:`new_event_loop` are loaded on first use.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..._registry import Adapter, lazy_exports
+from ...core import Adapter, lazy_exports
 
 if TYPE_CHECKING:
     from ._app import AttachedEventLoop, ProtocolServer, attach
@@ -33,7 +33,7 @@ ADAPTER = Adapter(
     loop_factory="protoshim.adapters.tornado._loop:new_event_loop",
     requires="tornado",
     distribution="tornado",
-    description="protoshim's core on a Tornado IOLoop, with IOStream transports",
+    description="protoshim's core on a Tornado IOLoop, with descriptor streams",
 )
 
 __getattr__ = lazy_exports(

@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import ssl as ssl_module
-import threading
-from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream
+from tornado.netutil import bind_sockets
 
-from ..._loop import EventLoop
-from ._iostream import PausingTCPServer, TornadoStream, adopt
+from ...core import EventLoop, Listener, Stream, relay
 from ._loop import TornadoDriver
 
 __all__ = ["AttachedEventLoop", "ProtocolServer", "attach"]
 
 T = TypeVar("T")
+
+#: Connections accepted per readable event, as many as asyncio's default backlog.
+_ACCEPT_BATCH = 100
 
 _attached: dict[IOLoop, AttachedEventLoop] = {}
 
@@ -34,7 +36,7 @@ _attached: dict[IOLoop, AttachedEventLoop] = {}
 class AttachedEventLoop(EventLoop):
     """A protoshim loop that runs on an IOLoop someone else runs.
 
-    It counts as running from creation until :meth:`close`: ``run_forever``
+    It runs as a guest from creation until :meth:`close`: ``run_forever``
     and ``run_until_complete`` raise, as on any running loop, and
     :meth:`stop` has no run to end.  From Tornado code, use :meth:`submit`
     to run a coroutine on it and await the result.
@@ -43,8 +45,9 @@ class AttachedEventLoop(EventLoop):
     def __init__(self, driver: TornadoDriver) -> None:
         super().__init__(driver)
         self._tornado_driver = driver
-        # BaseEventLoop.is_running() is "has a thread"; the IOLoop's thread runs it.
-        self._thread_id = threading.get_ident()
+        # The IOLoop's asyncio loop is the running one between callbacks;
+        # the driver enters this loop around each of them.
+        self.begin_guest()
 
     @property
     def io_loop(self) -> IOLoop:
@@ -53,20 +56,18 @@ class AttachedEventLoop(EventLoop):
 
     def stop(self) -> None:
         """Do nothing: the loop runs for as long as its IOLoop; :meth:`close` detaches it."""
-
-    def _exit_with(self, exc: BaseException) -> NoReturn:
-        # No run_forever of ours carries it out: raise it into the IOLoop's
-        # callback, whose asyncio loop re-raises KeyboardInterrupt/SystemExit.
-        raise exc
+        # Core would stop the driver, and an attached driver stops only to
+        # carry a KeyboardInterrupt or SystemExit out (TornadoDriver.stop).
 
     def close(self) -> None:
         """Detach from the IOLoop: unregister everything; the IOLoop keeps running."""
         if self.is_closed():
             return
-        self._thread_id = None  # type: ignore[assignment]  # "not running", as BaseEventLoop uses it
-        super().close()
-        if _attached.get(self.io_loop) is self:
-            del _attached[self.io_loop]
+        try:
+            super().close()  # re-raises an interrupt that nobody consumed
+        finally:
+            if _attached.get(self.io_loop) is self:
+                del _attached[self.io_loop]
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         """Run ``coro`` as a task of this loop; return a future of the IOLoop's own loop.
@@ -75,24 +76,7 @@ class AttachedEventLoop(EventLoop):
         cancelling that future cancels the task.
         """
         outer: asyncio.Future[T] = self._tornado_driver.native_loop.create_future()
-        task = self.create_task(coro)
-
-        def task_done(task: asyncio.Task[T]) -> None:
-            if outer.done():
-                return
-            if task.cancelled():
-                outer.cancel()
-            elif (exc := task.exception()) is not None:
-                outer.set_exception(exc)
-            else:
-                outer.set_result(task.result())
-
-        def outer_done(outer: asyncio.Future[T]) -> None:
-            if outer.cancelled():
-                task.cancel()
-
-        task.add_done_callback(task_done)
-        outer.add_done_callback(outer_done)
+        relay(self.create_task(coro), outer)
         return outer
 
 
@@ -115,14 +99,14 @@ def attach(io_loop: IOLoop | None = None) -> AttachedEventLoop:
     return loop
 
 
-class ProtocolServer(PausingTCPServer):
-    """A ``TCPServer`` that serves a PEP 3156 protocol factory.
+class ProtocolServer:
+    """Serve a PEP 3156 protocol factory from a Tornado application.
 
-    Use it like Tornado's ``HTTPServer``: ``listen(port)``, ``add_sockets``
-    (``tornado.netutil.bind_sockets`` or ``bind_unix_socket``), ``stop()``.
-    Each accepted ``IOStream`` becomes an asyncio transport on the loop
-    :func:`attach` gives for the IOLoop, and ``protocol_factory`` is called
-    with that loop running.
+    Use it like Tornado's ``TCPServer``: ``listen(port)``, ``add_sockets``
+    (``tornado.netutil.bind_sockets`` or ``bind_unix_socket``),
+    ``add_socket``, ``stop()``.  Connections are accepted on the loop
+    :func:`attach` gives for the current IOLoop, as that loop's own servers
+    accept them, and ``protocol_factory`` is called with that loop running.
 
     TLS is asyncio's own (pass an ``ssl.SSLContext`` as ``ssl``), not
     Tornado's ``ssl_options``, so that ``start_tls``, half-close and the
@@ -136,51 +120,41 @@ class ProtocolServer(PausingTCPServer):
         ssl: ssl_module.SSLContext | None = None,
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
-        max_buffer_size: int | None = None,
-        read_chunk_size: int | None = None,
     ) -> None:
-        super().__init__(max_buffer_size=max_buffer_size, read_chunk_size=read_chunk_size)
         self._protocol_factory = protocol_factory
         self._ssl = ssl
         self._ssl_handshake_timeout = ssl_handshake_timeout
         self._ssl_shutdown_timeout = ssl_shutdown_timeout
+        self._listeners: dict[socket.socket, Listener] = {}
 
-    def handle_stream(self, stream: IOStream, address: Any) -> None:
-        loop = attach(stream.io_loop)
-        driver = loop._tornado_driver
-        driver.in_protoshim(self._serve, loop, TornadoStream(driver, adopt(stream)))
+    def listen(self, port: int, address: str | None = None, **kwargs: Any) -> None:
+        """Accept on ``port``, as ``TCPServer.listen``: ``kwargs`` go to ``bind_sockets``."""
+        self.add_sockets(bind_sockets(port, address, **kwargs))
 
-    def _serve(self, loop: AttachedEventLoop, stream: TornadoStream) -> None:
-        # The same steps as core's own accept path (EventLoop._start_serving).
-        try:
-            protocol = self._protocol_factory()
-        except (SystemExit, KeyboardInterrupt):
-            stream.abort()
-            raise
-        except BaseException as exc:
-            stream.abort()
-            loop.call_exception_handler(
-                {
-                    "message": "Error on transport creation for incoming connection",
-                    "exception": exc,
-                    "socket": stream.socket(),
-                }
-            )
-            return
-        if self._ssl is None:
-            loop._stream_transport(stream, protocol, None, None, None)
-            return
-        waiter = loop.create_future()
-        transport = loop._ssl_transport(
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        """Accept on listening sockets; :meth:`stop` closes them."""
+        loop = attach()
+        serve = functools.partial(self._serve, loop)
+        for sock in sockets:
+            sock.setblocking(False)
+            self._listeners[sock] = loop.driver.listen(sock, _ACCEPT_BATCH, serve)
+
+    def add_socket(self, sock: socket.socket) -> None:
+        """Accept on one listening socket."""
+        self.add_sockets([sock])
+
+    def _serve(self, loop: AttachedEventLoop, stream: Stream) -> None:
+        loop.serve_stream(
             stream,
-            protocol,
-            self._ssl,
-            waiter,
-            server_side=True,
-            server_hostname=None,
-            extra=None,
-            server=None,
+            self._protocol_factory,
+            ssl=self._ssl,
             ssl_handshake_timeout=self._ssl_handshake_timeout,
             ssl_shutdown_timeout=self._ssl_shutdown_timeout,
         )
-        waiter.add_done_callback(functools.partial(loop._handshake_done, transport))
+
+    def stop(self) -> None:
+        """Stop accepting and close the sockets; established connections stay."""
+        listeners, self._listeners = self._listeners, {}
+        for sock, listener in listeners.items():
+            listener.close()
+            sock.close()

@@ -5,27 +5,22 @@ Tornado 6 has no event loop of its own: every ``IOLoop`` is a
 does the polling.  So there are three layers::
 
     protocols, tasks   ->  protoshim EventLoop   (asyncio's ready queue and timer heap)
-    driver primitives  ->  tornado IOLoop        (add_callback, call_later, add_handler,
-                                                  IOStream, TCPServer)
+    driver primitives  ->  tornado IOLoop        (add_callback, call_later, add_handler)
     polling            ->  IOLoop.asyncio_loop   (a private SelectorEventLoop,
                                                   or the application's loop when attached)
 
+Streams, datagrams and listeners are core's descriptor primitives
+(``FdDriver``), watched through ``IOLoop.add_handler``: they are faster than
+``IOStream`` and need none of its private state (see the adapter's docs).
+
 Both the protoshim loop and the loop under the IOLoop are asyncio loops in
-the same thread, and asyncio has one "running loop" slot per thread.  The
-driver keeps it honest at every crossing:
-
-* code called *by* Tornado into protoshim (ticks, timers, fd handlers,
-  stream events) runs with the protoshim loop as the running loop, and its
-  async generator hooks installed;
-* Tornado APIs called *from* protoshim (creating and closing IOStreams,
-  TCPServer) run with the IOLoop's own asyncio loop as the running loop,
-  exactly as Tornado expects when it looks up ``IOLoop.current()``.
-
-Crossings cost system calls on CPython 3.11, so the hot paths avoid them:
-each IOLoop event on a stream is one crossing, whatever the protocol does
-in it; callbacks and timers go straight to the IOLoop's asyncio loop; and
-a stream's reads and writes, which look up no running loop, are made from
-protoshim's context without crossing back (see ``_iostream``).
+the same thread, and asyncio has one "running loop" slot per thread.  Every
+callback the IOLoop runs for protoshim (ticks, timers, descriptor events)
+enters protoshim's context (:meth:`TornadoDriver.enter`), so protocol code
+sees the protoshim loop running, with its async generator hooks installed.
+Such a callback runs inside the IOLoop's asyncio loop, so the loop to
+restore is known without a lookup, which costs a ``getpid()`` on CPython
+3.11: a descriptor event is one crossing, whatever the protocol does in it.
 
 The protoshim loop is also registered as an alias of its IOLoop, so
 ``IOLoop.current()`` inside a protocol callback or a task returns the IOLoop
@@ -36,34 +31,29 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import socket
-import sys
 from asyncio import events
-from collections.abc import Callable, Sized
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import tornado
 from tornado.ioloop import IOLoop
 from tornado.platform.asyncio import AsyncIOLoop, BaseAsyncIOLoop
 
-from ..._fdio import FdDatagram
-from ..._loop import EventLoop
-from ..._primitives import OnStream
-from ._iostream import TornadoListener, TornadoStream
+from ...core import EventLoop, FdDriver, Watch, WatchingDriver, WatchTable
+from ._compat import alias_ioloop, unalias_ioloop
 
 __all__ = ["TornadoDriver", "new_event_loop"]
 
 Callback = Callable[[], None]
-T = TypeVar("T")
 
 #: Before 6.3, IOLoop.start() also sets the thread's current asyncio loop.
 _START_SWAPS_CURRENT_LOOP = tornado.version_info < (6, 3)
 
-_READ = IOLoop.READ
-_WRITE = IOLoop.WRITE
+#: Core's READ | WRITE bits as IOLoop event masks.
+_TORNADO_EVENTS = (IOLoop.NONE, IOLoop.READ, IOLoop.WRITE, IOLoop.READ | IOLoop.WRITE)
 
 
-class TornadoDriver:
+class TornadoDriver(FdDriver, WatchingDriver):
     """Run a protoshim loop's callbacks, timers and I/O on a Tornado ``IOLoop``.
 
     With ``owned=True`` the driver runs and closes the IOLoop (and the asyncio
@@ -79,14 +69,9 @@ class TornadoDriver:
         self._native: asyncio.AbstractEventLoop = io_loop.asyncio_loop
         self._owned = owned
         self._loop: EventLoop | None = None
-        self._hooks: tuple[Any, Any] = (None, None)
-        #: whether the driver made the protoshim loop the running loop
-        self._inside = False
-        # The callbacks BaseEventLoop runs in its current iteration, if the
-        # asyncio loop is one (private, but stable since Python 3.4).
-        self._native_ready: Sized | None = getattr(self._native, "_ready", None)
-        # fd -> [reader, writer]; one IOLoop handler per fd carries both
-        self._fds: dict[int, list[Callback | None]] = {}
+        # One IOLoop handler per descriptor carries both directions.
+        self._watches = WatchTable(self._apply)
+        self._stopping = False
         self._closed = False
 
     @property
@@ -100,40 +85,15 @@ class TornadoDriver:
         return self._native
 
     def bind(self, loop: EventLoop) -> None:
-        """Attach the protoshim loop this driver serves; core calls it once, creating the loop."""
+        """Learn the protoshim loop this driver serves; core calls it once, creating the loop."""
         self._loop = loop
-        # What BaseEventLoop.run_forever installs: async generators first
-        # iterated in protocol code must be finalized by the protoshim loop.
-        self._hooks = (
-            getattr(loop, "_asyncgen_firstiter_hook"),  # noqa: B009  # untyped private hooks
-            getattr(loop, "_asyncgen_finalizer_hook"),  # noqa: B009
-        )
         # IOLoop.current() inside protocol code is then the IOLoop running it.
-        IOLoop._ioloop_for_asyncio[loop] = self._io_loop
+        alias_ioloop(loop, self._io_loop)
         if self._owned:
-            # Errors in Tornado's own callbacks (its accept handler, say)
-            # reach the protoshim loop's handler; its asyncio loop carries
-            # KeyboardInterrupt and SystemExit out of run() itself.
+            # Errors in Tornado's own callbacks reach the protoshim loop's
+            # handler; its asyncio loop carries KeyboardInterrupt and
+            # SystemExit out of run() itself.
             self._native.set_exception_handler(_forward_exceptions(loop))
-
-    # -- crossing between the two asyncio loops -----------------------------
-    #
-    # CPython 3.11 calls getpid() in _get_running_loop() and
-    # _set_running_loop() whenever a loop is set, so a crossing costs system
-    # calls.  The driver remembers whether it made the protoshim loop the
-    # running one (``_inside``), so it only asks when it cannot know.
-
-    def in_protoshim(self, fn: Callable[..., object], *args: Any) -> None:
-        """Call ``fn(*args)`` with the protoshim loop as the running loop."""
-        if self._inside:
-            fn(*args)
-            return
-        loop = self._loop
-        previous = events._get_running_loop()
-        if previous is loop or loop is None:
-            fn(*args)
-            return
-        self._cross(previous, fn, args)
 
     def enter(self, fn: Callable[..., object], *args: Any) -> None:
         """Call ``fn(*args)`` in protoshim's context, from a callback of the IOLoop's asyncio loop.
@@ -144,71 +104,20 @@ class TornadoDriver:
         :meth:`~protoshim.EventLoop.callback_failed`.
         """
         loop = self._loop
-        try:
-            if self._inside or loop is None:
-                fn(*args)
-            else:
-                self._cross(self._native, fn, args)
-        except BaseException as exc:
-            if loop is None:
-                raise
-            loop.callback_failed(exc)
-
-    def _cross(
-        self, previous: asyncio.AbstractEventLoop | None, fn: Callable[..., object], args: Any
-    ) -> None:
-        hooks = sys.get_asyncgen_hooks()
-        events._set_running_loop(self._loop)
-        sys.set_asyncgen_hooks(*self._hooks)
-        self._inside = True
-        try:
+        if loop is None:
             fn(*args)
-        finally:
-            self._inside = False
-            sys.set_asyncgen_hooks(*hooks)
-            events._set_running_loop(previous)
-
-    def in_tornado(self, fn: Callable[..., T], *args: Any) -> T:
-        """Return ``fn(*args)``, called with the IOLoop's asyncio loop as the running loop."""
-        inside = self._inside
-        if inside:
-            previous: asyncio.AbstractEventLoop | None = self._loop
-        else:
-            previous = events._get_running_loop()
-            if previous is self._native:
-                return fn(*args)
-        events._set_running_loop(self._native)
-        self._inside = False
+            return
         try:
-            return fn(*args)
-        finally:
-            self._inside = inside
-            events._set_running_loop(previous)
-
-    def add_callback(self, fn: Callable[..., object], *args: Any) -> None:
-        """Call ``fn(*args)`` on the IOLoop's next iteration, in protoshim's context."""
-        # On its own thread IOLoop.add_callback is this call_soon, plus a
-        # running-loop lookup (getpid) and a wrapper that logs exceptions;
-        # the protoshim loop reports its callbacks' exceptions itself.
-        try:
-            self._native.call_soon(self.enter, fn, *args)
-        except RuntimeError:
-            pass  # the IOLoop is closed; add_callback drops the callback too
-
-    def native_idle(self) -> bool:
-        """Return whether no other callback is queued on the IOLoop's asyncio loop.
-
-        Called from one of that loop's callbacks: the loop then polls next,
-        and sleeps if no descriptor is ready.  False when it cannot tell.
-        """
-        ready = self._native_ready
-        return ready is not None and not ready
+            loop.call_as_running_from(self._native, fn, *args)
+        except BaseException as exc:
+            loop.callback_failed(exc)
 
     # -- running ------------------------------------------------------------
 
     def run(self) -> None:
         if not self._owned:
             raise RuntimeError("an attached loop runs with its IOLoop and cannot be run itself")
+        self._stopping = False
         # BaseEventLoop.run_forever made the protoshim loop the running loop;
         # the IOLoop's asyncio loop refuses to start while another one is.
         outer = events._get_running_loop()
@@ -226,10 +135,22 @@ class TornadoDriver:
 
     def stop(self) -> None:
         if self._owned:
+            self._stopping = True
             self._io_loop.stop()
+        elif self._loop is not None:
+            # Only a KeyboardInterrupt or SystemExit stops an attached loop
+            # (see AttachedEventLoop.stop): leaving guest mode re-raises it
+            # from the IOLoop's next callback, and so out of the application.
+            self._native.call_soon(self._loop.end_guest)
 
     def call_soon(self, callback: Callback) -> None:
-        self.add_callback(callback)
+        # On its own thread IOLoop.add_callback is this call_soon, plus a
+        # running-loop lookup (getpid) and a wrapper that logs exceptions;
+        # the protoshim loop reports its callbacks' exceptions itself.
+        try:
+            self._native.call_soon(self.enter, callback)
+        except RuntimeError:
+            pass  # the IOLoop is closed; add_callback drops the callback too
 
     def call_later(self, delay: float, callback: Callback) -> asyncio.TimerHandle:
         # What IOLoop.call_later does, without its wrapper; remove_timeout()
@@ -244,65 +165,29 @@ class TornadoDriver:
 
     # -- descriptors --------------------------------------------------------
 
-    def _watch(self, fd: int, index: int, callback: Callback | None) -> bool:
-        entry = self._fds.get(fd)
-        if entry is None:
-            if callback is None:
-                return False
-            entry = self._fds[fd] = [None, None]
-            entry[index] = callback
-            self._io_loop.add_handler(fd, self._dispatch, _READ if index == 0 else _WRITE)
-            return False
-        had = entry[index] is not None
-        entry[index] = callback
-        reader, writer = entry
-        mask = (_READ if reader is not None else 0) | (_WRITE if writer is not None else 0)
-        if mask:
-            self._io_loop.update_handler(fd, mask)
+    def _apply(self, watch: Watch, previous: int) -> None:
+        events_mask = _TORNADO_EVENTS[watch.events]
+        if not previous:
+            self._io_loop.add_handler(watch.fd, self._dispatch, events_mask)
+        elif events_mask:
+            self._io_loop.update_handler(watch.fd, events_mask)
         else:
-            del self._fds[fd]
-            self._io_loop.remove_handler(fd)
-        return had
+            self._io_loop.remove_handler(watch.fd)
 
     def _dispatch(self, fd: int, events_mask: int) -> None:
-        if self._owned and getattr(self._native, "_stopping", False):
+        if self._stopping:
             # stop() lets the asyncio loop finish an iteration that has
             # polled again since; asyncio runs no descriptor callback after
             # the iteration that stopped it.  The watch is level-triggered,
             # so the event comes back on the next run.
             return
-        entry = self._fds.get(fd)
-        if entry is not None and events_mask & _READ and entry[0] is not None:
-            self.enter(entry[0])
-        entry = self._fds.get(fd)  # the reader may have removed the watcher
-        if entry is not None and events_mask & _WRITE and entry[1] is not None:
-            self.enter(entry[1])
-
-    def add_reader(self, fd: int, callback: Callback) -> None:
-        self._watch(fd, 0, callback)
-
-    def remove_reader(self, fd: int) -> bool:
-        return self._watch(fd, 0, None)
-
-    def add_writer(self, fd: int, callback: Callback) -> None:
-        self._watch(fd, 1, callback)
-
-    def remove_writer(self, fd: int) -> bool:
-        return self._watch(fd, 1, None)
-
-    # -- streams and servers ------------------------------------------------
-
-    def open_stream(self, sock: socket.socket) -> TornadoStream:
-        return TornadoStream.from_socket(self, sock)
-
-    def listen(self, sock: socket.socket, backlog: int, on_stream: OnStream) -> TornadoListener:
-        # Core has already called sock.listen(backlog).
-        return TornadoListener(self, sock, on_stream)
-
-    def open_datagram(self, sock: socket.socket) -> FdDatagram:
-        # Tornado has no datagram support: packets move with non-blocking
-        # calls, watched through IOLoop.add_handler by add_reader/add_writer.
-        return FdDatagram(self, sock)
+        watch = self._watches.get(fd)
+        if watch is None:
+            return
+        # The IOLoop reports each direction in a call of its own.
+        callback = watch.reader if events_mask & IOLoop.READ else watch.writer
+        if callback is not None:
+            self.enter(callback)
 
     # -- closing ------------------------------------------------------------
 
@@ -310,17 +195,17 @@ class TornadoDriver:
         if self._closed:
             return
         self._closed = True
-        for fd in list(self._fds):
+        for watch in self._watches.watches():
             try:
-                self._io_loop.remove_handler(fd)
+                self._io_loop.remove_handler(watch.fd)
             except OSError as exc:
                 # Closed behind the poller's back: the kernel already forgot
                 # it, and asyncio's own close() does not mind either.
                 if exc.errno != errno.EBADF:
                     raise
-        self._fds.clear()
-        if self._loop is not None and IOLoop._ioloop_for_asyncio.get(self._loop) is self._io_loop:
-            del IOLoop._ioloop_for_asyncio[self._loop]
+        self._watches.clear()
+        if self._loop is not None:
+            unalias_ioloop(self._loop, self._io_loop)
         if self._owned:
             self._io_loop.close()
 
@@ -365,8 +250,7 @@ def new_event_loop() -> EventLoop:
     """Create a protoshim event loop that runs on a new Tornado IOLoop of its own."""
     io_loop = _new_io_loop()
     try:
-        driver = TornadoDriver(io_loop, owned=True)
-        loop = EventLoop(driver)
+        loop = EventLoop(TornadoDriver(io_loop, owned=True))
     except BaseException:
         io_loop.close()
         raise
