@@ -784,12 +784,6 @@ class EventLoop(base_events.BaseEventLoop):
         waiter.add_done_callback(functools.partial(self._handshake_done, transport))
         return transport
 
-    def _serve_stream(self, stream: Stream, **kwargs: Any) -> None:
-        # The old name, until every adapter calls serve_stream().
-        kwargs["ssl"] = kwargs.pop("sslcontext", None)
-        kwargs.pop("listening", None)
-        self.serve_stream(stream, **kwargs)
-
     def _handshake_done(self, transport: asyncio.Transport, waiter: asyncio.Future[None]) -> None:
         if waiter.cancelled() or waiter.exception() is None:
             return
