@@ -39,7 +39,7 @@ import tornado
 from tornado.ioloop import IOLoop
 from tornado.platform.asyncio import AsyncIOLoop, BaseAsyncIOLoop
 
-from ...core import EventLoop, FdDriver, Watch, WatchingDriver, WatchTable
+from ...core import EventLoop, FdDriver, Watch, WatchingDriver
 from ._compat import alias_ioloop, unalias_ioloop
 
 __all__ = ["TornadoDriver", "new_event_loop"]
@@ -70,7 +70,7 @@ class TornadoDriver(FdDriver, WatchingDriver):
         self._owned = owned
         self._loop: EventLoop | None = None
         # One IOLoop handler per descriptor carries both directions.
-        self._watches = WatchTable(self._apply)
+        self.watch_with(self._apply)
         self._stopping = False
         self._closed = False
 
