@@ -4,14 +4,14 @@ Verified on Twisted 21.2.0 and 26.10.0, the oldest and newest releases the
 nox matrix runs.  Private names (7): ``FileDescriptor._tempDataBuffer`` and
 ``_tempDataLen``, the epoll reactor's ``_reads``, ``_writes``,
 ``_selectables`` and ``_poller``, and the reactor's ``waker`` (no interface
-offers it).  Methods replaced on single connections (3), as Twisted's own
-``abortConnection`` does: ``doRead``, ``writeSomeData`` and ``doWrite``.
+offers it).  A socket connection's class is swapped for a subclass that
+overrides ``doRead``, ``writeSomeData`` and ``doWrite`` (3 methods).
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+import functools
 from typing import Any
 
 from twisted.internet import abstract, main, tcp
@@ -34,54 +34,57 @@ def drop_buffer(transport: abstract.FileDescriptor) -> None:
     transport._tempDataLen = 0
 
 
-def take_over_socket(
-    transport: tcp.Connection,
-    received: Callable[[bytes], object],
-    wrote: Callable[[], object],
-) -> None:
-    """Move ``transport``'s bytes with calls that keep the errno of a failure.
+class _KeepsErrno:
+    """A socket connection's reads and writes that keep a failure's ``OSError``.
 
-    Twisted's ``doRead`` and ``writeSomeData`` turn every socket error into
-    one shared ``CONNECTION_LOST``; these return the ``OSError`` itself, which
-    the reactor passes to ``connectionLost``, as asyncio passes it to
-    ``connection_lost``.  What is read goes to ``received``; ``wrote`` follows
-    each ``doWrite`` that shrank the buffer.
+    Twisted's own fold every error into one ``CONNECTION_LOST``.  ``doWrite``
+    also tells the protocol (``bufferShrank``) when the buffer shrank.
     """
-    sock = transport.socket
-    size = transport.bufferSize
-    do_write: Callable[[], Any] = transport.doWrite
 
-    def doRead() -> BaseException | None:
+    socket: Any
+    bufferSize: int
+    protocol: Any
+
+    def doRead(self) -> BaseException | None:
         try:
-            data = sock.recv(size)
+            data = self.socket.recv(self.bufferSize)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as exc:
             return exc
         if not data:
             return main.CONNECTION_DONE
-        received(data)
+        self.protocol.dataReceived(data)
         return None
 
-    def writeSomeData(data: bytes) -> int | BaseException:
+    def writeSomeData(self, data: bytes) -> int | BaseException:
         try:
-            return sock.send(data)
+            sent: int = self.socket.send(data)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
             return exc
+        return sent
 
-    def doWrite() -> Any:
-        before = buffered(transport)
-        result = do_write()
-        if before and buffered(transport) < before:
-            wrote()
+    def doWrite(self) -> Any:
+        before = buffered(self)  # type: ignore[arg-type]
+        result = super().doWrite()  # type: ignore[misc]
+        if before and buffered(self) < before:  # type: ignore[arg-type]
+            self.protocol.bufferShrank()
         return result
 
-    patched: Any = transport
-    patched.doRead = doRead
-    patched.writeSomeData = writeSomeData
-    patched.doWrite = doWrite
+
+@functools.cache
+def _keeping_errno(cls: Any) -> type:
+    return type(cls.__name__, (_KeepsErrno, cls), {"__module__": cls.__module__})
+
+
+def take_over_socket(transport: tcp.Connection) -> None:
+    """Give ``transport`` the methods of :class:`_KeepsErrno`, through a subclass of its class.
+
+    Replacing them on the instance would cost every connection about 1 KiB.
+    """
+    transport.__class__ = _keeping_errno(type(transport))  # type: ignore[arg-type]  # classes hash
 
 
 def forget_watch(reactor: Any, selectable: Any, *, read: bool) -> None:

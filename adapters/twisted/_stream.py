@@ -57,6 +57,11 @@ class StreamProtocol(protocol.Protocol):
     def writeConnectionLost(self) -> None:
         """Ignore: core shut the write side itself and expects nothing back."""
 
+    def bufferShrank(self) -> None:
+        """Hear from the transport that it sent some of its buffer."""
+        if self.stream is not None:
+            self.stream._written()
+
     def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
         if self.stream is not None:
             self.stream._lost(reason)
@@ -109,7 +114,7 @@ class TwistedStream:
         bridge.stream = self
         transport.pauseProducing()  # core starts reading after connection_made
         if self._exact:
-            take_over_socket(transport, self._data, self._written)
+            take_over_socket(transport)
         else:
             transport.registerProducer(self, True)
 
