@@ -95,12 +95,22 @@ def test_creating_a_loop_installs_no_global_reactor():
 def test_streams_are_twisted_tcp_transports():
     async def main():
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Recorder, "127.0.0.1", 0)
+        first: asyncio.Future[Recorder] = loop.create_future()
+
+        def accept() -> Recorder:
+            recorder = Recorder()
+            if not first.done():
+                first.set_result(recorder)
+            return recorder
+
+        server = await loop.create_server(accept, "127.0.0.1", 0)
         transport, client = await loop.create_connection(Recorder, *server.sockets[0].getsockname())
         transport.write(b"ping")
-        await asyncio.wait_for(client.made, WAIT)
-        fd = transport.get_extra_info("socket").fileno()
-        # The reactor reads the very descriptor core connected (no duplicate)
+        peer = await asyncio.wait_for(first, WAIT)
+        # Once the server has read the ping, its transport is reading.
+        await asyncio.wait_for(peer.received, WAIT)
+        fd = peer.transport.get_extra_info("socket").fileno()
+        # The reactor reads the very descriptor core accepted (no duplicate)
         # through Twisted's own transport.
         readers = [r for r in loop.reactor.getReaders() if r.fileno() == fd]
         assert len(readers) == 1
