@@ -40,7 +40,7 @@ class DatagramTransport(Lifecycle, asyncio.Transport, asyncio.DatagramTransport)
         Lifecycle.__init__(self)
         sock = endpoint.socket()
         asyncio.DatagramTransport.__init__(self, {**socket_extra(sock), **(extra or {})})
-        self._loop = self._core_loop = loop
+        self._loop = loop
         self._endpoint = self._primitive = endpoint
         self._protocol: Any = protocol
         self._address = address

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ._flow import FlowControl
 
@@ -57,7 +57,6 @@ class Lifecycle(FlowControl):
         __slots__ = ()
 
     _primitive: _Primitive
-    _core_loop: EventLoop
     _protocol: Any
     _closing: bool
     _lost_scheduled: bool
@@ -70,6 +69,11 @@ class Lifecycle(FlowControl):
         self._lost_scheduled = False  # connection_lost is on its way
         self._released = False  # the primitive was closed or aborted
         self._lost_writes = 0
+
+    def _event_loop(self) -> EventLoop:
+        # The subclass's ``_loop`` (typed by asyncio's mixins as any loop) is
+        # always ours; no second slot for it.
+        return cast("EventLoop", self._loop)
 
     def get_protocol(self) -> Any:
         return self._protocol
@@ -117,7 +121,7 @@ class Lifecycle(FlowControl):
 
     def _protocol_failed(self, exc: BaseException, callback: str) -> None:
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-            self._core_loop._exit_with(exc)
+            self._event_loop()._exit_with(exc)
         else:
             self._fatal_error(exc, f"Fatal error: protocol.{callback}() call failed.")
 
@@ -160,7 +164,7 @@ class Lifecycle(FlowControl):
         if self._released:
             return
         self._released = True
-        self._core_loop._disown(self._primitive.socket(), self)  # type: ignore[arg-type]
+        self._event_loop()._disown(self._primitive.socket(), self)  # type: ignore[arg-type]
         if abort:
             self._primitive.abort()
         else:

@@ -106,10 +106,11 @@ class EventLoop(base_events.BaseEventLoop):
         # fd -> (handle, the file object it was registered with)
         self._readers: dict[int, tuple[events.Handle, Any]] = {}
         self._writers: dict[int, tuple[events.Handle, Any]] = {}
-        # fd -> the transport that owns it, until the transport lets go of
-        # the descriptor; plain references: a weak one costs each connection
-        # about 90 bytes more
-        self._transports: dict[int, asyncio.BaseTransport] = {}
+        # The transport that owns each descriptor, indexed by descriptor, until
+        # the transport lets go of it.  Descriptors are small and dense, so a
+        # list costs a connection 8 bytes where a dict entry and its key cost
+        # about 80.
+        self._owners: list[asyncio.BaseTransport | None] = []
         self._listeners: dict[socket.socket, Any] = {}
         self._signal_handlers: dict[int, events.Handle] = {}
         self._signal_socks: tuple[socket.socket, socket.socket] | None = None
@@ -474,18 +475,26 @@ class EventLoop(base_events.BaseEventLoop):
                 fd = int(fd.fileno())
             except (AttributeError, TypeError, ValueError):
                 raise ValueError(f"Invalid file object: {fileobj!r}") from None
-        transport = self._transports.get(fd)
+        owners = self._owners
+        transport = owners[fd] if 0 <= fd < len(owners) else None
         if transport is not None and not transport.is_closing():
             raise RuntimeError(f"File descriptor {fileobj!r} is used by transport {transport!r}")
 
     def _own(self, sock: socket.socket | None, transport: asyncio.BaseTransport) -> None:
-        if sock is not None:
-            self._transports[sock.fileno()] = transport
+        if sock is None or (fd := sock.fileno()) < 0:
+            return
+        owners = self._owners
+        if fd >= len(owners):
+            owners.extend([None] * (max(fd + 1, 2 * len(owners)) - len(owners)))
+        owners[fd] = transport
 
     def _disown(self, sock: socket.socket | None, transport: asyncio.BaseTransport) -> None:
         """Forget ``transport``'s descriptor; it is about to be closed."""
-        if sock is not None and self._transports.get(fd := sock.fileno()) is transport:
-            del self._transports[fd]
+        if sock is None:
+            return
+        owners, fd = self._owners, sock.fileno()
+        if 0 <= fd < len(owners) and owners[fd] is transport:
+            owners[fd] = None
 
     def add_reader(self, fd: Any, callback: Callable[[*Ts], Any], *args: *Ts) -> None:
         self._ensure_fd_no_transport(fd)

@@ -114,7 +114,13 @@ class StreamSink(Protocol):
 class Stream(Protocol):
     """Move the bytes of one connected stream socket.
 
-    One method is optional, and looked up with ``getattr``:
+    Two methods are optional, and looked up with ``getattr``:
+
+    ``peername() -> Any``
+        Return the peer's address, as :func:`~protoshim.core.peer_address`
+        gave it (None if the socket had no peer), for a stream that keeps it
+        anyway: core asks once, when the transport is made, and shares the
+        object instead of asking the socket for a copy.
 
     ``direct_socket() -> socket.socket | None``
         Return the socket that :meth:`write` feeds unchanged, or None.  While

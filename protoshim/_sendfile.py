@@ -98,7 +98,7 @@ class _TransportTarget(_Target):
     async def blocked(self, fileno: int, offset: int, limit: int) -> int | None:
         data = os.pread(fileno, min(limit, PUSH_SIZE), offset)
         if data:
-            self._transport._stream.write(data)
+            self._transport._primitive.write(data)
             await self._transport._flushed()
         return len(data)
 

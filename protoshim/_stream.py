@@ -37,7 +37,7 @@ from ._primitives import Stream
 if TYPE_CHECKING:
     from ._loop import EventLoop
 
-__all__ = ["StreamTransport"]
+__all__ = ["StreamTransport", "peer_address"]
 
 AFTER_EOF = "Cannot call write() after write_eof()"
 
@@ -81,8 +81,6 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
     __slots__ = (
         *LIFECYCLE_SLOTS,
         "__weakref__",  # the loop's transport table holds weak references
-        "_core_loop",
-        "_stream",
         "_primitive",
         "_server",
         "_eof",
@@ -97,6 +95,8 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
         "_sockname",
         "_transport_socket",
     )
+
+    _primitive: Stream
 
     # BaseEventLoop.start_tls() checks for this: the transport supports
     # set_protocol() and pause/resume_reading as SSLProtocol needs.
@@ -123,11 +123,14 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
         # on first use (or before the socket closes), saving two objects and a
         # dict on every idle connection.
         self._sock = sock
-        self._peername: Any = None if sock is None else _address(sock.getpeername)
+        known = getattr(stream, "peername", None)
+        self._peername: Any = (
+            known() if known is not None else None if sock is None else peer_address(sock)
+        )
         self._sockname: Any = _UNKNOWN
         self._transport_socket: trsock.TransportSocket | None = None
-        self._loop = self._core_loop = loop
-        self._stream = self._primitive = stream
+        self._loop = loop
+        self._primitive = stream
         self._server = server
         self._eof = False  # write_eof() was called
         self._shut = False  # the write side is actually shut
@@ -155,7 +158,7 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
 
     def __repr__(self) -> str:
         state = "closed" if self._released else "closing" if self._closing else "open"
-        return f"<{type(self).__name__} {state} stream={self._stream!r}>"
+        return f"<{type(self).__name__} {state} stream={self._primitive!r}>"
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         extra: Mapping[str, Any] = self._extra  # type: ignore[attr-defined]
@@ -192,7 +195,7 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
 
     def _start_reading(self) -> None:
         if not self._closing and not self._reading_paused:
-            self._stream.start_reading()
+            self._primitive.start_reading()
 
     # -- reading ------------------------------------------------------------
 
@@ -203,13 +206,13 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
         if not self.is_reading():
             return
         self._reading_paused = True
-        self._stream.stop_reading()
+        self._primitive.stop_reading()
 
     def resume_reading(self) -> None:
         if self._closing or not self._reading_paused:
             return
         self._reading_paused = False
-        self._stream.start_reading()
+        self._primitive.start_reading()
 
     def _on_data(self, data: bytes) -> None:
         if self._lost_scheduled:
@@ -225,7 +228,7 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
     def _on_eof(self) -> None:
         if self._lost_scheduled:
             return
-        self._stream.stop_reading()
+        self._primitive.stop_reading()
         try:
             keep_open = self._protocol.eof_received()
         except BaseException as exc:
@@ -254,7 +257,7 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
             return
         if self._closing and self._dropped_write("send"):
             return
-        if self._stream.write(data) > self._high_water and not self._protocol_paused:
+        if self._primitive.write(data) > self._high_water and not self._protocol_paused:
             self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Any) -> None:
@@ -268,13 +271,13 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
             return
         self._eof = True
         self._refusing = AFTER_EOF
-        if self._stream.queued() == 0:
+        if self._primitive.queued() == 0:
             self._shutdown_write()
 
     def _shutdown_write(self) -> None:
         self._shut = True
         try:
-            self._stream.shutdown_write()
+            self._primitive.shutdown_write()
         except OSError as exc:
             self._fatal_error(exc, "Fatal error on shutdown")
 
@@ -295,7 +298,7 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
         waiter: asyncio.Future[None] = self._loop.create_future()
         if self._lost_scheduled:
             waiter.set_exception(ConnectionError("Connection is closed by peer"))
-        elif not self._stream.queued():
+        elif not self._primitive.queued():
             waiter.set_result(None)
         else:
             self._flush_waiter = waiter
@@ -303,7 +306,7 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
 
     def _direct_socket(self) -> socket.socket | None:
         """Return the socket that core may write to itself, if the stream has one."""
-        stream: Any = self._stream
+        stream: Any = self._primitive
         direct = getattr(stream, "direct_socket", None)
         sock: socket.socket | None = direct() if direct is not None else stream.socket()
         return sock
@@ -342,6 +345,21 @@ _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 #: the extra info keys that come from the transport's socket
 _SOCKET_INFO = frozenset({"socket", "sockname", "peername"})
 _UNKNOWN: Any = object()  # not asked of the socket yet
+
+
+def peer_address(sock: socket.socket) -> Any:
+    """Return ``sock.getpeername()``, or None if the socket has no peer now.
+
+    Connections from one host (a proxy, a load balancer, a test client)
+    share its name string instead of keeping a copy each.
+    """
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return None
+    if type(address) is tuple and type(address[0]) is str:
+        address = (sys.intern(address[0]), *address[1:])
+    return address
 
 
 def _address(query: Callable[[], Any]) -> Any:

@@ -13,6 +13,7 @@ whose contract is in the docstrings of :mod:`protoshim._primitives`.
   :class:`FdDriver` and what it builds on, and the accept-pause rule;
 * the per-descriptor reader and writer table: :class:`WatchTable`, and
   :class:`WatchingDriver`, a driver's four descriptor primitives over it;
+* :func:`peer_address`, the peer's address as a transport keeps it;
 * carrying a future's outcome across loops: :func:`relay`, :func:`on_settled`;
 * registering the adapter: :class:`Adapter`, :func:`lazy_exports`.
 """
@@ -42,6 +43,7 @@ from ._primitives import (
 )
 from ._registry import Adapter, lazy_exports
 from ._relay import on_settled, relay
+from ._stream import peer_address
 from ._watches import READ, WRITE, Watch, WatchingDriver, WatchTable
 
 __all__ = [
@@ -71,5 +73,6 @@ __all__ = [
     "accept_pauses",
     "lazy_exports",
     "on_settled",
+    "peer_address",
     "relay",
 ]
