@@ -71,7 +71,9 @@ class _Watched(Generic[SinkT]):
     def start_reading(self) -> None:
         if not self._reading:
             self._reading = True
-            self._driver.add_reader(self._fd, self._read_ready)
+            # The watcher calls the stream itself (``__call__`` is the read
+            # handler), so an idle connection keeps no bound method: 64 bytes.
+            self._driver.add_reader(self._fd, self)
 
     def stop_reading(self) -> None:
         if self._reading:
@@ -80,6 +82,9 @@ class _Watched(Generic[SinkT]):
 
     def _read_ready(self) -> None:
         raise NotImplementedError
+
+    def __call__(self) -> None:
+        self._read_ready()
 
     def socket(self) -> socket.socket:
         return self._sock
@@ -110,6 +115,8 @@ class FdStream(_Watched[StreamSink]):
         else:
             self.stop_reading()
             self._sink._on_eof()
+
+    __call__ = _read_ready  # no extra call per read
 
     def write(self, data: bytes) -> int:
         if not self._buffer:

@@ -485,7 +485,7 @@ class EventLoop(base_events.BaseEventLoop):
             return
         owners = self._owners
         if fd >= len(owners):
-            owners.extend([None] * (max(fd + 1, 2 * len(owners)) - len(owners)))
+            owners.extend([None] * (fd + 1 - len(owners)))
         owners[fd] = transport
 
     def _disown(self, sock: socket.socket | None, transport: asyncio.BaseTransport) -> None:

@@ -90,7 +90,6 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
         "_buffered",
         "_refusing",
         "_flush_waiter",
-        "_sock",
         "_peername",
         "_sockname",
         "_transport_socket",
@@ -122,7 +121,6 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
         # no longer knows it.  The socket wrapper and our own address are made
         # on first use (or before the socket closes), saving two objects and a
         # dict on every idle connection.
-        self._sock = sock
         known = getattr(stream, "peername", None)
         self._peername: Any = (
             known() if known is not None else None if sock is None else peer_address(sock)
@@ -164,7 +162,7 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
         extra: Mapping[str, Any] = self._extra  # type: ignore[attr-defined]
         if name in extra:
             return extra[name]
-        sock = self._sock
+        sock = self._primitive.socket()
         if sock is None or name not in _SOCKET_INFO:
             return default
         if name == "peername":
@@ -179,8 +177,10 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
 
     def _release(self, *, abort: bool) -> None:
         # Our address is asked of the socket, so ask before it closes.
-        if not self._released and self._sockname is _UNKNOWN and self._sock is not None:
-            self._sockname = _address(self._sock.getsockname)
+        if not self._released and self._sockname is _UNKNOWN:
+            sock = self._primitive.socket()
+            if sock is not None:
+                self._sockname = _address(sock.getsockname)
         super()._release(abort=abort)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
