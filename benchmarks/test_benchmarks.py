@@ -19,6 +19,7 @@ from benchmarks.__main__ import QUICK, main
 from benchmarks._harness import parse_wrk
 from benchmarks._profile import summarize
 from benchmarks._report import (
+    MEMORY_EXCESS_LIMIT,
     Comparison,
     _asgi_table,
     _scale_notes,
@@ -266,11 +267,30 @@ def test_scale_ratios_pair_each_count_storm_and_load() -> None:
     assert ("latency p99", "5000/s") not in found
 
 
+def test_idle_memory_target_is_on_the_excess_not_the_ratio() -> None:
+    results = _scale_results()
+    for r in results["records"]:
+        if r["server"] == "echo/protoshim/twisted" and r["mode"] == "hold":
+            r["bytes_per_connection"] = 1024 + MEMORY_EXCESS_LIMIT  # 1.5x native, within the limit
+    memory = [r for r in ratios(results) if r.comparison.group == "memory per idle connection"]
+    assert [r.met for r in memory] == [True, True]
+    assert memory[0].median == pytest.approx(1.5)
+    text = "\n".join(_scale_text(results, ratios(results)))
+    assert "1.0 / 1.5 (+0.5 ✓)" in text
+    for r in results["records"]:
+        if r["server"] == "echo/protoshim/twisted" and r["mode"] == "hold":
+            r["bytes_per_connection"] += 1
+    assert all(
+        r.met is False for r in ratios(results) if r.comparison.group == memory[0].comparison.group
+    )
+
+
 def test_scale_tables_show_both_sides_and_say_what_fell_short() -> None:
     results = _scale_results()
     text = "\n".join([*_scale_text(results, ratios(results)), *_scale_notes(results)])
     assert "| `twisted` | 8,000 | 0.10 / 0.10 (1.00x) | 0.20 / 0.30 (1.50x) |" in text
-    assert "| `twisted` | 0.50 / 0.60 (1.20x) | 1.0 / 2.5 (+1.5) | 1.0 / 2.5 (+1.5) |" in text
+    miss = "1.0 / 2.5 (+1.5 **MISS**)"
+    assert f"| `twisted` | 0.50 / 0.60 (1.20x) | {miss} | {miss} |" in text
     assert "1 accept storms did not finish in time" in text
     assert "the descriptor limit allowed at most 19900" in text
 
