@@ -13,9 +13,6 @@ class EchoServer(asyncio.Protocol):
     mark, so a peer that sends without reading cannot grow server memory.
     """
 
-    # One per connection: no __dict__.
-    __slots__ = ("transport",)
-
     transport: asyncio.Transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
