@@ -21,7 +21,11 @@ WRITE = 2
 
 
 class Watch:
-    """The reader and writer of one descriptor, and the framework's handle on it."""
+    """The reader and writer of one descriptor, and the framework's handle on it.
+
+    A subclass instance given as its own descriptor's reader or writer
+    callback becomes that descriptor's watch (see :meth:`WatchTable.add_reader`).
+    """
 
     __slots__ = ("events", "fd", "handle", "reader", "writer")
 
@@ -74,7 +78,9 @@ class WatchTable:
         if watch is None:
             if callback is None:
                 return False
-            watch = Watch(fd)
+            # A callback that is this descriptor's own Watch (a descriptor
+            # stream) is kept as the watch: one object less per connection.
+            watch = callback if isinstance(callback, Watch) and callback.fd == fd else Watch(fd)
             if fd >= len(watches):
                 watches.extend([None] * (fd + 1 - len(watches)))
             if fd >= 0:
@@ -104,6 +110,12 @@ class WatchTable:
         return old is not None
 
     def add_reader(self, fd: int, callback: Callback) -> None:
+        """Call ``callback()`` when ``fd`` is readable, instead of any earlier reader.
+
+        If ``fd`` has no watch yet and ``callback`` is a callable
+        :class:`Watch` of ``fd``, it is used as the watch; likewise in
+        :meth:`add_writer`.
+        """
         self._set(fd, True, callback)
 
     def remove_reader(self, fd: int) -> bool:

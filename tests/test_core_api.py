@@ -83,6 +83,49 @@ def test_dispatch_skips_a_writer_that_the_reader_removed() -> None:
     assert calls == ["read"]
 
 
+class Reading(Watch):
+    """A descriptor's own watch that is also its read callback, as a descriptor stream is."""
+
+    __slots__ = ("reads",)
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd)
+        self.reads = 0
+
+    def __call__(self) -> None:
+        self.reads += 1
+
+
+def test_a_callable_watch_of_the_descriptor_is_kept_as_its_watch() -> None:
+    framework = Framework()
+    table = WatchTable(framework.apply)
+    own = Reading(4)
+    table.add_reader(4, own)
+    table.add_writer(4, lambda: None)
+    assert table.get(4) is own
+    table.dispatch(own, READ)
+    assert own.reads == 1
+    table.remove_reader(4)
+    table.remove_writer(4)
+    assert table.get(4) is None and own.events == 0 and own.reader is own.writer is None
+    # Another descriptor's watch is only a callback there.
+    table.add_reader(9, own)
+    watch = table.get(9)
+    assert watch is not None and watch is not own and watch.reader is own
+    assert framework.applied[-1] == (9, 0, READ)
+
+
+def test_descriptors_out_of_the_table_are_refused_by_the_framework_not_the_table() -> None:
+    framework = Framework()
+    table = WatchTable(framework.apply)
+    framework.refuse.add(-1)
+    with pytest.raises(OSError):
+        table.add_reader(-1, lambda: None)
+    assert table.get(-1) is None and table.watches() == []
+    table.add_reader(100_000, lambda: None)
+    assert [w.fd for w in table.watches()] == [100_000]
+
+
 # -- the future relay --------------------------------------------------------
 
 
