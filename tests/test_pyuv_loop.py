@@ -157,19 +157,32 @@ def test_closing_a_stream_closes_its_descriptor_once(loop: PyuvEventLoop) -> Non
 
 
 @pytest.mark.parametrize(
-    ("handle", "kind", "open_"),
-    [("TCP", socket.SOCK_STREAM, "open_stream"), ("UDP", socket.SOCK_DGRAM, "open_datagram")],
+    ("module", "handle", "kind", "open_"),
+    [
+        # A stream is its handle, of the adapter's own subclass of pyuv.TCP.
+        ("protoshim.adapters.pyuv._driver", "UvTcpStream", socket.SOCK_STREAM, "open_stream"),
+        ("pyuv", "UDP", socket.SOCK_DGRAM, "open_datagram"),
+    ],
 )
 def test_a_socket_libuv_refuses_is_closed(
-    loop: PyuvEventLoop, monkeypatch: pytest.MonkeyPatch, handle: str, kind: int, open_: str
+    loop: PyuvEventLoop,
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    handle: str,
+    kind: int,
+    open_: str,
 ) -> None:
     # The primitive owns the socket it was given, even when it cannot use it:
     # an accepted connection must not stay open with nobody to close it.
-    class Refusing(getattr(pyuv, handle)):  # type: ignore[misc]
+    namespace = sys.modules[module]
+
+    class Refusing(getattr(namespace, handle)):  # type: ignore[misc]
+        __slots__ = ()
+
         def open(self, fd: int) -> None:
             raise pyuv.error.UVError(9, "EBADF: bad file descriptor")
 
-    monkeypatch.setattr(pyuv, handle, Refusing)
+    monkeypatch.setattr(namespace, handle, Refusing)
     sock = socket.socket(socket.AF_INET, kind)
     with pytest.raises(OSError):
         getattr(loop.driver, open_)(sock)

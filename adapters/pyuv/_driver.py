@@ -41,7 +41,14 @@ from ...core import (
     Watch,
     WatchingDriver,
 )
-from ._handles import UvDatagram, UVError, UvStream, uv_exception_error
+from ._handles import (
+    UvDatagram,
+    UVError,
+    UvPipeStream,
+    UvStream,
+    UvTcpStream,
+    uv_exception_error,
+)
 
 __all__ = ["PyuvDriver"]
 
@@ -410,14 +417,15 @@ class PyuvDriver(WatchingDriver):
     def open_stream(self, sock: socket.socket) -> UvStream | FdStream:
         if sock.type != socket.SOCK_STREAM or sock.fileno() <= 2:
             return FdStream(self, sock)  # libuv never closes descriptors 0-2
+        # The handle is the stream: one object per connection.
+        stream: UvStream
         if sock.family in _INET:
-            handle = pyuv.TCP(self._uv)
+            stream = UvTcpStream(self, sock)
         elif sock.family == socket.AF_UNIX:
-            handle = pyuv.Pipe(self._uv)
+            stream = UvPipeStream(self, sock)
         else:
             return FdStream(self, sock)
-        self._hand_over(handle, sock)
-        stream = UvStream(self, handle, sock)
+        self._hand_over(stream, sock)
         self._open.add(stream)
         return stream
 
