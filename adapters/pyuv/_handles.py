@@ -166,7 +166,7 @@ class _StreamHandle:
         if self.closed:
             return
         self._state = _IDLE
-        self._driver._open.discard(self)
+        self._driver._forget(self, self._sock.fileno())
         # uv_close closes the descriptor now and cancels queued writes; the
         # handle lives on in pyuv until its close callback has run.
         _uv_close(self)
@@ -282,7 +282,7 @@ class UvDatagram:
             return
         self._closed = True
         self._reading = False
-        self._driver._open.discard(self)
+        self._driver._forget(self, self._fd)
         # uv_close closes the descriptor now and cancels queued sends.
         self._handle.close()
         release_socket(self._sock)
