@@ -156,6 +156,22 @@ def test_closing_a_stream_closes_its_descriptor_once(loop: PyuvEventLoop) -> Non
     loop.run_until_complete(main())
 
 
+def test_a_program_closing_a_stream_handle_releases_its_socket(loop: PyuvEventLoop) -> None:
+    # A program sharing its pyuv loop may close every handle on it, with
+    # pyuv's close(callback); the socket must then forget the descriptor too.
+    async def main() -> None:
+        async with tcp_pair() as (client, peer):
+            sock = client.transport.get_extra_info("socket")
+            handle = handle_on(loop, sock)
+            closed: asyncio.Future[Any] = loop.create_future()
+            handle.close(closed.set_result)
+            assert await asyncio.wait_for(closed, WAIT) is handle
+            assert sock.fileno() == -1
+            await asyncio.wait_for(peer.eof, WAIT)
+
+    loop.run_until_complete(main())
+
+
 @pytest.mark.parametrize(
     ("module", "handle", "kind", "open_"),
     [

@@ -162,14 +162,16 @@ class _StreamHandle:
 
     # -- closing ------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, callback: Callable[[Any], None] | None = None) -> None:
+        # pyuv's optional callback is kept for a program that closes every
+        # handle of a shared loop (``for h in uv.handles: h.close(cb)``).
         if self.closed:
             return
         self._state = _IDLE
         self._driver._forget(self, self._sock.fileno())
         # uv_close closes the descriptor now and cancels queued writes; the
         # handle lives on in pyuv until its close callback has run.
-        _uv_close(self)
+        _uv_close(self, callback)
         release_socket(self._sock)
 
     def abort(self) -> None:
