@@ -77,20 +77,11 @@ class _StreamHandle:
         closed: bool
         write_queue_size: int
 
-        def _uv_write(self, data: bytes, callback: Callable[[Any, int | None], None]) -> None:
-            """The handle's own ``write``."""
-
-        def start_read(self, callback: Callable[[Any, bytes | None, int | None], None]) -> None:
-            """Start libuv's reading."""
-
-        def stop_read(self) -> None:
-            """Stop libuv's reading."""
-
-        def try_write(self, data: bytes) -> int:
-            """Write what the kernel takes now."""
-
-        def shutdown(self, callback: Callable[[Any, int | None], None]) -> None:
-            """Shut the write side once the queue is written."""
+        def _uv_write(self, data: bytes, callback: Callable[[Any, Any], None]) -> None: ...
+        def start_read(self, callback: Callable[[Any, Any, Any], None]) -> None: ...
+        def stop_read(self) -> None: ...
+        def try_write(self, data: bytes) -> int: ...
+        def shutdown(self, callback: Callable[[Any, Any], None]) -> None: ...
 
     def __init__(self, driver: PyuvDriver, sock: socket.socket) -> None:
         # pyuv.TCP(loop) / pyuv.Pipe(loop): ``super()`` is the pyuv class.
