@@ -200,9 +200,12 @@ def test_a_socket_libuv_refuses_is_closed(
 
     monkeypatch.setattr(namespace, handle, Refusing)
     sock = socket.socket(socket.AF_INET, kind)
+    fd = sock.fileno()
     with pytest.raises(OSError):
         getattr(loop.driver, open_)(sock)
     assert sock.fileno() == -1
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed, not merely forgotten
 
 
 def test_queued_counts_libuv_write_queue(loop: PyuvEventLoop) -> None:

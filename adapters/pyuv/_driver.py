@@ -409,7 +409,9 @@ class PyuvDriver(WatchingDriver):
         try:
             handle.open(fd)
         except UVError as exc:
-            handle.close()
+            # pyuv's own close(): a stream's would detach the socket, and the
+            # descriptor libuv never took would stay open.
+            pyuv.Handle.close(handle)
             sock.close()  # ours now, even though it could not be used
             raise uv_exception_error(exc) from None
 
