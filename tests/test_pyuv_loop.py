@@ -156,24 +156,56 @@ def test_closing_a_stream_closes_its_descriptor_once(loop: PyuvEventLoop) -> Non
     loop.run_until_complete(main())
 
 
+def test_a_program_closing_a_stream_handle_releases_its_socket(loop: PyuvEventLoop) -> None:
+    # A program sharing its pyuv loop may close every handle on it, with
+    # pyuv's close(callback); the socket must then forget the descriptor too.
+    async def main() -> None:
+        async with tcp_pair() as (client, peer):
+            sock = client.transport.get_extra_info("socket")
+            handle = handle_on(loop, sock)
+            closed: asyncio.Future[Any] = loop.create_future()
+            handle.close(closed.set_result)
+            assert await asyncio.wait_for(closed, WAIT) is handle
+            assert sock.fileno() == -1
+            await asyncio.wait_for(peer.eof, WAIT)
+
+    loop.run_until_complete(main())
+
+
 @pytest.mark.parametrize(
-    ("handle", "kind", "open_"),
-    [("TCP", socket.SOCK_STREAM, "open_stream"), ("UDP", socket.SOCK_DGRAM, "open_datagram")],
+    ("module", "handle", "kind", "open_"),
+    [
+        # A stream is its handle, of the adapter's own subclass of pyuv.TCP.
+        ("protoshim.adapters.pyuv._driver", "UvTcpStream", socket.SOCK_STREAM, "open_stream"),
+        ("pyuv", "UDP", socket.SOCK_DGRAM, "open_datagram"),
+    ],
 )
 def test_a_socket_libuv_refuses_is_closed(
-    loop: PyuvEventLoop, monkeypatch: pytest.MonkeyPatch, handle: str, kind: int, open_: str
+    loop: PyuvEventLoop,
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    handle: str,
+    kind: int,
+    open_: str,
 ) -> None:
     # The primitive owns the socket it was given, even when it cannot use it:
     # an accepted connection must not stay open with nobody to close it.
-    class Refusing(getattr(pyuv, handle)):  # type: ignore[misc]
+    namespace = sys.modules[module]
+
+    class Refusing(getattr(namespace, handle)):  # type: ignore[misc]
+        __slots__ = ()
+
         def open(self, fd: int) -> None:
             raise pyuv.error.UVError(9, "EBADF: bad file descriptor")
 
-    monkeypatch.setattr(pyuv, handle, Refusing)
+    monkeypatch.setattr(namespace, handle, Refusing)
     sock = socket.socket(socket.AF_INET, kind)
+    fd = sock.fileno()
     with pytest.raises(OSError):
         getattr(loop.driver, open_)(sock)
     assert sock.fileno() == -1
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed, not merely forgotten
 
 
 def test_queued_counts_libuv_write_queue(loop: PyuvEventLoop) -> None:

@@ -41,7 +41,14 @@ from ...core import (
     Watch,
     WatchingDriver,
 )
-from ._handles import UvDatagram, UVError, UvStream, uv_exception_error
+from ._handles import (
+    UvDatagram,
+    UVError,
+    UvPipeStream,
+    UvStream,
+    UvTcpStream,
+    uv_exception_error,
+)
 
 __all__ = ["PyuvDriver"]
 
@@ -151,8 +158,9 @@ class PyuvDriver(WatchingDriver):
         self._timer_pool: list[Any] = []
         self._timers: set[Any] = set()
         self.watch_with(self._apply)
-        # Until their handles are closed, as the driver closes them on close().
-        self._open: set[UvStream | UvDatagram] = set()
+        # Until their handles are closed, as the driver closes them on close():
+        # indexed by descriptor, 8 bytes a connection where a set took 44.
+        self._open: list[UvStream | UvDatagram | None] = []
         # Signals only reach Python code when some callback runs: the
         # interpreter's wakeup fd, polled here, makes Ctrl-C interrupt a
         # loop that is blocked in libuv.
@@ -401,7 +409,9 @@ class PyuvDriver(WatchingDriver):
         try:
             handle.open(fd)
         except UVError as exc:
-            handle.close()
+            # pyuv's own close(): a stream's would detach the socket, and the
+            # descriptor libuv never took would stay open.
+            pyuv.Handle.close(handle)
             sock.close()  # ours now, even though it could not be used
             raise uv_exception_error(exc) from None
 
@@ -410,15 +420,16 @@ class PyuvDriver(WatchingDriver):
     def open_stream(self, sock: socket.socket) -> UvStream | FdStream:
         if sock.type != socket.SOCK_STREAM or sock.fileno() <= 2:
             return FdStream(self, sock)  # libuv never closes descriptors 0-2
+        # The handle is the stream: one object per connection.
+        stream: UvStream
         if sock.family in _INET:
-            handle = pyuv.TCP(self._uv)
+            stream = UvTcpStream(self, sock)
         elif sock.family == socket.AF_UNIX:
-            handle = pyuv.Pipe(self._uv)
+            stream = UvPipeStream(self, sock)
         else:
             return FdStream(self, sock)
-        self._hand_over(handle, sock)
-        stream = UvStream(self, handle, sock)
-        self._open.add(stream)
+        self._hand_over(stream, sock)
+        self._opened(stream, sock)
         return stream
 
     def open_datagram(self, sock: socket.socket) -> UvDatagram | FdDatagram:
@@ -431,8 +442,21 @@ class PyuvDriver(WatchingDriver):
         if not reuse:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         endpoint = UvDatagram(self, handle, sock)
-        self._open.add(endpoint)
+        self._opened(endpoint, sock)
         return endpoint
+
+    def _opened(self, owner: UvStream | UvDatagram, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        table = self._open
+        if fd >= len(table):
+            table.extend([None] * (max(fd + 1, 2 * len(table)) - len(table)))
+        table[fd] = owner
+
+    def _forget(self, owner: object, fd: int) -> None:
+        """Drop ``owner``, about to close descriptor ``fd``, from the open handles."""
+        table = self._open
+        if fd < len(table) and table[fd] is owner:
+            table[fd] = None
 
     def listen(self, sock: socket.socket, backlog: int, on_stream: OnStream) -> FdListener:
         return FdListener(self, sock, backlog, on_stream)
@@ -444,8 +468,9 @@ class PyuvDriver(WatchingDriver):
             return
         self._closed = True
         self.leave_guest()
-        for owner in list(self._open):
+        for owner in [owner for owner in self._open if owner is not None]:
             owner.abort()
+        self._open.clear()
         for watch in self._watches.watches():
             if watch.handle is not None:
                 watch.handle.close()

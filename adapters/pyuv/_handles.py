@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import pyuv
@@ -19,7 +20,7 @@ from ...core import Address, DatagramSink, StreamSink
 if TYPE_CHECKING:
     from ._driver import PyuvDriver
 
-__all__ = ["UvDatagram", "UvStream", "uv_error"]
+__all__ = ["UvDatagram", "UvPipeStream", "UvStream", "UvTcpStream", "uv_error"]
 
 UVError: type[Exception] = pyuv.error.UVError
 UV_EOF: int = pyuv.errno.UV_EOF
@@ -50,114 +51,84 @@ def release_socket(sock: socket.socket) -> None:
     sock.detach()
 
 
-class _Closing:
-    """Close a libuv handle and release its socket: the same for every handle."""
+class _StreamHandle:
+    """Move the bytes of one connected socket; the libuv handle *is* the stream.
 
-    _closed: bool
-    _reading: bool
+    Mixed into a subclass of ``pyuv.TCP`` or ``pyuv.Pipe`` (below), so an idle
+    connection costs one handle object with four more slots, and libuv calls
+    module functions with the handle rather than bound methods of a second
+    object.  ``write`` and ``close`` replace the handle's own methods of
+    those names (the primitive's signatures), which are called through the
+    base class.
+    """
+
+    # No slots here: a mixin with slots cannot share pyuv's C layout, so the
+    # concrete classes declare them (hidden from mypy, which would check
+    # assignments in these methods against the empty tuple).
+    if not TYPE_CHECKING:
+        __slots__ = ()
+
     _driver: PyuvDriver
-    _fd: int
-    _handle: Any
-    _sock: socket.socket
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._reading = False
-        self._driver._open.discard(self)
-        # uv_close closes the descriptor now and cancels queued writes; the
-        # handle object lives on in pyuv until its close callback has run.
-        self._handle.close()
-        release_socket(self._sock)
-
-    def abort(self) -> None:
-        self.close()
-
-    def socket(self) -> socket.socket:
-        return self._sock
-
-
-class UvStream(_Closing):
-    """Move the bytes of one connected socket through a TCP or Pipe handle."""
-
-    __slots__ = (
-        "_closed",
-        "_driver",
-        "_eof_seen",
-        "_fd",
-        "_handle",
-        "_reading",
-        "_sink",
-        "_sock",
-    )
-
     _sink: StreamSink  # bound by attach(), before any other call
+    _sock: socket.socket
+    _state: int
 
-    def __init__(self, driver: PyuvDriver, handle: Any, sock: socket.socket) -> None:
+    if TYPE_CHECKING:  # pyuv's own API, which pyuv declares no types for
+        closed: bool
+        write_queue_size: int
+
+        def _uv_write(self, data: bytes, callback: Callable[[Any, Any], None]) -> None: ...
+        def start_read(self, callback: Callable[[Any, Any, Any], None]) -> None: ...
+        def stop_read(self) -> None: ...
+        def try_write(self, data: bytes) -> int: ...
+        def shutdown(self, callback: Callable[[Any, Any], None]) -> None: ...
+
+    def __init__(self, driver: PyuvDriver, sock: socket.socket) -> None:
+        # pyuv.TCP(loop) / pyuv.Pipe(loop): ``super()`` is the pyuv class.
+        super().__init__(driver.uv_loop)  # type: ignore[call-arg]
         self._driver = driver
-        self._handle = handle
         self._sock = sock
-        self._fd = sock.fileno()
-        self._reading = False
-        self._eof_seen = False  # libuv reported EOF; the sink has not heard yet
-        self._closed = False
+        self._state = _IDLE
 
     def __repr__(self) -> str:
-        kind = type(self._handle).__name__
-        return f"<UvStream {kind} fd={self._fd}{' closed' if self._closed else ''}>"
+        kind = "TCP" if isinstance(self, pyuv.TCP) else "Pipe"
+        state = " closed" if self.closed else f" fd={self._sock.fileno()}"
+        return f"<UvStream {kind}{state}>"
 
     def attach(self, sink: StreamSink) -> None:
         self._sink = sink
 
+    def socket(self) -> socket.socket:
+        return self._sock
+
     # -- reading ------------------------------------------------------------
 
     def start_reading(self) -> None:
-        if not self._reading and not self._closed:
-            self._reading = True
-            self._handle.start_read(self._on_read)
+        if self._state == _IDLE and not self.closed:
+            self._state = _READING
+            self.start_read(_on_read)
 
     def stop_reading(self) -> None:
-        if self._reading:
-            self._reading = False
+        if self._state != _IDLE:
             # A pending EOF is dropped, as asyncio's pause cancels a read
             # event already polled; reading again reads the EOF again.
-            self._eof_seen = False
-            if not self._closed:
-                self._handle.stop_read()
+            self._state = _IDLE
+            if not self.closed:
+                self.stop_read()
 
-    def _on_read(self, handle: Any, data: bytes | None, error: int | None) -> None:
-        if error is None:
-            if data:  # libuv reports EAGAIN as an empty read
-                self._sink._on_data(data)
-            return
-        # pyuv has already stopped reading on any error, EOF included.
-        if error == UV_EOF:
-            # libuv reads until EAGAIN, and reports a hang-up in the same
-            # callback as the data before it; asyncio reads once per
-            # iteration, so the callbacks that data scheduled run before
-            # eof_received.  Report it on the next iteration, after them.
-            self._eof_seen = True
-            self._driver._defer(self._report_eof, None)
-            return
-        self._reading = False
-        self._sink._on_error(uv_error(error))
-
-    def _report_eof(self, _: object) -> None:
-        if not self._eof_seen or self._closed:
+    def _report_eof(self) -> None:
+        if self._state != _EOF_SEEN or self.closed:
             return  # paused or closed meanwhile
-        self._eof_seen = False
-        self._reading = False
+        self._state = _IDLE
         self._sink._on_eof()
 
     # -- writing ------------------------------------------------------------
 
     def write(self, data: bytes) -> int:
-        handle = self._handle
-        if not handle.write_queue_size:
+        if not self.write_queue_size:
             # Writing now, in the caller, spares a write request and its callback.
             try:
-                sent: int = handle.try_write(data)
+                sent: int = self.try_write(data)
             except UVError:
                 sent = 0  # EAGAIN, or an error that the queued write reports
             if sent == len(data):
@@ -165,41 +136,108 @@ class UvStream(_Closing):
             if sent:
                 data = memoryview(data)[sent:]  # type: ignore[assignment]
         try:
-            handle.write(data, self._on_write)
+            self._uv_write(data, _on_written)
         except UVError as exc:
             # Reported later: a sink is never called from inside a primitive.
-            self._driver._defer(self._report, uv_exception_error(exc))
-        queued: int = handle.write_queue_size
-        return queued
-
-    def _on_write(self, handle: Any, error: int | None) -> None:
-        if self._closed:
-            return  # close() cancels what is queued; nobody is listening
-        if error is None:
-            self._sink._on_written()
-        else:
-            self._sink._on_error(uv_error(error))
-
-    def _report(self, exc: BaseException) -> None:
-        if not self._closed:
-            self._sink._on_error(exc)
+            self._driver._defer(_report_error, (self, uv_exception_error(exc)))
+        return self.write_queue_size
 
     def queued(self) -> int:
-        size: int = self._handle.write_queue_size
-        return size
+        return self.write_queue_size
 
     def shutdown_write(self) -> None:
         try:
-            self._handle.shutdown(self._on_shutdown)
+            self.shutdown(_on_shutdown)
         except UVError as exc:
             raise uv_exception_error(exc) from None
 
-    def _on_shutdown(self, handle: Any, error: int | None) -> None:
-        if error is not None and not self._closed:
-            self._sink._on_error(uv_error(error))
+    # -- closing ------------------------------------------------------------
+
+    def close(self, callback: Callable[[Any], None] | None = None) -> None:
+        # pyuv's optional callback is kept for a program that closes every
+        # handle of a shared loop (``for h in uv.handles: h.close(cb)``).
+        if self.closed:
+            return
+        self._state = _IDLE
+        self._driver._forget(self, self._sock.fileno())
+        # uv_close closes the descriptor now and cancels queued writes; the
+        # handle lives on in pyuv until its close callback has run.
+        _uv_close(self, callback)
+        release_socket(self._sock)
+
+    def abort(self) -> None:
+        self.close()
 
 
-class UvDatagram(_Closing):
+# The read state of a stream: a small int, so one slot holds both flags.
+_IDLE = 0
+_READING = 1
+_EOF_SEEN = 2  # libuv reported EOF; the sink has not heard yet
+
+_uv_close = pyuv.Handle.close  # the handle's own close(), which close() replaces
+
+
+# libuv's callbacks, called with the handle (the stream): plain functions,
+# so that reading and queued writes make no bound method per connection.
+
+
+def _on_read(stream: _StreamHandle, data: bytes | None, error: int | None) -> None:
+    if error is None:
+        if data:  # libuv reports EAGAIN as an empty read
+            stream._sink._on_data(data)
+        return
+    # pyuv has already stopped reading on any error, EOF included.
+    if error == UV_EOF:
+        # libuv reads until EAGAIN, and reports a hang-up in the same
+        # callback as the data before it; asyncio reads once per
+        # iteration, so the callbacks that data scheduled run before
+        # eof_received.  Report it on the next iteration, after them.
+        stream._state = _EOF_SEEN
+        stream._driver._defer(_StreamHandle._report_eof, stream)
+        return
+    stream._state = _IDLE
+    stream._sink._on_error(uv_error(error))
+
+
+def _on_written(stream: _StreamHandle, error: int | None) -> None:
+    if stream.closed:
+        return  # close() cancels what is queued; nobody is listening
+    if error is None:
+        stream._sink._on_written()
+    else:
+        stream._sink._on_error(uv_error(error))
+
+
+def _on_shutdown(stream: _StreamHandle, error: int | None) -> None:
+    if error is not None and not stream.closed:
+        stream._sink._on_error(uv_error(error))
+
+
+def _report_error(report: tuple[_StreamHandle, BaseException]) -> None:
+    stream, exc = report
+    if not stream.closed:
+        stream._sink._on_error(exc)
+
+
+# pyuv ships no type information, so mypy sees its classes as Any.
+class UvTcpStream(_StreamHandle, pyuv.TCP):  # type: ignore[misc]
+    """A stream on a TCP handle (IPv4 and IPv6 sockets)."""
+
+    __slots__ = ("_driver", "_sink", "_sock", "_state")
+    _uv_write = pyuv.TCP.write  # bound on lookup: the handle's own write()
+
+
+class UvPipeStream(_StreamHandle, pyuv.Pipe):  # type: ignore[misc]
+    """A stream on a Pipe handle (Unix sockets)."""
+
+    __slots__ = ("_driver", "_sink", "_sock", "_state")
+    _uv_write = pyuv.Pipe.write  # bound on lookup: the handle's own write()
+
+
+UvStream = UvTcpStream | UvPipeStream
+
+
+class UvDatagram:
     """Move the packets of one IPv4 or IPv6 datagram socket through a UDP handle."""
 
     __slots__ = (
@@ -231,6 +269,22 @@ class UvDatagram(_Closing):
 
     def __repr__(self) -> str:
         return f"<UvDatagram fd={self._fd}{' closed' if self._closed else ''}>"
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._reading = False
+        self._driver._forget(self, self._fd)
+        # uv_close closes the descriptor now and cancels queued sends.
+        self._handle.close()
+        release_socket(self._sock)
+
+    def abort(self) -> None:
+        self.close()
+
+    def socket(self) -> socket.socket:
+        return self._sock
 
     def attach(self, sink: DatagramSink) -> None:
         self._sink = sink
