@@ -243,9 +243,7 @@ class TwistedDriver(WatchingDriver):
         self._streams.add(stream)
 
     def open_stream(self, sock: socket.socket) -> TwistedStream:
-        stream = open_socket_stream(self, sock)
-        self.register_stream(stream)
-        return stream
+        return open_socket_stream(self, sock)
 
     def listen(self, sock: socket.socket, backlog: int, on_stream: OnStream) -> FdListener:
         # Core's accept loop on the reactor's descriptor set; every accepted

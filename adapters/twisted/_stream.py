@@ -16,6 +16,9 @@ How Twisted's behaviour maps onto the primitive contract:
 * after core's ``close``/``abort`` the transport's ``connectionLost`` is
   swallowed; an unsolicited one becomes ``_on_error`` with an OSError: the
   very one ``recv`` or ``send`` raised, on a socket connection.
+
+The stream is itself the connection's Twisted protocol: no forwarding
+object per connection.
 """
 
 from __future__ import annotations
@@ -37,39 +40,17 @@ from ._compat import buffered, drop_buffer, take_over_socket
 if TYPE_CHECKING:
     from ._loop import TwistedDriver
 
-__all__ = ["StreamProtocol", "TwistedStream", "open_socket_stream"]
+__all__ = ["TwistedStream", "open_socket_stream"]
 
 
-@implementer(interfaces.IHalfCloseableProtocol)
-class StreamProtocol(protocol.Protocol):
-    """Forward a Twisted transport's events to its :class:`TwistedStream`."""
-
-    stream: TwistedStream | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.stream is not None:
-            self.stream._data(data)
-
-    def readConnectionLost(self) -> None:
-        if self.stream is not None:
-            self.stream._eof()
-
-    def writeConnectionLost(self) -> None:
-        """Ignore: core shut the write side itself and expects nothing back."""
-
-    def bufferShrank(self) -> None:
-        """Hear from the transport that it sent some of its buffer."""
-        if self.stream is not None:
-            self.stream._written()
-
-    def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
-        if self.stream is not None:
-            self.stream._lost(reason)
-
-
-@implementer(interfaces.IPushProducer)
+@implementer(interfaces.IProtocol, interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
 class TwistedStream:
-    """Move one connection's bytes through a Twisted transport."""
+    """Move one connection's bytes through a Twisted transport, as its protocol.
+
+    The stream is the Twisted protocol of its connection (Twisted calls its
+    ``makeConnection``, ``dataReceived``, ``readConnectionLost`` and
+    ``connectionLost``), so a connection pays for no forwarding object.
+    """
 
     # One per connection: no __dict__ (the driver holds streams weakly).
     __slots__ = (
@@ -90,16 +71,11 @@ class TwistedStream:
         "_transport",
     )
 
-    def __init__(self, driver: TwistedDriver, transport: Any, bridge: StreamProtocol) -> None:
+    def __init__(self, driver: TwistedDriver) -> None:
         self._driver = driver
-        self._transport = transport
-        # A socket connection exposes its buffer, so queued() is exact there;
-        # any other transport only says "full" and "drained" to its producer.
-        self._exact = isinstance(transport, tcp.Connection)
-        # Twisted forgets the handle when the connection is lost: keep it.
-        handle = getattr(transport, "getHandle", None)
-        sock = handle() if handle is not None else None
-        self._sock = sock if isinstance(sock, socket.socket) else None
+        self._transport: Any = None
+        self._exact = False
+        self._sock: socket.socket | None = None
         self._sink: StreamSink | None = None
         self._reading = False
         # Data that arrived while not reading; a list only while there is some.
@@ -111,15 +87,41 @@ class TwistedStream:
         self._since_drain = 0
         self._throttled = False
         self._delivery_scheduled = False
-        bridge.stream = self
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._transport!r}>"
+
+    # -- IProtocol: the transport arrives -------------------------------------
+
+    @property
+    def transport(self) -> Any:
+        """The Twisted transport of the connection (None until it is made)."""
+        return self._transport
+
+    @property
+    def connected(self) -> bool:
+        """Whether the Twisted transport is there and not lost."""
+        return self._transport is not None and not self._dead
+
+    def makeConnection(self, transport: Any) -> None:
+        self._transport = transport
+        # A socket connection exposes its buffer, so queued() is exact there;
+        # any other transport only says "full" and "drained" to its producer.
+        self._exact = isinstance(transport, tcp.Connection)
+        # Twisted forgets the handle when the connection is lost: keep it.
+        handle = getattr(transport, "getHandle", None)
+        sock = handle() if handle is not None else None
+        self._sock = sock if isinstance(sock, socket.socket) else None
         transport.pauseProducing()  # core starts reading after connection_made
         if self._exact:
             take_over_socket(transport)
         else:
             transport.registerProducer(self, True)
+        self._driver.register_stream(self)
+        self.connectionMade()
 
-    def __repr__(self) -> str:
-        return f"<TwistedStream {self._transport!r}>"
+    def connectionMade(self) -> None:
+        """Do nothing more: core's transport is made by whoever opened the stream."""
 
     # -- the Stream primitive -------------------------------------------------
 
@@ -203,7 +205,7 @@ class TwistedStream:
     def stopProducing(self) -> None:
         """Ignore: connectionLost follows and reports the loss."""
 
-    # -- Twisted's events -----------------------------------------------------
+    # -- Twisted's events: IProtocol, IHalfCloseableProtocol, _compat's hook --
 
     def _notify(self, event: Callable[..., None], *args: Any) -> None:
         sink = self._sink
@@ -211,11 +213,12 @@ class TwistedStream:
             return
         self._driver.run_callback(event, sink, *args)
 
-    def _written(self) -> None:
+    def bufferShrank(self) -> None:
+        """Hear from the transport that it sent some of its buffer."""
         if not self._dead:
             self._notify(lambda sink: sink._on_written())
 
-    def _data(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes) -> None:
         if self._released or self._dead:
             return
         if not self._reading or self._held:
@@ -226,7 +229,7 @@ class TwistedStream:
             return
         self._notify(_deliver_data, data)
 
-    def _eof(self) -> None:
+    def readConnectionLost(self) -> None:
         if self._released or self._dead or self._eof_seen:
             return
         # A reset after the peer's FIN reads as a clean end of input; the
@@ -269,7 +272,10 @@ class TwistedStream:
         elif not self._eof_seen:
             self._transport.resumeProducing()
 
-    def _lost(self, reason: failure.Failure) -> None:
+    def writeConnectionLost(self) -> None:
+        """Ignore: core shut the write side itself and expects nothing back."""
+
+    def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
         if self._dead:
             return
         self._dead = True
@@ -333,7 +339,7 @@ def _deliver_data(sink: StreamSink, data: bytes) -> None:
 
 def open_socket_stream(driver: TwistedDriver, sock: socket.socket) -> TwistedStream:
     """Wrap a connected socket in Twisted's own server-side transport."""
-    bridge = StreamProtocol()
+    stream = TwistedStream(driver)
     reactor: Any = driver.reactor
     try:
         peer: Any = sock.getpeername()
@@ -343,13 +349,12 @@ def open_socket_stream(driver: TwistedDriver, sock: socket.socket) -> TwistedStr
     if sock.family == socket.AF_UNIX:
         from twisted.internet import unix
 
-        transport = unix.Server(sock, bridge, peer or "", None, 0, reactor)  # type: ignore[no-untyped-call]
+        transport = unix.Server(sock, stream, peer or "", None, 0, reactor)  # type: ignore[no-untyped-call]
     else:
         if peer is None:
             peer = ("", 0)
-        transport = tcp.Server(sock, bridge, peer, None, 0, reactor)  # type: ignore[arg-type]
+        transport = tcp.Server(sock, stream, peer, None, 0, reactor)  # type: ignore[arg-type]
     # Server.__init__ leaves these for a listening Port to fill in.
     transport.repstr = f"<{type(transport).__name__} fd={sock.fileno()} peer={peer!r}>"
-    stream = TwistedStream(driver, transport, bridge)
-    bridge.makeConnection(transport)  # type: ignore[no-untyped-call]
+    stream.makeConnection(transport)
     return stream
