@@ -18,7 +18,8 @@ How Twisted's behaviour maps onto the primitive contract:
   very one ``recv`` or ``send`` raised, on a socket connection.
 
 The stream is itself the connection's Twisted protocol: no forwarding
-object per connection.
+object per connection.  The transports made here are built as ``_compat``'s
+subclass, whose ``__repr__`` makes Twisted's ``repstr`` only when asked.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from twisted.python import failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
 from ...core import StreamSink
-from ._compat import buffered, drop_buffer, take_over_socket
+from ._compat import buffered, drop_buffer, keeping_errno, take_over_socket
 
 if TYPE_CHECKING:
     from ._loop import TwistedDriver
@@ -349,12 +350,10 @@ def open_socket_stream(driver: TwistedDriver, sock: socket.socket) -> TwistedStr
     if sock.family == socket.AF_UNIX:
         from twisted.internet import unix
 
-        transport = unix.Server(sock, stream, peer or "", None, 0, reactor)  # type: ignore[no-untyped-call]
+        transport = keeping_errno(unix.Server)(sock, stream, peer or "", None, 0, reactor)
     else:
         if peer is None:
             peer = ("", 0)
-        transport = tcp.Server(sock, stream, peer, None, 0, reactor)  # type: ignore[arg-type]
-    # Server.__init__ leaves these for a listening Port to fill in.
-    transport.repstr = f"<{type(transport).__name__} fd={sock.fileno()} peer={peer!r}>"
+        transport = keeping_errno(tcp.Server)(sock, stream, peer, None, 0, reactor)  # type: ignore[arg-type]
     stream.makeConnection(transport)
     return stream
