@@ -123,6 +123,37 @@ def test_streams_are_twisted_tcp_transports():
     run(main())
 
 
+def test_unix_peer_names_are_asyncios(tmp_path):
+    path = str(tmp_path / "peer.sock")
+
+    def names(framework: str) -> tuple[object, object]:
+        async def main() -> tuple[object, object]:
+            loop = asyncio.get_running_loop()
+            accepted: asyncio.Future[Recorder] = loop.create_future()
+
+            def accept() -> Recorder:
+                accepted.set_result(Recorder())
+                return accepted.result()
+
+            server = await loop.create_unix_server(accept, path)
+            transport, _ = await loop.create_unix_connection(Recorder, path)
+            peer = await accepted
+            await peer.made
+            found = (
+                transport.get_extra_info("peername"),
+                peer.transport.get_extra_info("peername"),
+            )
+            transport.close()
+            server.close()
+            await server.wait_closed()
+            return found
+
+        return protoshim.run(asyncio.wait_for(main(), WAIT), framework=framework)
+
+    # The client's peer is the server's path; the server's is the unbound client: "".
+    assert names("twisted") == names("asyncio") == (path, "")
+
+
 @contextlib.asynccontextmanager
 async def raw_peer():
     """Connect a Recorder client to a plain blocking socket; yield both ends."""

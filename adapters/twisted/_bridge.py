@@ -15,10 +15,11 @@ import asyncio
 import functools
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet import defer, interfaces, protocol
 
+from ...core import peer_address
 from ._loop import TwistedEventLoop, attach
 from ._stream import TwistedStream
 
@@ -82,6 +83,11 @@ class _Host(TwistedStream):
                 ssl_handshake_timeout=factory.ssl_handshake_timeout,
             )
         )
+
+    def peername(self) -> Any:
+        # Twisted made the transport: ask the socket, as core would.
+        sock = self.socket()
+        return None if sock is None else peer_address(sock)
 
 
 class ProtocolFactory(protocol.Factory):

@@ -19,7 +19,8 @@ How Twisted's behaviour maps onto the primitive contract:
 
 The stream is itself the connection's Twisted protocol: no forwarding
 object per connection.  The transports made here are built as ``_compat``'s
-subclass, whose ``__repr__`` makes Twisted's ``repstr`` only when asked.
+subclass, whose ``__repr__`` makes Twisted's ``repstr`` only when asked, and
+keep the one copy of the peer's address, which core's transport shares.
 """
 
 from __future__ import annotations
@@ -35,13 +36,17 @@ from twisted.internet import interfaces, protocol, tcp
 from twisted.python import failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from ...core import StreamSink
+from ...core import StreamSink, peer_address
 from ._compat import buffered, drop_buffer, keeping_errno, take_over_socket
 
 if TYPE_CHECKING:
     from ._loop import TwistedDriver
 
 __all__ = ["TwistedStream", "open_socket_stream"]
+
+# The client address of a TCP connection whose peer was gone before it was
+# made: tcp.Server needs a (host, port); peername() gives None for it.
+_NO_PEER = ("", 0)
 
 
 @implementer(interfaces.IProtocol, interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
@@ -123,6 +128,14 @@ class TwistedStream:
 
     def connectionMade(self) -> None:
         """Do nothing more: core's transport is made by whoever opened the stream."""
+
+    def peername(self) -> Any:
+        """Return the peer's address, shared with the transport open_socket_stream made."""
+        client = self._transport.client
+        if client is _NO_PEER:
+            return None
+        # A unix.Server keeps (peer, None).
+        return client[0] if client[1] is None else client
 
     # -- the Stream primitive -------------------------------------------------
 
@@ -342,18 +355,15 @@ def open_socket_stream(driver: TwistedDriver, sock: socket.socket) -> TwistedStr
     """Wrap a connected socket in Twisted's own server-side transport."""
     stream = TwistedStream(driver)
     reactor: Any = driver.reactor
-    try:
-        peer: Any = sock.getpeername()
-    except OSError:
-        peer = None
+    # The very object core's transport keeps as its peername (see peername()).
+    peer = peer_address(sock)
     transport: tcp.Server
     if sock.family == socket.AF_UNIX:
         from twisted.internet import unix
 
-        transport = keeping_errno(unix.Server)(sock, stream, peer or "", None, 0, reactor)
+        transport = keeping_errno(unix.Server)(sock, stream, peer, None, 0, reactor)
     else:
-        if peer is None:
-            peer = ("", 0)
-        transport = keeping_errno(tcp.Server)(sock, stream, peer, None, 0, reactor)  # type: ignore[arg-type]
+        client = _NO_PEER if peer is None else peer
+        transport = keeping_errno(tcp.Server)(sock, stream, client, None, 0, reactor)  # type: ignore[arg-type]
     stream.makeConnection(transport)
     return stream
