@@ -230,6 +230,29 @@ def test_abort_ends_with_fin_and_connection_lost_none():
     run(main())
 
 
+def test_closing_the_loop_closes_its_connections_even_paused_ones():
+    loop = protoshim.new_event_loop("twisted")
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        try:
+
+            async def connect() -> asyncio.BaseTransport:
+                transport, _ = await loop.create_connection(Recorder, *lsock.getsockname())
+                # Not reading: the reactor no longer watches the connection.
+                transport.pause_reading()
+                return transport
+
+            transport = loop.run_until_complete(asyncio.wait_for(connect(), WAIT))
+            conn, _ = lsock.accept()
+        finally:
+            loop.close()
+    with conn:
+        conn.settimeout(WAIT)
+        assert conn.recv(10) == b""
+    assert transport.get_extra_info("socket").fileno() == -1
+
+
 def test_fd_watcher_keeps_reporting_a_hung_up_pipe():
     async def main():
         loop = asyncio.get_running_loop()
