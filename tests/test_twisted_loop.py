@@ -123,6 +123,37 @@ def test_streams_are_twisted_tcp_transports():
     run(main())
 
 
+def test_unix_peer_names_are_asyncios(tmp_path):
+    path = str(tmp_path / "peer.sock")
+
+    def names(framework: str) -> tuple[object, object]:
+        async def main() -> tuple[object, object]:
+            loop = asyncio.get_running_loop()
+            accepted: asyncio.Future[Recorder] = loop.create_future()
+
+            def accept() -> Recorder:
+                accepted.set_result(Recorder())
+                return accepted.result()
+
+            server = await loop.create_unix_server(accept, path)
+            transport, _ = await loop.create_unix_connection(Recorder, path)
+            peer = await accepted
+            await peer.made
+            found = (
+                transport.get_extra_info("peername"),
+                peer.transport.get_extra_info("peername"),
+            )
+            transport.close()
+            server.close()
+            await server.wait_closed()
+            return found
+
+        return protoshim.run(asyncio.wait_for(main(), WAIT), framework=framework)
+
+    # The client's peer is the server's path; the server's is the unbound client: "".
+    assert names("twisted") == names("asyncio") == (path, "")
+
+
 @contextlib.asynccontextmanager
 async def raw_peer():
     """Connect a Recorder client to a plain blocking socket; yield both ends."""
@@ -197,6 +228,29 @@ def test_abort_ends_with_fin_and_connection_lost_none():
             assert conn.recv(10) == b""
 
     run(main())
+
+
+def test_closing_the_loop_closes_its_connections_even_paused_ones():
+    loop = protoshim.new_event_loop("twisted")
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        try:
+
+            async def connect() -> asyncio.BaseTransport:
+                transport, _ = await loop.create_connection(Recorder, *lsock.getsockname())
+                # Not reading: the reactor no longer watches the connection.
+                transport.pause_reading()
+                return transport
+
+            transport = loop.run_until_complete(asyncio.wait_for(connect(), WAIT))
+            conn, _ = lsock.accept()
+        finally:
+            loop.close()
+    with conn:
+        conn.settimeout(WAIT)
+        assert conn.recv(10) == b""
+    assert transport.get_extra_info("socket").fileno() == -1
 
 
 def test_fd_watcher_keeps_reporting_a_hung_up_pipe():

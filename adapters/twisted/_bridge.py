@@ -15,12 +15,13 @@ import asyncio
 import functools
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet import defer, interfaces, protocol
 
+from ...core import peer_address
 from ._loop import TwistedEventLoop, attach
-from ._stream import StreamProtocol, TwistedStream
+from ._stream import TwistedStream
 
 __all__ = ["ProtocolFactory", "as_deferred", "as_future"]
 
@@ -60,29 +61,33 @@ def as_deferred(
     return defer.Deferred.fromFuture(future)
 
 
-class _Host(StreamProtocol):
+class _Host(TwistedStream):
     """Host one PEP 3156 protocol on the Twisted transport of one connection."""
 
+    __slots__ = ("_factory",)
+
     def __init__(self, factory: ProtocolFactory) -> None:
+        super().__init__(factory.loop.driver)
         self._factory = factory
 
     def connectionMade(self) -> None:
         factory = self._factory
-        loop = factory.loop
-        driver = loop.driver
-        stream = TwistedStream(driver, self.transport, self)
-        driver.register_stream(stream)
         # Core's accept rules (factory errors, TLS handshake) apply as for
         # create_server; run them as a loop callback, so asyncio finds its loop.
-        driver.run_callback(
+        self._driver.run_callback(
             functools.partial(
-                loop.serve_stream,
-                stream,
+                factory.loop.serve_stream,
+                self,
                 factory.protocol_factory,
                 ssl=factory.ssl,
                 ssl_handshake_timeout=factory.ssl_handshake_timeout,
             )
         )
+
+    def peername(self) -> Any:
+        # Twisted made the transport: ask the socket, as core would.
+        sock = self.socket()
+        return None if sock is None else peer_address(sock)
 
 
 class ProtocolFactory(protocol.Factory):
@@ -123,5 +128,6 @@ class ProtocolFactory(protocol.Factory):
             self._loop = attach()
         return self._loop
 
-    def buildProtocol(self, addr: interfaces.IAddress | None) -> protocol.Protocol:
+    # The protocol is a slotted IProtocol provider, not a Protocol subclass.
+    def buildProtocol(self, addr: interfaces.IAddress | None) -> TwistedStream:  # type: ignore[override]
         return _Host(self)

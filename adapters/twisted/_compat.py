@@ -4,21 +4,32 @@ Verified on Twisted 21.2.0 and 26.10.0, the oldest and newest releases the
 nox matrix runs.  Private names (7): ``FileDescriptor._tempDataBuffer`` and
 ``_tempDataLen``, the epoll reactor's ``_reads``, ``_writes``,
 ``_selectables`` and ``_poller``, and the reactor's ``waker`` (no interface
-offers it).  A socket connection's class is swapped for a subclass that
-overrides ``doRead``, ``writeSomeData`` and ``doWrite`` (3 methods).
+offers it).  A socket connection is an instance of a subclass of its class
+that overrides ``doRead``, ``writeSomeData`` and ``doWrite`` (3 methods), and
+``__repr__``.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from twisted.internet import abstract, main, tcp
 from twisted.internet import error as tw_error
 from twisted.python import failure
 
-__all__ = ["buffered", "close_reactor", "drop_buffer", "forget_watch", "take_over_socket"]
+__all__ = [
+    "buffered",
+    "close_reactor",
+    "drop_buffer",
+    "forget_watch",
+    "keeping_errno",
+    "take_over_socket",
+]
+
+C = TypeVar("C", bound=tcp.Connection)
 
 
 def buffered(transport: abstract.FileDescriptor) -> int:
@@ -44,6 +55,17 @@ class _KeepsErrno:
     socket: Any
     bufferSize: int
     protocol: Any
+    getPeer: Callable[[], object]
+
+    def __repr__(self) -> str:
+        # Twisted's Server keeps a repstr only for connections its own Port
+        # accepted; for the others it is made when asked, not kept by each.
+        repstr: str | None = getattr(self, "repstr", None)
+        if repstr is not None:
+            return repstr
+        sock = getattr(self, "socket", None)  # gone once the connection is lost
+        fd = sock.fileno() if sock is not None else -1
+        return f"<{type(self).__name__} fd={fd} peer={self.getPeer()}>"
 
     def doRead(self) -> BaseException | None:
         try:
@@ -74,17 +96,29 @@ class _KeepsErrno:
         return result
 
 
+def keeping_errno(cls: type[C]) -> type[C]:
+    """Return the subclass of socket connection class ``cls`` with :class:`_KeepsErrno`'s methods.
+
+    Made once per class: replacing the methods on each instance would cost
+    every connection about 1 KiB.
+    """
+    return cast("type[C]", _subclass(cls))  # type: ignore[arg-type]  # classes hash
+
+
 @functools.cache
-def _keeping_errno(cls: Any) -> type:
+def _subclass(cls: type) -> type:
     return type(cls.__name__, (_KeepsErrno, cls), {"__module__": cls.__module__})
 
 
 def take_over_socket(transport: tcp.Connection) -> None:
-    """Give ``transport`` the methods of :class:`_KeepsErrno`, through a subclass of its class.
+    """Give a socket connection that Twisted made :class:`_KeepsErrno`'s methods.
 
-    Replacing them on the instance would cost every connection about 1 KiB.
+    Its class is swapped for :func:`keeping_errno`'s subclass, which makes
+    Python give the instance a dictionary of its own (64 bytes): connections
+    that protoshim makes are built as the subclass instead.
     """
-    transport.__class__ = _keeping_errno(type(transport))  # type: ignore[arg-type]  # classes hash
+    if not isinstance(transport, _KeepsErrno):
+        transport.__class__ = keeping_errno(type(transport))
 
 
 def forget_watch(reactor: Any, selectable: Any, *, read: bool) -> None:

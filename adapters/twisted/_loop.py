@@ -39,7 +39,7 @@ from ...core import (
     WatchTable,
 )
 from ._compat import close_reactor, forget_watch
-from ._stream import TwistedStream, open_socket_stream
+from ._stream import OpenStreams, TwistedStream, open_socket_stream
 
 __all__ = [
     "AttachedEventLoop",
@@ -135,7 +135,7 @@ class TwistedDriver(WatchingDriver):
         self._closed = False
         self._wake_lock = threading.RLock()
         self.watch_with(self._apply)
-        self._streams: weakref.WeakSet[TwistedStream] = weakref.WeakSet()
+        self.open_streams = OpenStreams()  # what close() aborts
         self.loop: EventLoop | None = None
         if owned:
             with warnings.catch_warnings():
@@ -238,14 +238,8 @@ class TwistedDriver(WatchingDriver):
 
     # -- sockets ------------------------------------------------------------
 
-    def register_stream(self, stream: TwistedStream) -> None:
-        """Remember ``stream``, so :meth:`close` can release it."""
-        self._streams.add(stream)
-
     def open_stream(self, sock: socket.socket) -> TwistedStream:
-        stream = open_socket_stream(self, sock)
-        self.register_stream(stream)
-        return stream
+        return open_socket_stream(self, sock)
 
     def listen(self, sock: socket.socket, backlog: int, on_stream: OnStream) -> FdListener:
         # Core's accept loop on the reactor's descriptor set; every accepted
@@ -270,7 +264,7 @@ class TwistedDriver(WatchingDriver):
             forget_watch(reactor, watch.handle, read=True)
             forget_watch(reactor, watch.handle, read=False)
         self._watches.clear()
-        for stream in list(self._streams):
+        for stream in self.open_streams:
             stream.abort()  # silently: the loop is closing
         if not self._owned:
             return

@@ -16,6 +16,11 @@ How Twisted's behaviour maps onto the primitive contract:
 * after core's ``close``/``abort`` the transport's ``connectionLost`` is
   swallowed; an unsolicited one becomes ``_on_error`` with an OSError: the
   very one ``recv`` or ``send`` raised, on a socket connection.
+
+The stream is itself the connection's Twisted protocol: no forwarding
+object per connection.  The transports made here are built as ``_compat``'s
+subclass, whose ``__repr__`` makes Twisted's ``repstr`` only when asked, and
+keep the one copy of the peer's address, which core's transport shares.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error as tw_error
@@ -31,49 +36,30 @@ from twisted.internet import interfaces, protocol, tcp
 from twisted.python import failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from ...core import StreamSink
-from ._compat import buffered, drop_buffer, take_over_socket
+from ...core import StreamSink, peer_address
+from ._compat import buffered, drop_buffer, keeping_errno, take_over_socket
 
 if TYPE_CHECKING:
     from ._loop import TwistedDriver
 
-__all__ = ["StreamProtocol", "TwistedStream", "open_socket_stream"]
+__all__ = ["OpenStreams", "TwistedStream", "open_socket_stream"]
+
+# The client address of a TCP connection whose peer was gone before it was
+# made: tcp.Server needs a (host, port); peername() gives None for it.
+_NO_PEER = ("", 0)
 
 
-@implementer(interfaces.IHalfCloseableProtocol)
-class StreamProtocol(protocol.Protocol):
-    """Forward a Twisted transport's events to its :class:`TwistedStream`."""
-
-    stream: TwistedStream | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.stream is not None:
-            self.stream._data(data)
-
-    def readConnectionLost(self) -> None:
-        if self.stream is not None:
-            self.stream._eof()
-
-    def writeConnectionLost(self) -> None:
-        """Ignore: core shut the write side itself and expects nothing back."""
-
-    def bufferShrank(self) -> None:
-        """Hear from the transport that it sent some of its buffer."""
-        if self.stream is not None:
-            self.stream._written()
-
-    def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
-        if self.stream is not None:
-            self.stream._lost(reason)
-
-
-@implementer(interfaces.IPushProducer)
+@implementer(interfaces.IProtocol, interfaces.IHalfCloseableProtocol, interfaces.IPushProducer)
 class TwistedStream:
-    """Move one connection's bytes through a Twisted transport."""
+    """Move one connection's bytes through a Twisted transport, as its protocol.
 
-    # One per connection: no __dict__ (the driver holds streams weakly).
+    The stream is the Twisted protocol of its connection (Twisted calls its
+    ``makeConnection``, ``dataReceived``, ``readConnectionLost`` and
+    ``connectionLost``), so a connection pays for no forwarding object.
+    """
+
+    # One per connection: no __dict__.
     __slots__ = (
-        "__weakref__",
         "_dead",
         "_delivery_scheduled",
         "_driver",
@@ -81,6 +67,8 @@ class TwistedStream:
         "_eof_seen",
         "_exact",
         "_held",
+        "_next",
+        "_prev",
         "_reading",
         "_released",
         "_since_drain",
@@ -90,16 +78,11 @@ class TwistedStream:
         "_transport",
     )
 
-    def __init__(self, driver: TwistedDriver, transport: Any, bridge: StreamProtocol) -> None:
+    def __init__(self, driver: TwistedDriver) -> None:
         self._driver = driver
-        self._transport = transport
-        # A socket connection exposes its buffer, so queued() is exact there;
-        # any other transport only says "full" and "drained" to its producer.
-        self._exact = isinstance(transport, tcp.Connection)
-        # Twisted forgets the handle when the connection is lost: keep it.
-        handle = getattr(transport, "getHandle", None)
-        sock = handle() if handle is not None else None
-        self._sock = sock if isinstance(sock, socket.socket) else None
+        self._transport: Any = None
+        self._exact = False
+        self._sock: socket.socket | None = None
         self._sink: StreamSink | None = None
         self._reading = False
         # Data that arrived while not reading; a list only while there is some.
@@ -111,15 +94,52 @@ class TwistedStream:
         self._since_drain = 0
         self._throttled = False
         self._delivery_scheduled = False
-        bridge.stream = self
+        # Our links in the driver's OpenStreams, while we are in it.
+        self._prev: TwistedStream | OpenStreams | None = None
+        self._next: TwistedStream | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._transport!r}>"
+
+    # -- IProtocol: the transport arrives -------------------------------------
+
+    @property
+    def transport(self) -> Any:
+        """The Twisted transport of the connection (None until it is made)."""
+        return self._transport
+
+    @property
+    def connected(self) -> bool:
+        """Whether the Twisted transport is there and not lost."""
+        return self._transport is not None and not self._dead
+
+    def makeConnection(self, transport: Any) -> None:
+        self._transport = transport
+        # A socket connection exposes its buffer, so queued() is exact there;
+        # any other transport only says "full" and "drained" to its producer.
+        self._exact = isinstance(transport, tcp.Connection)
+        # Twisted forgets the handle when the connection is lost: keep it.
+        handle = getattr(transport, "getHandle", None)
+        sock = handle() if handle is not None else None
+        self._sock = sock if isinstance(sock, socket.socket) else None
         transport.pauseProducing()  # core starts reading after connection_made
         if self._exact:
             take_over_socket(transport)
         else:
             transport.registerProducer(self, True)
+        self._driver.open_streams.add(self)
+        self.connectionMade()
 
-    def __repr__(self) -> str:
-        return f"<TwistedStream {self._transport!r}>"
+    def connectionMade(self) -> None:
+        """Do nothing more: core's transport is made by whoever opened the stream."""
+
+    def peername(self) -> Any:
+        """Return the peer's address, shared with the transport open_socket_stream made."""
+        client = self._transport.client
+        if client is _NO_PEER:
+            return None
+        # A unix.Server keeps (peer, None).
+        return client[0] if client[1] is None else client
 
     # -- the Stream primitive -------------------------------------------------
 
@@ -203,7 +223,7 @@ class TwistedStream:
     def stopProducing(self) -> None:
         """Ignore: connectionLost follows and reports the loss."""
 
-    # -- Twisted's events -----------------------------------------------------
+    # -- Twisted's events: IProtocol, IHalfCloseableProtocol, _compat's hook --
 
     def _notify(self, event: Callable[..., None], *args: Any) -> None:
         sink = self._sink
@@ -211,11 +231,12 @@ class TwistedStream:
             return
         self._driver.run_callback(event, sink, *args)
 
-    def _written(self) -> None:
+    def bufferShrank(self) -> None:
+        """Hear from the transport that it sent some of its buffer."""
         if not self._dead:
             self._notify(lambda sink: sink._on_written())
 
-    def _data(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes) -> None:
         if self._released or self._dead:
             return
         if not self._reading or self._held:
@@ -226,7 +247,7 @@ class TwistedStream:
             return
         self._notify(_deliver_data, data)
 
-    def _eof(self) -> None:
+    def readConnectionLost(self) -> None:
         if self._released or self._dead or self._eof_seen:
             return
         # A reset after the peer's FIN reads as a clean end of input; the
@@ -269,10 +290,14 @@ class TwistedStream:
         elif not self._eof_seen:
             self._transport.resumeProducing()
 
-    def _lost(self, reason: failure.Failure) -> None:
+    def writeConnectionLost(self) -> None:
+        """Ignore: core shut the write side itself and expects nothing back."""
+
+    def connectionLost(self, reason: failure.Failure = protocol.connectionDone) -> None:
         if self._dead:
             return
         self._dead = True
+        self._leave_open_streams()
         if self._released:
             return  # our own close or abort: Twisted's report is redundant
         exc = reason.value
@@ -300,11 +325,22 @@ class TwistedStream:
 
     # -- releasing ------------------------------------------------------------
 
+    def _leave_open_streams(self) -> None:
+        prev = self._prev
+        if prev is None:
+            return
+        following = self._next
+        prev._next = following
+        if following is not None:
+            following._prev = prev
+        self._prev = self._next = None
+
     def _release(self, *, abort: bool) -> None:
         if self._released:
             return
         self._released = True
         self._held = None
+        self._leave_open_streams()
         if self._dead:
             return
         transport = self._transport
@@ -333,23 +369,48 @@ def _deliver_data(sink: StreamSink, data: bytes) -> None:
 
 def open_socket_stream(driver: TwistedDriver, sock: socket.socket) -> TwistedStream:
     """Wrap a connected socket in Twisted's own server-side transport."""
-    bridge = StreamProtocol()
+    stream = TwistedStream(driver)
     reactor: Any = driver.reactor
-    try:
-        peer: Any = sock.getpeername()
-    except OSError:
-        peer = None
+    # The very object core's transport keeps as its peername (see peername()).
+    peer = peer_address(sock)
     transport: tcp.Server
     if sock.family == socket.AF_UNIX:
         from twisted.internet import unix
 
-        transport = unix.Server(sock, bridge, peer or "", None, 0, reactor)  # type: ignore[no-untyped-call]
+        transport = keeping_errno(unix.Server)(sock, stream, peer, None, 0, reactor)
     else:
-        if peer is None:
-            peer = ("", 0)
-        transport = tcp.Server(sock, bridge, peer, None, 0, reactor)  # type: ignore[arg-type]
-    # Server.__init__ leaves these for a listening Port to fill in.
-    transport.repstr = f"<{type(transport).__name__} fd={sock.fileno()} peer={peer!r}>"
-    stream = TwistedStream(driver, transport, bridge)
-    bridge.makeConnection(transport)  # type: ignore[no-untyped-call]
+        client = _NO_PEER if peer is None else peer
+        transport = keeping_errno(tcp.Server)(sock, stream, client, None, 0, reactor)  # type: ignore[arg-type]
+    stream.makeConnection(transport)
     return stream
+
+
+class OpenStreams:
+    """The streams of one driver that are neither released nor lost.
+
+    Linked through two slots of each stream, so the driver can abort them
+    when it closes: a WeakSet cost each connection 124 bytes, the slots 16.
+    """
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next: TwistedStream | None = None
+
+    def add(self, stream: TwistedStream) -> None:
+        """Link ``stream`` in; it unlinks itself once released or lost."""
+        first = self._next
+        stream._prev = self
+        stream._next = first
+        if first is not None:
+            first._prev = stream
+        self._next = stream
+
+    def __iter__(self) -> Iterator[TwistedStream]:
+        """Iterate over a snapshot, so streams may leave meanwhile."""
+        streams = []
+        stream = self._next
+        while stream is not None:
+            streams.append(stream)
+            stream = stream._next
+        return iter(streams)
