@@ -80,7 +80,7 @@ class StreamTransport(Lifecycle, transports._FlowControlMixin):
     # per connection at 10k+ connections).
     __slots__ = (
         *LIFECYCLE_SLOTS,
-        "__weakref__",  # the loop's transport table holds weak references
+        "__weakref__",  # asyncio.Server keeps its transports in a WeakSet from 3.13
         "_primitive",
         "_server",
         "_eof",
