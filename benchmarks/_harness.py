@@ -86,8 +86,10 @@ def build_loadgen(out_dir: Path) -> Path:
 #: depending on the process's history: in one trial the native asyncio echo
 #: paid them on every message and protoshim's, on the same loop, on none.
 #: A fixed threshold takes the allocator's history out of every server's
-#: figures.
-MALLOC_TUNABLE = "glibc.malloc.mmap_threshold=4194304"
+#: figures.  glibc raises the trim threshold to twice the mmap threshold
+#: when it raises the latter itself; without that, each freed buffer at the
+#: top of the heap would be given back with brk() and taken again.
+MALLOC_TUNABLE = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=8388608"
 
 
 def server_environment() -> dict[str, str]:
