@@ -80,26 +80,6 @@ def build_loadgen(out_dir: Path) -> Path:
     return binary
 
 
-#: glibc serves an allocation above its mmap threshold (128 KiB, raised for
-#: good by the first such block freed) with mmap, and a 256 KiB ``recv()``
-#: buffer then costs an mmap, an mremap and a munmap per read, or nothing,
-#: depending on the process's history: in one trial the native asyncio echo
-#: paid them on every message and protoshim's, on the same loop, on none.
-#: A fixed threshold takes the allocator's history out of every server's
-#: figures.  glibc raises the trim threshold to twice the mmap threshold
-#: when it raises the latter itself; without that, each freed buffer at the
-#: top of the heap would be given back with brk() and taken again.
-MALLOC_TUNABLE = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=8388608"
-
-
-def server_environment() -> dict[str, str]:
-    """Return the environment of a server process: ours, with a fixed mmap threshold."""
-    env = dict(os.environ)
-    tunables = env.get("GLIBC_TUNABLES")
-    env["GLIBC_TUNABLES"] = f"{tunables}:{MALLOC_TUNABLE}" if tunables else MALLOC_TUNABLE
-    return env
-
-
 class Server:
     """One server process: started, warmed up, measured, stopped."""
 
@@ -114,7 +94,6 @@ class Server:
         self.proc = subprocess.Popen(
             argv,
             cwd=ROOT,
-            env=server_environment(),
             stdout=subprocess.PIPE,
             stderr=self._log,
             preexec_fn=pinning.preexec(pinning.server),  # noqa: PLW1509 - no threads here

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from benchmarks.__main__ import QUICK, main
-from benchmarks._harness import MALLOC_TUNABLE, parse_wrk, server_environment
+from benchmarks._harness import parse_wrk
 from benchmarks._profile import summarize
 from benchmarks._report import (
     MEMORY_EXCESS_LIMIT,
@@ -58,17 +57,6 @@ def test_parse_wrk_reads_rate_latency_and_errors() -> None:
     assert record["p99_us"] == pytest.approx(812.0)
     assert record["socket_errors"] == 3
     assert record["non_2xx"] == 4
-
-
-def test_servers_run_with_a_fixed_mmap_threshold_after_any_tunables_of_ours(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    assert server_environment()["GLIBC_TUNABLES"] == MALLOC_TUNABLE
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
-    env = server_environment()
-    assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=1:{MALLOC_TUNABLE}"
-    assert env["PATH"] == os.environ["PATH"]
 
 
 def test_parse_wrk_refuses_output_without_a_rate() -> None:
